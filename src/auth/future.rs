@@ -1,0 +1,113 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use crate::error::{BoxError, TokenError, TokenErrorKind};
+
+type HeaderFuture = Pin<Box<dyn Future<Output = Result<HeaderValue, TokenError>> + Send>>;
+
+pin_project! {
+    /// Response future of [`RouteraAuth`](super::RouteraAuth).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        // No fresh token when the request came in: wait for the provider.
+        Token {
+            token: HeaderFuture,
+            request: Option<Request<B>>,
+            inner: Option<S>,
+        },
+        // The request is with the inner service.
+        Called {
+            #[pin]
+            future: S::Future,
+        },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(super) fn called(future: S::Future) -> Self {
+        Self {
+            state: State::Called { future },
+        }
+    }
+
+    pub(super) fn waiting(token: HeaderFuture, request: Request<B>, inner: S) -> Self {
+        Self {
+            state: State::Token {
+                token,
+                request: Some(request),
+                inner: Some(inner),
+            },
+        }
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Token {
+                    token,
+                    request,
+                    inner,
+                } => {
+                    // Fail closed: on error, return before the inner service
+                    // ever sees the request.
+                    let authorization = ready!(token.as_mut().poll(cx))?;
+                    let (Some(mut request), Some(mut inner)) = (request.take(), inner.take())
+                    else {
+                        return Poll::Ready(Err(TokenError::with_detail(
+                            TokenErrorKind::Internal,
+                            "the response future was polled after it completed",
+                        )
+                        .into()));
+                    };
+                    request.headers_mut().insert(AUTHORIZATION, authorization);
+                    let future = inner.call(request);
+                    this.state.set(State::Called { future });
+                }
+                StateProj::Called { future } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,90 @@
+use std::task::{Context, Poll};
+
+use http::Request;
+use http::header::AUTHORIZATION;
+use tower::Service;
+
+use super::{ResponseFuture, RouteraAuthLayer};
+use crate::TokenProvider;
+use crate::error::BoxError;
+
+/// Puts `Authorization: Bearer <token>` on every request, then calls the
+/// inner service. Made by [`RouteraAuthLayer`].
+///
+/// - With a fresh token the request goes straight to the inner service: no
+///   lock, no allocation, no await.
+/// - Otherwise the request waits for the provider's single shared exchange.
+/// - **Fails closed**: if no token can be had, the inner service is never
+///   called and the error, a [`TokenError`](crate::TokenError) inside the
+///   `BoxError`, is returned.
+/// - An `Authorization` header already on the request is replaced.
+/// - `poll_ready` is the inner service's; the request is sent through the
+///   service instance that was polled ready.
+/// - Responses are passed through untouched. Errors are `BoxError`, so the
+///   service fits tonic and `ServiceBuilder` stacks.
+#[derive(Debug, Clone)]
+pub struct RouteraAuth<S> {
+    inner: S,
+    provider: TokenProvider,
+}
+
+impl<S> RouteraAuth<S> {
+    /// Wraps `inner`, taking tokens from `provider`.
+    pub fn new(inner: S, provider: TokenProvider) -> Self {
+        Self { inner, provider }
+    }
+
+    /// A [`RouteraAuthLayer`] taking tokens from `provider`.
+    pub fn layer(provider: TokenProvider) -> RouteraAuthLayer {
+        RouteraAuthLayer::new(provider)
+    }
+
+    /// The provider the service takes its tokens from.
+    pub fn provider(&self) -> &TokenProvider {
+        &self.provider
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming `self`.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B> Service<Request<B>> for RouteraAuth<S>
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, B>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The instance polled ready goes with this request; `self` keeps a
+        // clone, which its caller must poll ready before the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        match self.provider.fresh_header() {
+            Some(authorization) => {
+                request.headers_mut().insert(AUTHORIZATION, authorization);
+                ResponseFuture::called(inner.call(request))
+            }
+            None => ResponseFuture::waiting(self.provider.header(), request, inner),
+        }
+    }
+}

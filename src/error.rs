@@ -1,0 +1,499 @@
+//! Error types: [`TokenError`] for getting a token, [`ConfigError`] for
+//! configuration.
+//!
+//! Neither ever contains the client secret or an access token: not in
+//! `Display`, not in `Debug`, not in a `source()`.
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// A type-erased error, as used by tower.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What kind of failure a [`TokenError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenErrorKind {
+    /// The token endpoint answered 400: the request or grant was refused
+    /// (`invalid_request`, `unsupported_grant_type`, `invalid_grant`, …).
+    /// Permanent: retrying the same request will not help.
+    InvalidRequest,
+    /// The token endpoint rejected the client credentials: a 401, or
+    /// `invalid_client` with any status. Permanent until the credentials change.
+    InvalidClient,
+    /// The token endpoint answered 429 Too Many Requests. Transient; see
+    /// [`TokenError::retry_after`].
+    RateLimited,
+    /// The token endpoint answered with a 5xx status. Transient.
+    ServerError,
+    /// The token endpoint answered with a status this crate does not expect:
+    /// a redirect (never followed, so credentials cannot be sent elsewhere),
+    /// a 403, a 404, …
+    UnexpectedStatus,
+    /// The token endpoint answered with a success status, but the body is not
+    /// a usable token response: not JSON, too large, no `access_token`, a
+    /// `token_type` other than `Bearer`, an invalid `expires_in`, …
+    InvalidResponse,
+    /// The HTTP client failed: connection refused or reset, DNS, TLS, a body
+    /// that broke off, … Transient.
+    Transport,
+    /// The token exchange took too long. Transient.
+    Timeout,
+    /// The token could not be fetched for a reason inside this process, such
+    /// as a tokio runtime that is missing or shutting down.
+    Internal,
+}
+
+impl TokenErrorKind {
+    fn summary(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "the token endpoint refused the token request",
+            Self::InvalidClient => "the token endpoint rejected the client credentials",
+            Self::RateLimited => "the token endpoint is rate limiting this client",
+            Self::ServerError => "the token endpoint failed",
+            Self::UnexpectedStatus => "the token endpoint answered with an unexpected status",
+            Self::InvalidResponse => "the token endpoint sent an unusable token response",
+            Self::Transport => "the token endpoint could not be reached",
+            Self::Timeout => "the token exchange timed out",
+            Self::Internal => "the token could not be fetched",
+        }
+    }
+}
+
+/// An OAuth 2.0 error response body (RFC 6749 §5.2), as sent by the token
+/// endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    pub(crate) code: String,
+    pub(crate) description: Option<String>,
+    pub(crate) uri: Option<String>,
+}
+
+impl OAuthError {
+    /// The `error` code, such as `invalid_client` or `invalid_request`.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// The `error_description`, if the endpoint sent one. Control characters
+    /// are removed, the length is bounded and any occurrence of the client
+    /// secret is redacted.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The `error_uri`, if the endpoint sent one.
+    pub fn uri(&self) -> Option<&str> {
+        self.uri.as_deref()
+    }
+}
+
+/// Getting an access token failed.
+///
+/// Cloning is cheap: every caller waiting on the same exchange receives a
+/// clone of the same error.
+///
+/// ```
+/// use routera_auth::error::{TokenError, TokenErrorKind};
+///
+/// fn should_page_someone(err: &TokenError) -> bool {
+///     err.kind() == TokenErrorKind::InvalidClient
+/// }
+/// # let _ = should_page_someone;
+/// ```
+#[derive(Clone)]
+pub struct TokenError {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: TokenErrorKind,
+    status: Option<StatusCode>,
+    oauth: Option<OAuthError>,
+    retry_after: Option<Duration>,
+    detail: Option<Cow<'static, str>>,
+    source: Option<BoxError>,
+}
+
+impl TokenError {
+    pub(crate) fn new(kind: TokenErrorKind) -> Self {
+        Self::build(kind, None, None, None, None, None)
+    }
+
+    fn build(
+        kind: TokenErrorKind,
+        status: Option<StatusCode>,
+        oauth: Option<OAuthError>,
+        retry_after: Option<Duration>,
+        detail: Option<Cow<'static, str>>,
+        source: Option<BoxError>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                kind,
+                status,
+                oauth,
+                retry_after,
+                detail,
+                source,
+            }),
+        }
+    }
+
+    /// An error for a response with this status.
+    pub(crate) fn from_status(
+        status: StatusCode,
+        oauth: Option<OAuthError>,
+        retry_after: Option<Duration>,
+        detail: Option<Cow<'static, str>>,
+    ) -> Self {
+        let invalid_client = oauth.as_ref().is_some_and(|o| o.code == "invalid_client");
+        let kind = match status {
+            StatusCode::UNAUTHORIZED => TokenErrorKind::InvalidClient,
+            _ if invalid_client => TokenErrorKind::InvalidClient,
+            StatusCode::BAD_REQUEST => TokenErrorKind::InvalidRequest,
+            StatusCode::TOO_MANY_REQUESTS => TokenErrorKind::RateLimited,
+            s if s.is_server_error() => TokenErrorKind::ServerError,
+            _ => TokenErrorKind::UnexpectedStatus,
+        };
+        Self::build(kind, Some(status), oauth, retry_after, detail, None)
+    }
+
+    /// A success response whose body is unusable.
+    pub(crate) fn invalid_response(status: StatusCode, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::build(
+            TokenErrorKind::InvalidResponse,
+            Some(status),
+            None,
+            None,
+            Some(detail.into()),
+            None,
+        )
+    }
+
+    /// The HTTP client failed.
+    pub(crate) fn transport(source: impl Into<BoxError>) -> Self {
+        Self::build(
+            TokenErrorKind::Transport,
+            None,
+            None,
+            None,
+            None,
+            Some(source.into()),
+        )
+    }
+
+    /// An error with a fixed explanation.
+    pub(crate) fn with_detail(kind: TokenErrorKind, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::build(kind, None, None, None, Some(detail.into()), None)
+    }
+
+    /// Turns any error of an exchange service into a `TokenError`: a
+    /// `TokenError` is kept as it is, a tower timeout becomes
+    /// [`TokenErrorKind::Timeout`], anything else [`TokenErrorKind::Transport`].
+    pub(crate) fn from_service_error(err: BoxError) -> Self {
+        match err.downcast::<TokenError>() {
+            Ok(token_error) => *token_error,
+            Err(err) if err.is::<tower::timeout::error::Elapsed>() => {
+                Self::with_detail(TokenErrorKind::Timeout, "the exchange service timed out")
+            }
+            Err(err) => Self::transport(err),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> TokenErrorKind {
+        self.inner.kind
+    }
+
+    /// The HTTP status the token endpoint answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// The OAuth 2.0 error body the token endpoint sent, if any.
+    pub fn oauth_error(&self) -> Option<&OAuthError> {
+        self.inner.oauth.as_ref()
+    }
+
+    /// The OAuth `error` code, such as `invalid_client`, if the endpoint sent one.
+    pub fn error_code(&self) -> Option<&str> {
+        self.inner.oauth.as_ref().map(OAuthError::code)
+    }
+
+    /// The OAuth `error_description`, if the endpoint sent one.
+    pub fn error_description(&self) -> Option<&str> {
+        self.inner.oauth.as_ref().and_then(OAuthError::description)
+    }
+
+    /// How long the endpoint asked the client to wait (`Retry-After` in
+    /// seconds on a 429 or 503), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// Whether trying again later may succeed: `true` for rate limiting,
+    /// 5xx statuses, 408, transport failures and timeouts; `false` for
+    /// rejected credentials or requests, unexpected statuses and unusable
+    /// responses.
+    pub fn is_retryable(&self) -> bool {
+        match self.inner.kind {
+            TokenErrorKind::RateLimited
+            | TokenErrorKind::ServerError
+            | TokenErrorKind::Transport
+            | TokenErrorKind::Timeout => true,
+            TokenErrorKind::UnexpectedStatus => {
+                self.inner.status == Some(StatusCode::REQUEST_TIMEOUT)
+            }
+            TokenErrorKind::InvalidRequest
+            | TokenErrorKind::InvalidClient
+            | TokenErrorKind::InvalidResponse
+            | TokenErrorKind::Internal => false,
+        }
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        f.write_str(inner.kind.summary())?;
+        if let Some(status) = inner.status {
+            write!(f, " (HTTP {status}")?;
+            if let Some(oauth) = &inner.oauth {
+                write!(f, ", {}", oauth.code)?;
+                if let Some(description) = &oauth.description {
+                    write!(f, ": {description}")?;
+                }
+            }
+            f.write_str(")")?;
+        }
+        if let Some(detail) = &inner.detail {
+            write!(f, ": {detail}")?;
+        }
+        if let Some(retry_after) = inner.retry_after {
+            write!(f, "; retry after {} s", retry_after.as_secs())?;
+        }
+        if let Some(source) = &inner.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        let mut debug = f.debug_struct("TokenError");
+        debug.field("kind", &inner.kind);
+        if let Some(status) = inner.status {
+            debug.field("status", &status);
+        }
+        if let Some(oauth) = &inner.oauth {
+            debug.field("oauth", oauth);
+        }
+        if let Some(retry_after) = inner.retry_after {
+            debug.field("retry_after", &retry_after);
+        }
+        if let Some(detail) = &inner.detail {
+            debug.field("detail", detail);
+        }
+        if let Some(source) = &inner.source {
+            debug.field("source", source);
+        }
+        debug.finish()
+    }
+}
+
+impl StdError for TokenError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
+}
+
+/// A configuration value is missing or not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    kind: ConfigErrorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ConfigErrorKind {
+    EnvMissing(&'static str),
+    EnvEmpty(&'static str),
+    EnvNotUnicode(&'static str),
+    InvalidAuthMethod,
+    InvalidTokenUrl(Cow<'static, str>),
+    InsecureTokenUrl,
+    HttpClient(String),
+}
+
+impl ConfigError {
+    pub(crate) fn env_missing(name: &'static str) -> Self {
+        Self {
+            kind: ConfigErrorKind::EnvMissing(name),
+        }
+    }
+
+    pub(crate) fn env_empty(name: &'static str) -> Self {
+        Self {
+            kind: ConfigErrorKind::EnvEmpty(name),
+        }
+    }
+
+    pub(crate) fn env_not_unicode(name: &'static str) -> Self {
+        Self {
+            kind: ConfigErrorKind::EnvNotUnicode(name),
+        }
+    }
+
+    pub(crate) fn invalid_auth_method(_value: &str) -> Self {
+        Self {
+            kind: ConfigErrorKind::InvalidAuthMethod,
+        }
+    }
+
+    pub(crate) fn invalid_token_url(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind: ConfigErrorKind::InvalidTokenUrl(reason.into()),
+        }
+    }
+
+    pub(crate) fn insecure_token_url() -> Self {
+        Self {
+            kind: ConfigErrorKind::InsecureTokenUrl,
+        }
+    }
+
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn http_client(reason: impl fmt::Display) -> Self {
+        Self {
+            kind: ConfigErrorKind::HttpClient(reason.to_string()),
+        }
+    }
+
+    /// The environment variable this error is about, if it is about one.
+    pub fn env_var(&self) -> Option<&'static str> {
+        match self.kind {
+            ConfigErrorKind::EnvMissing(name)
+            | ConfigErrorKind::EnvEmpty(name)
+            | ConfigErrorKind::EnvNotUnicode(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ConfigErrorKind::EnvMissing(name) => {
+                write!(f, "the environment variable {name} is not set")
+            }
+            ConfigErrorKind::EnvEmpty(name) => {
+                write!(f, "the environment variable {name} is empty")
+            }
+            ConfigErrorKind::EnvNotUnicode(name) => {
+                write!(f, "the environment variable {name} is not valid Unicode")
+            }
+            ConfigErrorKind::InvalidAuthMethod => {
+                f.write_str("the auth method must be `body` or `basic`")
+            }
+            ConfigErrorKind::InvalidTokenUrl(reason) => {
+                write!(f, "the token URL is not valid: {reason}")
+            }
+            ConfigErrorKind::InsecureTokenUrl => f.write_str(
+                "the token URL must use https (plain http is accepted only for a loopback host)",
+            ),
+            ConfigErrorKind::HttpClient(reason) => {
+                write!(f, "the HTTP client could not be built: {reason}")
+            }
+        }
+    }
+}
+
+impl StdError for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oauth(code: &str) -> Option<OAuthError> {
+        Some(OAuthError {
+            code: code.to_owned(),
+            description: Some("details".to_owned()),
+            uri: None,
+        })
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        let cases = [
+            (400, None, TokenErrorKind::InvalidRequest, false),
+            (400, oauth("invalid_client"), TokenErrorKind::InvalidClient, false),
+            (401, oauth("invalid_client"), TokenErrorKind::InvalidClient, false),
+            (401, None, TokenErrorKind::InvalidClient, false),
+            (403, None, TokenErrorKind::UnexpectedStatus, false),
+            (302, None, TokenErrorKind::UnexpectedStatus, false),
+            (408, None, TokenErrorKind::UnexpectedStatus, true),
+            (429, None, TokenErrorKind::RateLimited, true),
+            (500, None, TokenErrorKind::ServerError, true),
+            (502, None, TokenErrorKind::ServerError, true),
+            (503, None, TokenErrorKind::ServerError, true),
+        ];
+        for (status, body, kind, retryable) in cases {
+            let status = StatusCode::from_u16(status).unwrap();
+            let err = TokenError::from_status(status, body, None, None);
+            assert_eq!(err.kind(), kind, "{status}");
+            assert_eq!(err.is_retryable(), retryable, "{status}");
+            assert_eq!(err.status(), Some(status));
+        }
+    }
+
+    #[test]
+    fn display_reads_as_a_sentence_with_the_oauth_details() {
+        let err = TokenError::from_status(
+            StatusCode::UNAUTHORIZED,
+            oauth("invalid_client"),
+            None,
+            None,
+        );
+        assert_eq!(
+            err.to_string(),
+            "the token endpoint rejected the client credentials \
+             (HTTP 401 Unauthorized, invalid_client: details)"
+        );
+        assert_eq!(err.error_code(), Some("invalid_client"));
+        assert_eq!(err.error_description(), Some("details"));
+    }
+
+    #[test]
+    fn service_errors_are_classified() {
+        let token_error = TokenError::new(TokenErrorKind::InvalidClient);
+        let kept = TokenError::from_service_error(Box::new(token_error));
+        assert_eq!(kept.kind(), TokenErrorKind::InvalidClient);
+
+        let elapsed = TokenError::from_service_error(Box::new(tower::timeout::error::Elapsed::new()));
+        assert_eq!(elapsed.kind(), TokenErrorKind::Timeout);
+        assert!(elapsed.is_retryable());
+
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let transport = TokenError::from_service_error(Box::new(io));
+        assert_eq!(transport.kind(), TokenErrorKind::Transport);
+        assert!(transport.source().is_some());
+        assert!(transport.to_string().contains("refused"));
+    }
+
+    #[test]
+    fn config_errors_name_the_variable() {
+        let err = ConfigError::env_missing("ROUTERA_CLIENT_ID");
+        assert_eq!(err.env_var(), Some("ROUTERA_CLIENT_ID"));
+        assert!(err.to_string().contains("ROUTERA_CLIENT_ID"));
+    }
+}

@@ -1,0 +1,85 @@
+//! Authenticated calls to the Routera API for tower stacks.
+//!
+//! The Routera API takes OAuth 2.0 client-credentials tokens: a client posts
+//! its id and secret to `POST /oauth2/token` and gets a Bearer token that
+//! lives `expires_in` seconds. This crate fetches that token, caches it,
+//! shares it between every concurrent request, renews it, and puts it on
+//! each request, the tower way:
+//!
+//! - [`RouteraAuthLayer`] wraps any tower HTTP service (a hyper-util client,
+//!   a tonic `Channel`, reqwest through [`ReqwestService`], …) and attaches
+//!   `Authorization: Bearer <token>`. With a fresh token that costs about as
+//!   much as a static header.
+//! - [`TokenProvider`] is the shared cache: one per set of credentials,
+//!   cloned into every stack. At most one exchange runs at a time, whatever
+//!   the number of callers.
+//! - The token exchange is a tower service of its own
+//!   ([`HttpTokenExchange`]), so tests mock it and users wrap it with tower
+//!   layers (timeout, retry, concurrency limit).
+//!
+//! ```no_run
+//! # #[cfg(feature = "reqwest")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use routera_auth::{ClientCredentials, HttpTokenExchange, ReqwestService, RouteraAuthLayer, TokenProvider};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let provider = TokenProvider::new(HttpTokenExchange::reqwest()?, ClientCredentials::from_env()?);
+//!
+//! let api = ServiceBuilder::new()
+//!     .layer(RouteraAuthLayer::new(provider.clone()))
+//!     .service(ReqwestService::new(reqwest::Client::new()));
+//!
+//! let request = http::Request::get("https://api.routera.io/v1/routes").body(String::new())?;
+//! let response = api.oneshot(request).await?;
+//! # let _ = response;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Fail closed**: a request is never sent without a token. If none can
+//!   be had, the inner service is not called and the caller gets the
+//!   [`TokenError`] (inside the `BoxError`).
+//! - **Secrets stay secret**: the client secret and access tokens never
+//!   appear in `Debug`, `Display`, errors or logs; the header is marked
+//!   sensitive; the exchange never follows redirects and refuses plain-http
+//!   token URLs except on loopback.
+//! - **Time is tokio's**: expiry uses `tokio::time::Instant`, so tests run on
+//!   paused time.
+//!
+//! # Features
+//!
+//! - `reqwest` (default): [`HttpTokenExchange::reqwest`] and
+//!   [`ReqwestService`], over rustls.
+//! - `test-util`: [`test_util::Emulator`], an in-process Routera emulator
+//!   for tests and examples.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod auth;
+mod credentials;
+pub mod error;
+pub mod exchange;
+mod provider;
+#[cfg(feature = "reqwest")]
+mod reqwest_adapter;
+mod token;
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
+
+pub use auth::{RouteraAuth, RouteraAuthLayer};
+pub use credentials::{AuthMethod, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials};
+pub use error::{BoxError, ConfigError, TokenError, TokenErrorKind};
+pub use exchange::{DEFAULT_TOKEN_URL, HttpTokenExchange};
+pub use provider::{
+    DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXPIRY_SKEW, MAX_TOKEN_LIFETIME, TokenProvider,
+    TokenProviderBuilder,
+};
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use reqwest_adapter::{ReqwestFuture, ReqwestService};
+pub use token::{AccessToken, Token, TokenRequest};
