@@ -1,0 +1,320 @@
+//! `TokenProvider` over a mocked exchange, on paused tokio time.
+
+mod common;
+
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use common::{Answer, MockExchange, credentials, status_error};
+use routera_auth::{
+    AccessToken, DEFAULT_EXPIRY_SKEW, Token, TokenErrorKind, TokenProvider, MAX_TOKEN_LIFETIME,
+};
+use tokio::time::advance;
+use tokio_test::{assert_pending, assert_ready, task};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn settle() {
+    // Lets spawned tasks (the exchange) run on the current-thread runtime.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_token_is_reused() {
+    let exchange = MockExchange::new(HOUR);
+    let provider = exchange.provider();
+
+    let first = provider.token().await.unwrap();
+    for _ in 0..100 {
+        assert_eq!(provider.token().await.unwrap(), first);
+    }
+    assert_eq!(exchange.calls(), 1);
+    assert_eq!(first.secret(), "token-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_token_is_renewed_after_expires_in_minus_the_skew() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    let provider = exchange.provider();
+    let first = provider.token().await.unwrap();
+
+    advance(HOUR - DEFAULT_EXPIRY_SKEW - Duration::from_secs(1)).await;
+    assert_eq!(provider.token().await.unwrap(), first);
+    assert_eq!(exchange.calls(), 1);
+
+    advance(Duration::from_secs(1)).await;
+    let second = provider.token().await.unwrap();
+    assert_ne!(second, first);
+    assert_eq!(second.secret(), "token-2");
+    assert_eq!(exchange.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_skew_is_configurable_and_never_eats_more_than_half_a_lifetime() {
+    let exchange = MockExchange::new(Duration::from_secs(2)).with_delay(Duration::ZERO);
+    let provider = TokenProvider::builder(exchange.clone(), credentials())
+        .expiry_skew(Duration::from_secs(300))
+        .build();
+    provider.token().await.unwrap();
+    advance(Duration::from_millis(999)).await;
+    provider.token().await.unwrap();
+    assert_eq!(exchange.calls(), 1, "a 2 s token stays fresh for 1 s");
+    advance(Duration::from_millis(1)).await;
+    provider.token().await.unwrap();
+    assert_eq!(exchange.calls(), 2);
+
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    let provider = TokenProvider::builder(exchange.clone(), credentials())
+        .expiry_skew(Duration::from_secs(600))
+        .build();
+    provider.token().await.unwrap();
+    advance(HOUR - Duration::from_secs(600)).await;
+    provider.token().await.unwrap();
+    assert_eq!(exchange.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifetime_is_counted_from_the_request_not_the_response() {
+    // The exchange takes 20 s; a 60 s token is fresh until 60 - 30 s after it was requested.
+    let exchange = MockExchange::new(Duration::from_secs(60)).with_delay(Duration::from_secs(20));
+    let provider = exchange.provider();
+    provider.token().await.unwrap();
+    advance(Duration::from_secs(9)).await; // 29 s after the request
+    provider.token().await.unwrap();
+    assert_eq!(exchange.calls(), 1);
+    advance(Duration::from_secs(1)).await; // 30 s
+    provider.token().await.unwrap();
+    assert_eq!(exchange.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_lifetime_is_assumed_short_and_a_huge_one_is_capped() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    exchange.then(Answer::Token(Token::with_unknown_lifetime("no-expiry")));
+    let provider = TokenProvider::builder(exchange.clone(), credentials())
+        .assumed_lifetime(Duration::from_secs(120))
+        .build();
+    assert_eq!(provider.token().await.unwrap().secret(), "no-expiry");
+    advance(Duration::from_secs(89)).await;
+    assert_eq!(provider.token().await.unwrap().secret(), "no-expiry");
+    advance(Duration::from_secs(1)).await;
+    assert_ne!(provider.token().await.unwrap().secret(), "no-expiry");
+
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    exchange.then(Answer::Token(Token::new("ten-years", Duration::from_secs(10 * 365 * 86_400))));
+    let provider = exchange.provider();
+    assert_eq!(provider.token().await.unwrap().secret(), "ten-years");
+    advance(MAX_TOKEN_LIFETIME - DEFAULT_EXPIRY_SKEW).await;
+    assert_ne!(provider.token().await.unwrap().secret(), "ten-years");
+    assert_eq!(exchange.calls(), 2);
+}
+
+async fn herd(provider: &TokenProvider, callers: usize) -> Vec<AccessToken> {
+    let handles: Vec<_> = (0..callers)
+        .map(|_| {
+            let provider = provider.clone();
+            tokio::spawn(async move { provider.token().await })
+        })
+        .collect();
+    let mut tokens = Vec::with_capacity(callers);
+    for handle in handles {
+        tokens.push(handle.await.unwrap().unwrap());
+    }
+    tokens
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_thousand_concurrent_callers_share_one_exchange_cold_and_at_expiry() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(100));
+    let provider = exchange.provider();
+
+    let tokens = herd(&provider, 1000).await;
+    assert_eq!(exchange.calls(), 1);
+    assert!(tokens.iter().all(|token| token.secret() == "token-1"));
+
+    advance(HOUR).await;
+    let tokens = herd(&provider, 1000).await;
+    assert_eq!(exchange.calls(), 2);
+    assert!(tokens.iter().all(|token| token.secret() == "token-2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_exchange_for_concurrent_callers_on_many_threads() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(20));
+    let provider = exchange.provider();
+    let tokens = herd(&provider, 1000).await;
+    assert_eq!(exchange.calls(), 1);
+    assert!(tokens.iter().all(|token| token.secret() == "token-1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_caller_that_started_the_exchange_cancels_nothing() {
+    let exchange = MockExchange::new(HOUR).gated();
+    let provider = exchange.provider();
+
+    let mut first = task::spawn(provider.token());
+    assert_pending!(first.poll());
+    settle().await;
+    assert_eq!(exchange.calls(), 1, "the first caller started the exchange");
+
+    let second = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.token().await }
+    });
+    settle().await;
+    drop(first);
+
+    exchange.open_gate();
+    let token = second.await.unwrap().unwrap();
+    assert_eq!(token.secret(), "token-1");
+    assert_eq!(exchange.calls(), 1);
+    assert_eq!(exchange.finished(), 1, "the exchange ran to its end");
+    // And the result is cached for everyone after.
+    assert_eq!(provider.token().await.unwrap(), token);
+    assert_eq!(exchange.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_caller_dropped_mid_exchange_still_fills_the_cache() {
+    let exchange = MockExchange::new(HOUR).gated();
+    let provider = exchange.provider();
+    let mut caller = task::spawn(provider.token());
+    assert_pending!(caller.poll());
+    drop(caller);
+    exchange.open_gate();
+    settle().await;
+    advance(Duration::from_millis(10)).await;
+    settle().await;
+    assert_eq!(exchange.finished(), 1);
+    assert_eq!(provider.token().await.unwrap().secret(), "token-1");
+    assert_eq!(exchange.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exchange_error_reaches_every_waiter_and_the_next_call_tries_again() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(100));
+    exchange.fail_next(status_error(503, "").await);
+    let provider = exchange.provider();
+
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let provider = provider.clone();
+            tokio::spawn(async move { provider.token().await })
+        })
+        .collect();
+    for handle in handles {
+        let err = handle.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), TokenErrorKind::ServerError);
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(503));
+    }
+    assert_eq!(exchange.calls(), 1, "one exchange for all 50 waiters");
+
+    assert_eq!(provider.token().await.unwrap().secret(), "token-2");
+    assert_eq!(exchange.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalidate_drops_only_the_cached_token() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    let provider = exchange.provider();
+    let first = provider.token().await.unwrap();
+
+    assert!(!provider.invalidate(&AccessToken::new("someone-else")));
+    assert_eq!(provider.token().await.unwrap(), first);
+    assert_eq!(exchange.calls(), 1);
+
+    assert!(provider.invalidate(&first));
+    assert!(!provider.invalidate(&first), "a second 401 for the same token changes nothing");
+    let second = provider.token().await.unwrap();
+    assert_ne!(second, first);
+    assert_eq!(exchange.calls(), 2);
+
+    assert!(!provider.invalidate(&first), "a stale token never evicts the newer one");
+    assert_eq!(provider.token().await.unwrap(), second);
+    assert_eq!(exchange.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_cannot_be_a_header_is_an_error() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    exchange.then(Answer::Token(Token::new("bad\ntoken", HOUR)));
+    let provider = exchange.provider();
+    let err = provider.token().await.unwrap_err();
+    assert_eq!(err.kind(), TokenErrorKind::InvalidResponse);
+    assert!(!err.to_string().contains("bad\ntoken"));
+    assert_eq!(provider.token().await.unwrap().secret(), "token-2");
+}
+
+#[test]
+fn without_a_runtime_token_fails_instead_of_panicking() {
+    let provider = MockExchange::new(HOUR).provider();
+    let mut future = std::pin::pin!(provider.token());
+    let mut cx = Context::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(Err(err)) => {
+            assert_eq!(err.kind(), TokenErrorKind::Internal);
+            assert!(err.to_string().contains("runtime"), "{err}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_exchange_lost_with_its_runtime_does_not_leave_the_cache_stuck() {
+    let exchange = MockExchange::new(HOUR).gated();
+    let provider = exchange.provider();
+
+    let first = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    first.block_on(async {
+        let mut caller = task::spawn(provider.token());
+        assert_pending!(caller.poll());
+        settle().await;
+    });
+    assert_eq!(exchange.calls(), 1);
+    // The runtime goes away with the exchange task still waiting at the gate.
+    drop(first);
+
+    let second = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let token = second.block_on(async {
+        exchange.open_gate();
+        provider.token().await
+    });
+    assert_eq!(token.unwrap().secret(), "token-2");
+    assert_eq!(exchange.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_see_the_same_error_value() {
+    let exchange = MockExchange::new(HOUR).gated();
+    exchange.fail_next(status_error(401, r#"{"error":"invalid_client"}"#).await);
+    let provider = exchange.provider();
+    let mut a = task::spawn(provider.token());
+    let mut b = task::spawn(provider.token());
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    exchange.open_gate();
+    settle().await;
+    advance(Duration::from_millis(10)).await;
+    settle().await;
+    let a = assert_ready!(a.poll()).unwrap_err();
+    let b = assert_ready!(b.poll()).unwrap_err();
+    for err in [a, b] {
+        assert_eq!(err.kind(), TokenErrorKind::InvalidClient);
+        assert_eq!(err.error_code(), Some("invalid_client"));
+        assert!(!err.is_retryable());
+    }
+    assert_eq!(exchange.calls(), 1);
+}
+
+#[tokio::test]
+async fn debug_shows_no_token_and_no_secret() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    let provider = exchange.provider();
+    let token = provider.token().await.unwrap();
+    let debug = format!("{provider:?} {token:?}");
+    assert!(!debug.contains(token.secret()), "{debug}");
+    assert!(!debug.contains(credentials().client_secret()), "{debug}");
+    assert!(debug.contains("test-client"), "{debug}");
+}
