@@ -191,7 +191,10 @@ mod tests {
 
     #[test]
     fn auth_method_parses_the_documented_spellings() {
-        assert_eq!(AuthMethod::parse("body").ok(), Some(AuthMethod::RequestBody));
+        assert_eq!(
+            AuthMethod::parse("body").ok(),
+            Some(AuthMethod::RequestBody)
+        );
         assert_eq!(AuthMethod::parse("BASIC").ok(), Some(AuthMethod::BasicAuth));
         assert!(AuthMethod::parse("digest").is_err());
         assert_eq!(AuthMethod::default(), AuthMethod::RequestBody);
@@ -199,7 +202,10 @@ mod tests {
 
     #[test]
     fn form_urlencode_follows_the_form_serializer() {
-        assert_eq!(form_urlencode("a b+c/d&e%f=g:h"), "a+b%2Bc%2Fd%26e%25f%3Dg%3Ah");
+        assert_eq!(
+            form_urlencode("a b+c/d&e%f=g:h"),
+            "a+b%2Bc%2Fd%26e%25f%3Dg%3Ah"
+        );
         assert_eq!(form_urlencode("é"), "%C3%A9");
         assert_eq!(form_urlencode("A-z_0.9*~"), "A-z_0.9*%7E");
     }

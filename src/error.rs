@@ -165,7 +165,10 @@ impl TokenError {
     }
 
     /// A success response whose body is unusable.
-    pub(crate) fn invalid_response(status: StatusCode, detail: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn invalid_response(
+        status: StatusCode,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self::build(
             TokenErrorKind::InvalidResponse,
             Some(status),
@@ -278,9 +281,7 @@ impl fmt::Display for TokenError {
         if let Some(retry_after) = inner.retry_after {
             write!(f, "; retry after {} s", retry_after.as_secs())?;
         }
-        if let Some(source) = &inner.source {
-            write!(f, ": {source}")?;
-        }
+        // The cause is not repeated here: it is `source()`.
         Ok(())
     }
 }
@@ -315,6 +316,21 @@ impl StdError for TokenError {
             .source
             .as_deref()
             .map(|source| source as &(dyn StdError + 'static))
+    }
+}
+
+/// Displays an error followed by each of its causes, for log lines.
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn StdError + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }
 
@@ -436,8 +452,18 @@ mod tests {
     fn statuses_map_to_kinds() {
         let cases = [
             (400, None, TokenErrorKind::InvalidRequest, false),
-            (400, oauth("invalid_client"), TokenErrorKind::InvalidClient, false),
-            (401, oauth("invalid_client"), TokenErrorKind::InvalidClient, false),
+            (
+                400,
+                oauth("invalid_client"),
+                TokenErrorKind::InvalidClient,
+                false,
+            ),
+            (
+                401,
+                oauth("invalid_client"),
+                TokenErrorKind::InvalidClient,
+                false,
+            ),
             (401, None, TokenErrorKind::InvalidClient, false),
             (403, None, TokenErrorKind::UnexpectedStatus, false),
             (302, None, TokenErrorKind::UnexpectedStatus, false),
@@ -479,15 +505,27 @@ mod tests {
         let kept = TokenError::from_service_error(Box::new(token_error));
         assert_eq!(kept.kind(), TokenErrorKind::InvalidClient);
 
-        let elapsed = TokenError::from_service_error(Box::new(tower::timeout::error::Elapsed::new()));
+        let elapsed =
+            TokenError::from_service_error(Box::new(tower::timeout::error::Elapsed::new()));
         assert_eq!(elapsed.kind(), TokenErrorKind::Timeout);
         assert!(elapsed.is_retryable());
 
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let transport = TokenError::from_service_error(Box::new(io));
         assert_eq!(transport.kind(), TokenErrorKind::Transport);
-        assert!(transport.source().is_some());
-        assert!(transport.to_string().contains("refused"));
+        assert!(
+            transport
+                .source()
+                .is_some_and(|source| source.to_string() == "refused")
+        );
+        assert!(
+            !transport.to_string().contains("refused"),
+            "the cause is source(), not Display"
+        );
+        assert_eq!(
+            ErrorChain(&transport).to_string(),
+            "the token endpoint could not be reached: refused"
+        );
     }
 
     #[test]

@@ -113,12 +113,13 @@ impl CachedToken {
         value.extend_from_slice(token.access_token().secret().as_bytes());
         // `from_owner` makes every later clone of the header a reference
         // count, with no allocation on the request path.
-        let mut header = HeaderValue::from_maybe_shared(Bytes::from_owner(value)).map_err(|_| {
-            TokenError::with_detail(
-                TokenErrorKind::InvalidResponse,
-                "the access token has characters that are not allowed in an HTTP header",
-            )
-        })?;
+        let mut header =
+            HeaderValue::from_maybe_shared(Bytes::from_owner(value)).map_err(|_| {
+                TokenError::with_detail(
+                    TokenErrorKind::InvalidResponse,
+                    "the access token has characters that are not allowed in an HTTP header",
+                )
+            })?;
         header.set_sensitive(true);
         Ok(Self {
             token: token.access_token().clone(),
@@ -349,11 +350,14 @@ async fn run_exchange(
         .map(Arc::new);
     match &outcome {
         Ok(cached) => tracing::debug!(
-            fresh_for_secs = cached.fresh_until.saturating_duration_since(Instant::now()).as_secs(),
+            fresh_for_secs = cached
+                .fresh_until
+                .saturating_duration_since(Instant::now())
+                .as_secs(),
             "token cached"
         ),
         Err(error) => tracing::warn!(
-            error = %error,
+            error = %crate::error::ErrorChain(error),
             status = error.status().map(|status| status.as_u16()),
             error_code = error.error_code(),
             retryable = error.is_retryable(),

@@ -11,8 +11,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use routera_auth::test_util::Emulator;
 use routera_auth::{
-    AuthMethod, ClientCredentials, HttpTokenExchange, RouteraAuthLayer, TokenError,
-    TokenErrorKind, TokenProvider, TokenRequest,
+    AuthMethod, ClientCredentials, HttpTokenExchange, RouteraAuthLayer, TokenError, TokenErrorKind,
+    TokenProvider, TokenRequest,
 };
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -26,7 +26,10 @@ where
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-fn exchange_for(emulator: &Emulator, method: AuthMethod) -> HttpTokenExchange<Client<HttpConnector, Full<Bytes>>> {
+fn exchange_for(
+    emulator: &Emulator,
+    method: AuthMethod,
+) -> HttpTokenExchange<Client<HttpConnector, Full<Bytes>>> {
     HttpTokenExchange::new(hyper_client())
         .with_token_url(&emulator.token_url())
         .unwrap()
@@ -49,16 +52,30 @@ async fn both_auth_methods_work_with_a_secret_full_of_special_characters() {
         assert_eq!(token.expires_in(), Some(Duration::from_secs(3600)));
 
         let sent = emulator.last_token_request().unwrap();
-        assert_eq!(sent.headers["content-type"], "application/x-www-form-urlencoded");
+        assert_eq!(
+            sent.headers["content-type"],
+            "application/x-www-form-urlencoded"
+        );
         assert_eq!(sent.headers["accept"], "application/json");
         match method {
             AuthMethod::RequestBody => {
-                assert!(sent.form().contains(&("client_secret".to_owned(), WEIRD_SECRET.to_owned())));
+                assert!(
+                    sent.form()
+                        .contains(&("client_secret".to_owned(), WEIRD_SECRET.to_owned()))
+                );
                 assert!(sent.headers.get("authorization").is_none());
             }
             AuthMethod::BasicAuth => {
-                assert_eq!(sent.form(), [("grant_type".to_owned(), "client_credentials".to_owned())]);
-                assert!(sent.headers["authorization"].to_str().unwrap().starts_with("Basic "));
+                assert_eq!(
+                    sent.form(),
+                    [("grant_type".to_owned(), "client_credentials".to_owned())]
+                );
+                assert!(
+                    sent.headers["authorization"]
+                        .to_str()
+                        .unwrap()
+                        .starts_with("Basic ")
+                );
             }
         }
     }
@@ -69,7 +86,8 @@ async fn both_auth_methods_work_with_a_secret_full_of_special_characters() {
 async fn wrong_credentials_are_an_invalid_client_error_without_the_secret() {
     let emulator = Emulator::start().await.unwrap();
     for method in [AuthMethod::RequestBody, AuthMethod::BasicAuth] {
-        let credentials = ClientCredentials::new(emulator.credentials().client_id(), "wrong-secret-123");
+        let credentials =
+            ClientCredentials::new(emulator.credentials().client_id(), "wrong-secret-123");
         let err = exchange_for(&emulator, method)
             .oneshot(TokenRequest::new(credentials))
             .await
@@ -105,7 +123,10 @@ async fn a_refused_connection_is_a_retryable_transport_error() {
 #[tokio::test]
 async fn a_hyper_client_behind_the_layer_calls_the_protected_api_with_one_exchange() {
     let emulator = Emulator::start().await.unwrap();
-    let provider = TokenProvider::new(exchange_for(&emulator, AuthMethod::RequestBody), emulator.credentials());
+    let provider = TokenProvider::new(
+        exchange_for(&emulator, AuthMethod::RequestBody),
+        emulator.credentials(),
+    );
     let api = ServiceBuilder::new()
         .layer(RouteraAuthLayer::new(provider))
         .service(hyper_client::<Empty<Bytes>>());
@@ -137,7 +158,9 @@ async fn the_emulator_rejects_requests_without_a_valid_token() {
     // The check the end-to-end test relies on: the protected route really
     // rejects what the layer did not authorize.
     let emulator = Emulator::start().await.unwrap();
-    let request = Request::get(emulator.resource_url()).body(Empty::<Bytes>::new()).unwrap();
+    let request = Request::get(emulator.resource_url())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let response = hyper_client().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
@@ -152,17 +175,30 @@ async fn the_layer_fails_closed_against_a_real_server() {
     let api = ServiceBuilder::new()
         .layer(RouteraAuthLayer::new(provider))
         .service(hyper_client::<Empty<Bytes>>());
-    let request = Request::get(emulator.resource_url()).body(Empty::<Bytes>::new()).unwrap();
+    let request = Request::get(emulator.resource_url())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let err = api.oneshot(request).await.unwrap_err();
     let err = err.downcast::<TokenError>().unwrap();
     assert_eq!(err.kind(), TokenErrorKind::InvalidClient);
-    assert_eq!(emulator.resource_requests(), 0, "no request reached the API");
+    assert_eq!(
+        emulator.resource_requests(),
+        0,
+        "no request reached the API"
+    );
 }
 
 #[tokio::test]
 async fn a_renewed_token_is_accepted_after_the_first_expires() {
-    let emulator = Emulator::builder().expires_in(Duration::from_secs(2)).start().await.unwrap();
-    let provider = TokenProvider::new(exchange_for(&emulator, AuthMethod::BasicAuth), emulator.credentials());
+    let emulator = Emulator::builder()
+        .expires_in(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let provider = TokenProvider::new(
+        exchange_for(&emulator, AuthMethod::BasicAuth),
+        emulator.credentials(),
+    );
     let first = provider.token().await.unwrap();
     assert_eq!(provider.token().await.unwrap(), first);
     // Paused time drives both the provider's clock and the emulator's.
@@ -181,7 +217,11 @@ mod reqwest_backend {
 
     #[tokio::test]
     async fn the_reqwest_exchange_and_adapter_work_against_the_emulator() {
-        let emulator = Emulator::builder().client("rq", WEIRD_SECRET).start().await.unwrap();
+        let emulator = Emulator::builder()
+            .client("rq", WEIRD_SECRET)
+            .start()
+            .await
+            .unwrap();
         let exchange = HttpTokenExchange::reqwest()
             .unwrap()
             .with_token_url(&emulator.token_url())
@@ -192,7 +232,9 @@ mod reqwest_backend {
             .layer(RouteraAuthLayer::new(provider))
             .service(ReqwestService::new(reqwest::Client::new()));
         for _ in 0..3 {
-            let request = Request::get(emulator.resource_url()).body(String::new()).unwrap();
+            let request = Request::get(emulator.resource_url())
+                .body(String::new())
+                .unwrap();
             let response = api.clone().oneshot(request).await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
         }

@@ -38,7 +38,11 @@ async fn attaches_a_sensitive_bearer_header() {
 
     send.send_response(Response::new("world".to_owned()));
     let response = response.await.unwrap().unwrap();
-    assert_eq!(response.body(), "world", "the response is passed through untouched");
+    assert_eq!(
+        response.body(),
+        "world",
+        "the response is passed through untouched"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -54,7 +58,8 @@ async fn a_fresh_token_goes_straight_to_the_inner_service() {
     assert_ready_ok!(service.poll_ready());
     let _response = service.call(Request::new("x".to_owned()));
     // Called synchronously inside `call`: the request is already with the inner service.
-    let (request, _send) = assert_ready!(handle.poll_request()).expect("the inner service was called");
+    let (request, _send) =
+        assert_ready!(handle.poll_request()).expect("the inner service was called");
     assert_eq!(request.headers()[AUTHORIZATION], "Bearer token-1");
     assert_eq!(exchange.calls(), 1);
 }
@@ -89,8 +94,14 @@ async fn fails_closed_when_no_token_can_be_had() {
     let (service, mut handle) = stack(&exchange);
     handle.allow(10);
 
-    let err = service.clone().oneshot(Request::new("x".to_owned())).await.unwrap_err();
-    let err = err.downcast::<TokenError>().expect("a TokenError inside the BoxError");
+    let err = service
+        .clone()
+        .oneshot(Request::new("x".to_owned()))
+        .await
+        .unwrap_err();
+    let err = err
+        .downcast::<TokenError>()
+        .expect("a TokenError inside the BoxError");
     assert_eq!(err.kind(), TokenErrorKind::InvalidClient);
 
     // The inner service never saw a request.

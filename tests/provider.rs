@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{Answer, MockExchange, credentials, status_error};
 use routera_auth::{
-    AccessToken, DEFAULT_EXPIRY_SKEW, Token, TokenErrorKind, TokenProvider, MAX_TOKEN_LIFETIME,
+    AccessToken, DEFAULT_EXPIRY_SKEW, MAX_TOKEN_LIFETIME, Token, TokenErrorKind, TokenProvider,
 };
 use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, task};
@@ -103,7 +103,10 @@ async fn an_unknown_lifetime_is_assumed_short_and_a_huge_one_is_capped() {
     assert_ne!(provider.token().await.unwrap().secret(), "no-expiry");
 
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.then(Answer::Token(Token::new("ten-years", Duration::from_secs(10 * 365 * 86_400))));
+    exchange.then(Answer::Token(Token::new(
+        "ten-years",
+        Duration::from_secs(10 * 365 * 86_400),
+    )));
     let provider = exchange.provider();
     assert_eq!(provider.token().await.unwrap().secret(), "ten-years");
     advance(MAX_TOKEN_LIFETIME - DEFAULT_EXPIRY_SKEW).await;
@@ -226,12 +229,18 @@ async fn invalidate_drops_only_the_cached_token() {
     assert_eq!(exchange.calls(), 1);
 
     assert!(provider.invalidate(&first));
-    assert!(!provider.invalidate(&first), "a second 401 for the same token changes nothing");
+    assert!(
+        !provider.invalidate(&first),
+        "a second 401 for the same token changes nothing"
+    );
     let second = provider.token().await.unwrap();
     assert_ne!(second, first);
     assert_eq!(exchange.calls(), 2);
 
-    assert!(!provider.invalidate(&first), "a stale token never evicts the newer one");
+    assert!(
+        !provider.invalidate(&first),
+        "a stale token never evicts the newer one"
+    );
     assert_eq!(provider.token().await.unwrap(), second);
     assert_eq!(exchange.calls(), 2);
 }
@@ -266,7 +275,10 @@ fn an_exchange_lost_with_its_runtime_does_not_leave_the_cache_stuck() {
     let exchange = MockExchange::new(HOUR).gated();
     let provider = exchange.provider();
 
-    let first = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     first.block_on(async {
         let mut caller = task::spawn(provider.token());
         assert_pending!(caller.poll());
@@ -276,7 +288,10 @@ fn an_exchange_lost_with_its_runtime_does_not_leave_the_cache_stuck() {
     // The runtime goes away with the exchange task still waiting at the gate.
     drop(first);
 
-    let second = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let token = second.block_on(async {
         exchange.open_gate();
         provider.token().await

@@ -89,7 +89,7 @@ where
                 StateProj::Sending { future } => {
                     let response = ready!(future.poll(cx)).map_err(|err| {
                         let error = TokenError::transport(err);
-                        tracing::debug!(error = %error, "token exchange failed");
+                        tracing::debug!(error = %crate::error::ErrorChain(&error), "token exchange failed");
                         error
                     })?;
                     let (parts, body) = response.into_parts();
@@ -167,7 +167,7 @@ fn finish_without_body(status: StatusCode, headers: &HeaderMap) -> TokenError {
     } else {
         parse::parse_error(status, headers, None, "")
     };
-    tracing::debug!(status = status.as_u16(), error = %error, "token exchange failed");
+    tracing::debug!(status = status.as_u16(), error = %crate::error::ErrorChain(&error), "token exchange failed");
     error
 }
 
@@ -182,7 +182,7 @@ fn log_outcome(result: &Result<Token, TokenError>, status: StatusCode) {
             status = status.as_u16(),
             error_code = error.error_code(),
             retryable = error.is_retryable(),
-            error = %error,
+            error = %crate::error::ErrorChain(error),
             "token exchange failed"
         ),
     }

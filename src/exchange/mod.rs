@@ -144,7 +144,10 @@ impl<H> HttpTokenExchange<H> {
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(self.config.token_url.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"))
+            .header(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-www-form-urlencoded"),
+            )
             .header(ACCEPT, HeaderValue::from_static("application/json"));
         let body = match self.config.auth_method {
             AuthMethod::RequestBody => format!(
@@ -174,8 +177,15 @@ impl<H> HttpTokenExchange<H> {
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`, marked sensitive
 /// (RFC 6749 §2.3.1).
-pub(crate) fn basic_authorization(client_id: &str, client_secret: &str) -> Result<HeaderValue, TokenError> {
-    let joined = format!("{}:{}", form_urlencode(client_id), form_urlencode(client_secret));
+pub(crate) fn basic_authorization(
+    client_id: &str,
+    client_secret: &str,
+) -> Result<HeaderValue, TokenError> {
+    let joined = format!(
+        "{}:{}",
+        form_urlencode(client_id),
+        form_urlencode(client_secret)
+    );
     let encoded = base64::engine::general_purpose::STANDARD.encode(joined);
     let mut value = HeaderValue::try_from(format!("Basic {encoded}")).map_err(|_| {
         TokenError::with_detail(
@@ -231,9 +241,7 @@ where
     type Future = ExchangeFuture<H::Future, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http
-            .poll_ready(cx)
-            .map_err(TokenError::transport)
+        self.http.poll_ready(cx).map_err(TokenError::transport)
     }
 
     fn call(&mut self, request: TokenRequest) -> Self::Future {

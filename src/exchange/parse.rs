@@ -43,13 +43,22 @@ pub(crate) fn parse_token(status: StatusCode, body: &[u8]) -> Result<Token, Toke
     let access_token = match raw.access_token {
         Some(Value::String(token)) if !token.is_empty() => token,
         Some(Value::String(_)) => {
-            return Err(TokenError::invalid_response(status, "`access_token` is empty"));
+            return Err(TokenError::invalid_response(
+                status,
+                "`access_token` is empty",
+            ));
         }
         None | Some(Value::Null) => {
-            return Err(TokenError::invalid_response(status, "`access_token` is missing"));
+            return Err(TokenError::invalid_response(
+                status,
+                "`access_token` is missing",
+            ));
         }
         Some(_) => {
-            return Err(TokenError::invalid_response(status, "`access_token` is not a string"));
+            return Err(TokenError::invalid_response(
+                status,
+                "`access_token` is not a string",
+            ));
         }
     };
 
@@ -160,7 +169,12 @@ pub(crate) fn parse_error(
             };
             TokenError::from_status(status, Some(oauth), retry_after, None)
         }
-        _ => TokenError::from_status(status, None, retry_after, Some(describe_body(headers, body).into())),
+        _ => TokenError::from_status(
+            status,
+            None,
+            retry_after,
+            Some(describe_body(headers, body).into()),
+        ),
     }
 }
 
@@ -185,7 +199,12 @@ fn clean_text(text: &str, secret: &str) -> String {
         .filter(|c| !c.is_control())
         .take(MAX_ERROR_TEXT)
         .collect();
-    if text.chars().filter(|c| !c.is_control()).nth(MAX_ERROR_TEXT).is_some() {
+    if text
+        .chars()
+        .filter(|c| !c.is_control())
+        .nth(MAX_ERROR_TEXT)
+        .is_some()
+    {
         cleaned.push('…');
     }
     cleaned
@@ -215,8 +234,12 @@ fn describe_json_error(body: &[u8], err: &serde_json::Error) -> String {
         return "the body is empty".to_owned();
     }
     let what = match err.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "is not valid JSON",
-        serde_json::error::Category::Data | serde_json::error::Category::Io => "is not a JSON object",
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            "is not valid JSON"
+        }
+        serde_json::error::Category::Data | serde_json::error::Category::Io => {
+            "is not a JSON object"
+        }
     };
     format!(
         "the body {what} (line {}, column {}, {} bytes)",
@@ -254,7 +277,8 @@ mod tests {
 
     #[test]
     fn reads_the_contract_response() {
-        let token = token(r#"{"access_token":"eyJ.abc","expires_in":3600,"token_type":"Bearer"}"#).unwrap();
+        let token =
+            token(r#"{"access_token":"eyJ.abc","expires_in":3600,"token_type":"Bearer"}"#).unwrap();
         assert_eq!(token.access_token().secret(), "eyJ.abc");
         assert_eq!(token.expires_in(), Some(Duration::from_secs(3600)));
     }
@@ -272,9 +296,14 @@ mod tests {
             ("1e30", Some(u64::MAX)),
             ("18446744073709551615", Some(u64::MAX)),
         ] {
-            let body = format!(r#"{{"access_token":"t","token_type":"Bearer","expires_in":{value}}}"#);
+            let body =
+                format!(r#"{{"access_token":"t","token_type":"Bearer","expires_in":{value}}}"#);
             let token = token(&body).unwrap();
-            assert_eq!(token.expires_in(), expected.map(Duration::from_secs), "{value}");
+            assert_eq!(
+                token.expires_in(),
+                expected.map(Duration::from_secs),
+                "{value}"
+            );
         }
         let missing = token(r#"{"access_token":"t","token_type":"Bearer"}"#).unwrap();
         assert_eq!(missing.expires_in(), None);
@@ -283,7 +312,8 @@ mod tests {
     #[test]
     fn rejects_unusable_expires_in() {
         for value in ["-1", "-0.5", r#""soon""#, "true", "[3600]", r#""-5""#] {
-            let body = format!(r#"{{"access_token":"t","token_type":"Bearer","expires_in":{value}}}"#);
+            let body =
+                format!(r#"{{"access_token":"t","token_type":"Bearer","expires_in":{value}}}"#);
             let err = invalid(&body);
             assert!(err.to_string().contains("expires_in"), "{err}");
         }
@@ -312,7 +342,10 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored() {
         let body = r#"{"access_token":"t","token_type":"Bearer","expires_in":5,"scope":"a b","extra":{"x":[1]}}"#;
-        assert_eq!(token(body).unwrap().expires_in(), Some(Duration::from_secs(5)));
+        assert_eq!(
+            token(body).unwrap().expires_in(),
+            Some(Duration::from_secs(5))
+        );
     }
 
     #[test]
@@ -331,11 +364,19 @@ mod tests {
     #[test]
     fn oauth_error_bodies_are_read_and_cleaned() {
         let body = br#"{"error":"invalid_client","error_description":"bad\nsecret hunter2 given","error_uri":"https://docs"}"#;
-        let err = parse_error(StatusCode::UNAUTHORIZED, &HeaderMap::new(), Some(body), "hunter2");
+        let err = parse_error(
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new(),
+            Some(body),
+            "hunter2",
+        );
         assert_eq!(err.kind(), TokenErrorKind::InvalidClient);
         assert_eq!(err.error_code(), Some("invalid_client"));
         assert_eq!(err.error_description(), Some("badsecret [redacted] given"));
-        assert_eq!(err.oauth_error().and_then(OAuthError::uri), Some("https://docs"));
+        assert_eq!(
+            err.oauth_error().and_then(OAuthError::uri),
+            Some("https://docs")
+        );
         assert!(!err.to_string().contains("hunter2"));
         assert!(!format!("{err:?}").contains("hunter2"));
     }
@@ -344,25 +385,51 @@ mod tests {
     fn long_descriptions_are_bounded() {
         let long = "x".repeat(10_000);
         let body = format!(r#"{{"error":"invalid_request","error_description":"{long}"}}"#);
-        let err = parse_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), Some(body.as_bytes()), "s");
+        let err = parse_error(
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            Some(body.as_bytes()),
+            "s",
+        );
         assert_eq!(err.kind(), TokenErrorKind::InvalidRequest);
-        assert_eq!(err.error_description().map(|d| d.chars().count()), Some(MAX_ERROR_TEXT + 1));
+        assert_eq!(
+            err.error_description().map(|d| d.chars().count()),
+            Some(MAX_ERROR_TEXT + 1)
+        );
     }
 
     #[test]
     fn non_oauth_error_bodies_keep_the_status() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, "text/html; charset=utf-8".parse().unwrap());
-        let err = parse_error(StatusCode::BAD_GATEWAY, &headers, Some(b"<html>oops</html>"), "s");
+        headers.insert(
+            header::CONTENT_TYPE,
+            "text/html; charset=utf-8".parse().unwrap(),
+        );
+        let err = parse_error(
+            StatusCode::BAD_GATEWAY,
+            &headers,
+            Some(b"<html>oops</html>"),
+            "s",
+        );
         assert_eq!(err.kind(), TokenErrorKind::ServerError);
         assert_eq!(err.status(), Some(StatusCode::BAD_GATEWAY));
         assert!(err.is_retryable());
         assert!(err.to_string().contains("17 bytes of text/html"), "{err}");
         assert!(err.error_code().is_none());
 
-        let err = parse_error(StatusCode::INTERNAL_SERVER_ERROR, &HeaderMap::new(), Some(b""), "s");
+        let err = parse_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &HeaderMap::new(),
+            Some(b""),
+            "s",
+        );
         assert!(err.to_string().contains("empty"), "{err}");
-        let err = parse_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), Some(b"{\"error\":5}"), "s");
+        let err = parse_error(
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            Some(b"{\"error\":5}"),
+            "s",
+        );
         assert_eq!(err.kind(), TokenErrorKind::InvalidRequest);
         assert!(err.error_code().is_none());
     }

@@ -35,8 +35,12 @@ type Log = Arc<Mutex<Vec<Recorded>>>;
 fn mock_http(
     responses: Vec<Response<Full<Bytes>>>,
 ) -> (
-    impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
-    + Clone
+    impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
     + Send
     + 'static,
     Log,
@@ -49,14 +53,22 @@ fn mock_http(
         let responses = responses.clone();
         async move {
             let (parts, body) = request.into_parts();
-            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let body = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             log.lock().unwrap().push(Recorded {
                 method: parts.method,
                 uri: parts.uri,
                 headers: parts.headers,
                 body,
             });
-            let response = responses.lock().unwrap().pop_front().expect("no response left");
+            let response = responses
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("no response left");
             Ok::<_, Infallible>(response)
         }
     });
@@ -68,7 +80,9 @@ fn response(status: u16, content_type: Option<&str>, body: &str) -> Response<Ful
     if let Some(content_type) = content_type {
         builder = builder.header(header::CONTENT_TYPE, content_type);
     }
-    builder.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+    builder
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
 }
 
 fn ok_response() -> Response<Full<Bytes>> {
@@ -89,7 +103,9 @@ async fn exchange_once(
     body: &str,
 ) -> Result<Token, TokenError> {
     let (http, _) = mock_http(vec![response(status, content_type, body)]);
-    HttpTokenExchange::new(http).oneshot(request("secret")).await
+    HttpTokenExchange::new(http)
+        .oneshot(request("secret"))
+        .await
 }
 
 fn form(body: &[u8]) -> Vec<(String, String)> {
@@ -99,17 +115,29 @@ fn form(body: &[u8]) -> Vec<(String, String)> {
 #[tokio::test]
 async fn request_body_auth_sends_the_contract_request() {
     let (http, log) = mock_http(vec![ok_response()]);
-    let token = HttpTokenExchange::new(http).oneshot(request(WEIRD_SECRET)).await.unwrap();
+    let token = HttpTokenExchange::new(http)
+        .oneshot(request(WEIRD_SECRET))
+        .await
+        .unwrap();
     assert_eq!(token.access_token().secret(), "tok-1");
-    assert_eq!(token.expires_in(), Some(std::time::Duration::from_secs(3600)));
+    assert_eq!(
+        token.expires_in(),
+        Some(std::time::Duration::from_secs(3600))
+    );
 
     let log = log.lock().unwrap();
     let sent = &log[0];
     assert_eq!(sent.method, http::Method::POST);
     assert_eq!(sent.uri, DEFAULT_TOKEN_URL);
-    assert_eq!(sent.headers[header::CONTENT_TYPE], "application/x-www-form-urlencoded");
+    assert_eq!(
+        sent.headers[header::CONTENT_TYPE],
+        "application/x-www-form-urlencoded"
+    );
     assert_eq!(sent.headers[header::ACCEPT], "application/json");
-    assert_eq!(sent.headers[header::CONTENT_LENGTH], sent.body.len().to_string().as_str());
+    assert_eq!(
+        sent.headers[header::CONTENT_LENGTH],
+        sent.body.len().to_string().as_str()
+    );
     assert!(sent.headers.get(header::AUTHORIZATION).is_none());
     assert_eq!(
         form(&sent.body),
@@ -138,13 +166,25 @@ async fn basic_auth_urlencodes_each_part_before_base64() {
     assert_eq!(&sent.body[..], b"grant_type=client_credentials");
     let authorization = &sent.headers[header::AUTHORIZATION];
     assert!(authorization.is_sensitive());
-    let encoded = authorization.to_str().unwrap().strip_prefix("Basic ").unwrap();
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+    let encoded = authorization
+        .to_str()
+        .unwrap()
+        .strip_prefix("Basic ")
+        .unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
     let decoded = String::from_utf8(decoded).unwrap();
     assert_eq!(decoded, "client+id%2B1:p%3A+a%2Bb%2Fc%26d%25e%3Df+g+%C3%A9");
     // RFC 6749 §2.3.1 decoding: split at the first ':', then form-decode each half.
     let (id, secret) = decoded.split_once(':').unwrap();
-    let decode = |s: &str| form_urlencoded::parse(s.as_bytes()).next().unwrap().0.into_owned();
+    let decode = |s: &str| {
+        form_urlencoded::parse(s.as_bytes())
+            .next()
+            .unwrap()
+            .0
+            .into_owned()
+    };
     assert_eq!(decode(id), "client id+1");
     assert_eq!(decode(secret), WEIRD_SECRET);
 }
@@ -156,7 +196,10 @@ async fn token_url_can_be_changed_and_is_validated() {
         .with_token_url("http://127.0.0.1:8080/oauth2/token")
         .unwrap();
     exchange.oneshot(request("s")).await.unwrap();
-    assert_eq!(log.lock().unwrap()[0].uri, "http://127.0.0.1:8080/oauth2/token");
+    assert_eq!(
+        log.lock().unwrap()[0].uri,
+        "http://127.0.0.1:8080/oauth2/token"
+    );
 
     let (http, _) = mock_http(vec![]);
     let exchange = HttpTokenExchange::new(http);
@@ -166,7 +209,10 @@ async fn token_url_can_be_changed_and_is_validated() {
         "http://127.0.0.2/token",
         "http://[::1]:8080/token",
     ] {
-        assert!(exchange.clone().with_token_url(accepted).is_ok(), "{accepted}");
+        assert!(
+            exchange.clone().with_token_url(accepted).is_ok(),
+            "{accepted}"
+        );
     }
     for refused in [
         "http://auth.example.com/oauth2/token",
@@ -175,7 +221,10 @@ async fn token_url_can_be_changed_and_is_validated() {
         "/oauth2/token",
         "not a url",
     ] {
-        assert!(exchange.clone().with_token_url(refused).is_err(), "{refused}");
+        assert!(
+            exchange.clone().with_token_url(refused).is_err(),
+            "{refused}"
+        );
     }
     let err = exchange.with_token_url("http://example.com/t").unwrap_err();
     assert!(err.to_string().contains("https"), "{err}");
@@ -184,27 +233,72 @@ async fn token_url_can_be_changed_and_is_validated() {
 #[tokio::test]
 async fn error_statuses_map_to_typed_errors() {
     let cases = [
-        (400, r#"{"error":"invalid_request","error_description":"grant_type missing"}"#, TokenErrorKind::InvalidRequest, Some("invalid_request"), false),
-        (400, r#"{"error":"unsupported_grant_type"}"#, TokenErrorKind::InvalidRequest, Some("unsupported_grant_type"), false),
-        (401, r#"{"error":"invalid_client","error_description":"Client authentication failed"}"#, TokenErrorKind::InvalidClient, Some("invalid_client"), false),
+        (
+            400,
+            r#"{"error":"invalid_request","error_description":"grant_type missing"}"#,
+            TokenErrorKind::InvalidRequest,
+            Some("invalid_request"),
+            false,
+        ),
+        (
+            400,
+            r#"{"error":"unsupported_grant_type"}"#,
+            TokenErrorKind::InvalidRequest,
+            Some("unsupported_grant_type"),
+            false,
+        ),
+        (
+            401,
+            r#"{"error":"invalid_client","error_description":"Client authentication failed"}"#,
+            TokenErrorKind::InvalidClient,
+            Some("invalid_client"),
+            false,
+        ),
         (403, "", TokenErrorKind::UnexpectedStatus, None, false),
-        (429, r#"{"error":"slow_down"}"#, TokenErrorKind::RateLimited, Some("slow_down"), true),
-        (500, "<html><body>Internal error</body></html>", TokenErrorKind::ServerError, None, true),
+        (
+            429,
+            r#"{"error":"slow_down"}"#,
+            TokenErrorKind::RateLimited,
+            Some("slow_down"),
+            true,
+        ),
+        (
+            500,
+            "<html><body>Internal error</body></html>",
+            TokenErrorKind::ServerError,
+            None,
+            true,
+        ),
         (502, "", TokenErrorKind::ServerError, None, true),
-        (503, "Service Unavailable", TokenErrorKind::ServerError, None, true),
+        (
+            503,
+            "Service Unavailable",
+            TokenErrorKind::ServerError,
+            None,
+            true,
+        ),
     ];
     for (status, body, kind, code, retryable) in cases {
-        let err = exchange_once(status, Some("text/html"), body).await.unwrap_err();
+        let err = exchange_once(status, Some("text/html"), body)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), kind, "{status} {body}");
         assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
         assert_eq!(err.error_code(), code, "{status} {body}");
         assert_eq!(err.is_retryable(), retryable, "{status}");
         assert!(!err.to_string().contains("secret"), "{err}");
     }
-    let err = exchange_once(401, None, r#"{"error":"invalid_client","error_description":"Client authentication failed"}"#)
-        .await
-        .unwrap_err();
-    assert_eq!(err.error_description(), Some("Client authentication failed"));
+    let err = exchange_once(
+        401,
+        None,
+        r#"{"error":"invalid_client","error_description":"Client authentication failed"}"#,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.error_description(),
+        Some("Client authentication failed")
+    );
     assert_eq!(
         err.to_string(),
         "the token endpoint rejected the client credentials \
@@ -223,14 +317,23 @@ async fn success_statuses_with_unusable_bodies_are_invalid_responses() {
         r#"{"access_token":"t","expires_in":3600,"token_type":"MAC"}"#,
         r#"{"access_token":"t","expires_in":-5,"token_type":"Bearer"}"#,
     ] {
-        let err = exchange_once(200, Some("application/json"), body).await.unwrap_err();
+        let err = exchange_once(200, Some("application/json"), body)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), TokenErrorKind::InvalidResponse, "{body}");
         assert_eq!(err.status(), Some(StatusCode::OK));
     }
-    let token = exchange_once(200, None, r#"{"access_token":"t","expires_in":"120","token_type":"bearer"}"#)
-        .await
-        .unwrap();
-    assert_eq!(token.expires_in(), Some(std::time::Duration::from_secs(120)));
+    let token = exchange_once(
+        200,
+        None,
+        r#"{"access_token":"t","expires_in":"120","token_type":"bearer"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        token.expires_in(),
+        Some(std::time::Duration::from_secs(120))
+    );
 }
 
 #[tokio::test]
@@ -241,10 +344,17 @@ async fn redirects_are_not_followed() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let (http, log) = mock_http(vec![redirect]);
-    let err = HttpTokenExchange::new(http).oneshot(request("s")).await.unwrap_err();
+    let err = HttpTokenExchange::new(http)
+        .oneshot(request("s"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::UnexpectedStatus);
     assert_eq!(err.status(), Some(StatusCode::FOUND));
-    assert_eq!(log.lock().unwrap().len(), 1, "exactly one request, to the token URL");
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "exactly one request, to the token URL"
+    );
 }
 
 #[tokio::test]
@@ -255,7 +365,10 @@ async fn transport_errors_are_retryable() {
             "connection refused",
         ))
     });
-    let err = HttpTokenExchange::new(http).oneshot(request("s")).await.unwrap_err();
+    let err = HttpTokenExchange::new(http)
+        .oneshot(request("s"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::Transport);
     assert!(err.is_retryable());
     assert!(std::error::Error::source(&err).is_some());
@@ -296,12 +409,25 @@ async fn bodies_over_64_kib_are_not_read_past_the_limit() {
                 Ok::<_, Infallible>(response)
             }
         });
-        let err = HttpTokenExchange::new(http).oneshot(request("s")).await.unwrap_err();
-        let expected = if status == 200 { TokenErrorKind::InvalidResponse } else { TokenErrorKind::ServerError };
+        let err = HttpTokenExchange::new(http)
+            .oneshot(request("s"))
+            .await
+            .unwrap_err();
+        let expected = if status == 200 {
+            TokenErrorKind::InvalidResponse
+        } else {
+            TokenErrorKind::ServerError
+        };
         assert_eq!(err.kind(), expected);
-        assert!(err.to_string().contains("too large") || err.to_string().contains("larger than"), "{err}");
+        assert!(
+            err.to_string().contains("too large") || err.to_string().contains("larger than"),
+            "{err}"
+        );
         let pulled = pulled.load(Ordering::SeqCst);
-        assert!(pulled <= parse::MAX_BODY_BYTES + CHUNK, "read {pulled} bytes");
+        assert!(
+            pulled <= parse::MAX_BODY_BYTES + CHUNK,
+            "read {pulled} bytes"
+        );
     }
 }
 
@@ -320,7 +446,10 @@ async fn a_declared_oversized_body_is_not_read_at_all() {
             Ok::<_, Infallible>(response)
         }
     });
-    let err = HttpTokenExchange::new(http).oneshot(request("s")).await.unwrap_err();
+    let err = HttpTokenExchange::new(http)
+        .oneshot(request("s"))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::InvalidResponse);
     assert_eq!(pulled.load(Ordering::SeqCst), 0);
 }
@@ -335,7 +464,8 @@ async fn a_body_of_exactly_the_limit_is_read() {
 
 #[tokio::test]
 async fn the_secret_never_reaches_errors_or_debug() {
-    let echo = format!(r#"{{"error":"invalid_client","error_description":"bad secret {WEIRD_SECRET}"}}"#);
+    let echo =
+        format!(r#"{{"error":"invalid_client","error_description":"bad secret {WEIRD_SECRET}"}}"#);
     let (http, _) = mock_http(vec![response(401, None, &echo)]);
     let exchange = HttpTokenExchange::new(http);
     assert!(!format!("{exchange:?}").contains(WEIRD_SECRET));

@@ -93,7 +93,11 @@ impl MockExchange {
 
     async fn answer(self, request: TokenRequest) -> Result<Token, TokenError> {
         let n = self.state.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        self.state.seen.lock().unwrap().push(request.credentials().clone());
+        self.state
+            .seen
+            .lock()
+            .unwrap()
+            .push(request.credentials().clone());
         let gate = self.state.gate.lock().unwrap().clone();
         if let Some(gate) = gate {
             let _permit = gate.acquire().await.unwrap();
@@ -105,7 +109,10 @@ impl MockExchange {
         match answer {
             Some(Answer::Token(token)) => Ok(token),
             Some(Answer::Error(error)) => Err(error),
-            None => Ok(Token::new(format!("token-{n}"), *self.state.lifetime.lock().unwrap())),
+            None => Ok(Token::new(
+                format!("token-{n}"),
+                *self.state.lifetime.lock().unwrap(),
+            )),
         }
     }
 }
@@ -113,9 +120,13 @@ impl MockExchange {
 impl tower::Service<TokenRequest> for MockExchange {
     type Response = Token;
     type Error = TokenError;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Token, TokenError>> + Send>>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Token, TokenError>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), TokenError>> {
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), TokenError>> {
         std::task::Poll::Ready(Ok(()))
     }
 

@@ -1,0 +1,73 @@
+//! Exact allocation counts on the request path (counted per thread by
+//! `allocation-counter`, so only this test's own work is measured).
+
+mod common;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use common::MockExchange;
+use http::header::AUTHORIZATION;
+use http::{Request, Response};
+use routera_auth::RouteraAuthLayer;
+use tower::{Layer, Service, service_fn};
+
+#[test]
+fn a_request_with_a_fresh_token_allocates_nothing_and_starts_no_exchange() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let exchange = MockExchange::new(Duration::from_secs(3600));
+    let provider = exchange.provider();
+    runtime.block_on(provider.token()).unwrap();
+    let _context = runtime.enter();
+
+    let inner = service_fn(|request: Request<()>| {
+        assert!(request.headers()[AUTHORIZATION].is_sensitive());
+        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+    });
+    let mut service = RouteraAuthLayer::new(provider).layer(inner);
+    let mut cx = Context::from_waker(Waker::noop());
+
+    // Requests are built outside the measurement, with room for the header,
+    // as a client's request builder leaves them.
+    let mut requests: Vec<_> = (0..1_001)
+        .map(|_| {
+            let mut request = Request::new(());
+            request.headers_mut().reserve(4);
+            request
+        })
+        .collect();
+
+    let mut send = |request: Request<()>| {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let future = pin!(service.call(request));
+        match future.poll(&mut cx) {
+            Poll::Ready(Ok(response)) => response,
+            other => panic!("expected an immediate response, got {other:?}"),
+        }
+    };
+    // Warm-up: thread-local state of the cache read is set up on first use.
+    if let Some(request) = requests.pop() {
+        send(request);
+    }
+
+    let measured = allocation_counter::measure(|| {
+        for request in requests {
+            send(request);
+        }
+    });
+    assert_eq!(measured.count_total, 0, "{measured:?}");
+    assert_eq!(exchange.calls(), 1);
+
+    // The counter does see allocations: the naive per-request header would.
+    let naive = allocation_counter::measure(|| {
+        let value = format!("Bearer {}", "token-1");
+        std::hint::black_box(http::HeaderValue::from_str(&value).unwrap());
+    });
+    assert!(naive.count_total >= 2, "{naive:?}");
+}
