@@ -83,3 +83,8 @@ pub use provider::{
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use reqwest_adapter::{ReqwestFuture, ReqwestService};
 pub use token::{AccessToken, Token, TokenRequest};
+
+/// The README's examples, compiled as doctests.
+#[cfg(all(doctest, feature = "reqwest"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
