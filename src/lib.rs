@@ -76,8 +76,9 @@ pub use credentials::{AuthMethod, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCreden
 pub use error::{BoxError, ConfigError, TokenError, TokenErrorKind};
 pub use exchange::{DEFAULT_TOKEN_URL, HttpTokenExchange};
 pub use provider::{
-    DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXPIRY_SKEW, MAX_TOKEN_LIFETIME, TokenProvider,
-    TokenProviderBuilder,
+    DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, ProviderStats,
+    TokenProvider, TokenProviderBuilder,
 };
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]

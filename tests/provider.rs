@@ -14,6 +14,13 @@ use tokio_test::{assert_pending, assert_ready, task};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// A provider without refresh ahead: these tests are about expiry itself.
+fn expiry_only(exchange: &MockExchange) -> TokenProvider {
+    TokenProvider::builder(exchange.clone(), credentials())
+        .refresh_ahead(Duration::ZERO)
+        .build()
+}
+
 async fn settle() {
     // Lets spawned tasks (the exchange) run on the current-thread runtime.
     for _ in 0..10 {
@@ -24,7 +31,7 @@ async fn settle() {
 #[tokio::test(start_paused = true)]
 async fn a_fresh_token_is_reused() {
     let exchange = MockExchange::new(HOUR);
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
 
     let first = provider.token().await.unwrap();
     for _ in 0..100 {
@@ -37,7 +44,7 @@ async fn a_fresh_token_is_reused() {
 #[tokio::test(start_paused = true)]
 async fn the_token_is_renewed_after_expires_in_minus_the_skew() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
     let first = provider.token().await.unwrap();
 
     advance(HOUR - DEFAULT_EXPIRY_SKEW - Duration::from_secs(1)).await;
@@ -55,6 +62,7 @@ async fn the_token_is_renewed_after_expires_in_minus_the_skew() {
 async fn the_skew_is_configurable_and_never_eats_more_than_half_a_lifetime() {
     let exchange = MockExchange::new(Duration::from_secs(2)).with_delay(Duration::ZERO);
     let provider = TokenProvider::builder(exchange.clone(), credentials())
+        .refresh_ahead(Duration::ZERO)
         .expiry_skew(Duration::from_secs(300))
         .build();
     provider.token().await.unwrap();
@@ -67,6 +75,7 @@ async fn the_skew_is_configurable_and_never_eats_more_than_half_a_lifetime() {
 
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
     let provider = TokenProvider::builder(exchange.clone(), credentials())
+        .refresh_ahead(Duration::ZERO)
         .expiry_skew(Duration::from_secs(600))
         .build();
     provider.token().await.unwrap();
@@ -77,11 +86,11 @@ async fn the_skew_is_configurable_and_never_eats_more_than_half_a_lifetime() {
 
 #[tokio::test(start_paused = true)]
 async fn lifetime_is_counted_from_the_request_not_the_response() {
-    // The exchange takes 20 s; a 60 s token is fresh until 60 - 30 s after it was requested.
-    let exchange = MockExchange::new(Duration::from_secs(60)).with_delay(Duration::from_secs(20));
-    let provider = exchange.provider();
+    // The exchange takes 5 s; a 60 s token is fresh until 60 - 30 s after it was requested.
+    let exchange = MockExchange::new(Duration::from_secs(60)).with_delay(Duration::from_secs(5));
+    let provider = expiry_only(&exchange);
     provider.token().await.unwrap();
-    advance(Duration::from_secs(9)).await; // 29 s after the request
+    advance(Duration::from_secs(24)).await; // 29 s after the request
     provider.token().await.unwrap();
     assert_eq!(exchange.calls(), 1);
     advance(Duration::from_secs(1)).await; // 30 s
@@ -94,6 +103,7 @@ async fn an_unknown_lifetime_is_assumed_short_and_a_huge_one_is_capped() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
     exchange.then(Answer::Token(Token::with_unknown_lifetime("no-expiry")));
     let provider = TokenProvider::builder(exchange.clone(), credentials())
+        .refresh_ahead(Duration::ZERO)
         .assumed_lifetime(Duration::from_secs(120))
         .build();
     assert_eq!(provider.token().await.unwrap().secret(), "no-expiry");
@@ -107,7 +117,7 @@ async fn an_unknown_lifetime_is_assumed_short_and_a_huge_one_is_capped() {
         "ten-years",
         Duration::from_secs(10 * 365 * 86_400),
     )));
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
     assert_eq!(provider.token().await.unwrap().secret(), "ten-years");
     advance(MAX_TOKEN_LIFETIME - DEFAULT_EXPIRY_SKEW).await;
     assert_ne!(provider.token().await.unwrap().secret(), "ten-years");
@@ -131,7 +141,7 @@ async fn herd(provider: &TokenProvider, callers: usize) -> Vec<AccessToken> {
 #[tokio::test(start_paused = true)]
 async fn one_thousand_concurrent_callers_share_one_exchange_cold_and_at_expiry() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(100));
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
 
     let tokens = herd(&provider, 1000).await;
     assert_eq!(exchange.calls(), 1);
@@ -146,7 +156,7 @@ async fn one_thousand_concurrent_callers_share_one_exchange_cold_and_at_expiry()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_exchange_for_concurrent_callers_on_many_threads() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(20));
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
     let tokens = herd(&provider, 1000).await;
     assert_eq!(exchange.calls(), 1);
     assert!(tokens.iter().all(|token| token.secret() == "token-1"));
@@ -155,7 +165,7 @@ async fn one_exchange_for_concurrent_callers_on_many_threads() {
 #[tokio::test(start_paused = true)]
 async fn dropping_the_caller_that_started_the_exchange_cancels_nothing() {
     let exchange = MockExchange::new(HOUR).gated();
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
 
     let mut first = task::spawn(provider.token());
     assert_pending!(first.poll());
@@ -182,7 +192,7 @@ async fn dropping_the_caller_that_started_the_exchange_cancels_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_lone_caller_dropped_mid_exchange_still_fills_the_cache() {
     let exchange = MockExchange::new(HOUR).gated();
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
     let mut caller = task::spawn(provider.token());
     assert_pending!(caller.poll());
     drop(caller);
@@ -196,10 +206,10 @@ async fn a_lone_caller_dropped_mid_exchange_still_fills_the_cache() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_exchange_error_reaches_every_waiter_and_the_next_call_tries_again() {
+async fn an_exchange_error_reaches_every_waiter_and_a_later_call_gets_a_token() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(100));
     exchange.fail_next(status_error(503, "").await);
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
 
     let handles: Vec<_> = (0..50)
         .map(|_| {
@@ -214,6 +224,9 @@ async fn an_exchange_error_reaches_every_waiter_and_the_next_call_tries_again() 
     }
     assert_eq!(exchange.calls(), 1, "one exchange for all 50 waiters");
 
+    // The retry comes after the first backoff (at most 1 s), not per call.
+    advance(Duration::from_secs(1)).await;
+    settle().await;
     assert_eq!(provider.token().await.unwrap().secret(), "token-2");
     assert_eq!(exchange.calls(), 2);
 }
@@ -221,7 +234,7 @@ async fn an_exchange_error_reaches_every_waiter_and_the_next_call_tries_again() 
 #[tokio::test(start_paused = true)]
 async fn invalidate_drops_only_the_cached_token() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
     let first = provider.token().await.unwrap();
 
     assert!(!provider.invalidate(&AccessToken::new("someone-else")));
@@ -249,10 +262,11 @@ async fn invalidate_drops_only_the_cached_token() {
 async fn a_token_that_cannot_be_a_header_is_an_error() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
     exchange.then(Answer::Token(Token::new("bad\ntoken", HOUR)));
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
     let err = provider.token().await.unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::InvalidResponse);
     assert!(!err.to_string().contains("bad\ntoken"));
+    advance(Duration::from_secs(1)).await;
     assert_eq!(provider.token().await.unwrap().secret(), "token-2");
 }
 
@@ -273,7 +287,7 @@ fn without_a_runtime_token_fails_instead_of_panicking() {
 #[test]
 fn an_exchange_lost_with_its_runtime_does_not_leave_the_cache_stuck() {
     let exchange = MockExchange::new(HOUR).gated();
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
 
     let first = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -304,7 +318,7 @@ fn an_exchange_lost_with_its_runtime_does_not_leave_the_cache_stuck() {
 async fn waiters_see_the_same_error_value() {
     let exchange = MockExchange::new(HOUR).gated();
     exchange.fail_next(status_error(401, r#"{"error":"invalid_client"}"#).await);
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
     let mut a = task::spawn(provider.token());
     let mut b = task::spawn(provider.token());
     assert_pending!(a.poll());
@@ -326,7 +340,7 @@ async fn waiters_see_the_same_error_value() {
 #[tokio::test]
 async fn debug_shows_no_token_and_no_secret() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    let provider = exchange.provider();
+    let provider = expiry_only(&exchange);
     let token = provider.token().await.unwrap();
     let debug = format!("{provider:?} {token:?}");
     assert!(!debug.contains(token.secret()), "{debug}");

@@ -32,6 +32,7 @@ struct State {
     lifetime: Mutex<Duration>,
     gate: Mutex<Option<Arc<Semaphore>>>,
     seen: Mutex<Vec<ClientCredentials>>,
+    outage: Mutex<Option<(tokio::time::Instant, TokenError)>>,
 }
 
 impl MockExchange {
@@ -45,6 +46,7 @@ impl MockExchange {
                 lifetime: Mutex::new(lifetime),
                 gate: Mutex::new(None),
                 seen: Mutex::new(Vec::new()),
+                outage: Mutex::new(None),
             }),
         }
     }
@@ -73,6 +75,11 @@ impl MockExchange {
 
     pub fn fail_next(&self, error: TokenError) -> &Self {
         self.then(Answer::Error(error))
+    }
+
+    /// Every exchange that ends before `until` fails with `error`.
+    pub fn outage(&self, until: tokio::time::Instant, error: TokenError) {
+        *self.state.outage.lock().unwrap() = Some((until, error));
     }
 
     pub fn calls(&self) -> usize {
@@ -106,6 +113,11 @@ impl MockExchange {
         tokio::time::sleep(delay).await;
         let answer = self.state.script.lock().unwrap().pop_front();
         self.state.finished.fetch_add(1, Ordering::SeqCst);
+        if let Some((until, error)) = self.state.outage.lock().unwrap().clone() {
+            if tokio::time::Instant::now() < until {
+                return Err(error);
+            }
+        }
         match answer {
             Some(Answer::Token(token)) => Ok(token),
             Some(Answer::Error(error)) => Err(error),
@@ -157,6 +169,25 @@ pub async fn status_error(status: u16, body: &str) -> TokenError {
                     .unwrap(),
             )
         }
+    });
+    routera_auth::HttpTokenExchange::new(http)
+        .oneshot(TokenRequest::new(credentials()))
+        .await
+        .unwrap_err()
+}
+
+/// A transport `TokenError`, as the HTTP exchange makes it when the
+/// connection fails.
+pub async fn transport_error() -> TokenError {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower::ServiceExt;
+
+    let http = tower::service_fn(|_: http::Request<Full<Bytes>>| async {
+        Err::<http::Response<Full<Bytes>>, _>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        ))
     });
     routera_auth::HttpTokenExchange::new(http)
         .oneshot(TokenRequest::new(credentials()))

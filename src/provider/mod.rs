@@ -1,0 +1,590 @@
+//! [`TokenProvider`]: the shared token cache in front of a token exchange.
+
+mod options;
+mod refresher;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::HeaderValue;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+pub use self::options::{
+    DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
+    TokenProviderBuilder,
+};
+use self::options::{Options, Schedule};
+use crate::ClientCredentials;
+use crate::error::{BoxError, TokenError, TokenErrorKind};
+use crate::token::{AccessToken, Token, TokenRequest};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// What the callers waiting on one exchange attempt receive.
+type Outcome = Option<Result<Arc<CachedToken>, TokenError>>;
+
+/// A shared, self-renewing access token for one set of client credentials.
+///
+/// `TokenProvider` is a handle: cloning it is one reference count, and every
+/// clone shares one cache, so one provider serves every client stack of a
+/// process that uses the same credentials.
+///
+/// - **Fresh token**: [`token`](TokenProvider::token) and
+///   [`RouteraAuth`](crate::RouteraAuth) answer from the cache with one
+///   atomic load and one clock read: no lock, no allocation, no write to
+///   shared memory.
+/// - **Refresh ahead**: inside the [refresh-ahead
+///   window](TokenProviderBuilder::refresh_ahead) (default 5 min before
+///   expiry, with jitter), the token is still served and one background
+///   refresh starts. Healthy refreshes never make a caller wait.
+/// - **Expired or no token**: callers wait, all on the same exchange, and
+///   all receive its token or its error. The exchange runs in a task of its
+///   own: a caller that gives up cancels nothing for the others. It times out
+///   after [`exchange_timeout`](TokenProviderBuilder::exchange_timeout).
+/// - **Failures**: a failed refresh never discards a valid token. The
+///   background task retries with jittered exponential backoff (1 s doubling
+///   to 60 s by default, honouring `Retry-After`) until it gets a token; it
+///   never gives up on an error. While it backs off with no valid token,
+///   callers get the last error at once: the endpoint sees a trickle of
+///   attempts, never one per request.
+/// - A token is used until its `expires_in`, counted from the moment it was
+///   requested, minus the [expiry skew](TokenProviderBuilder::expiry_skew).
+///
+/// Dropping the last handle stops the background task.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), routera_auth::TokenError> {
+/// use std::time::Duration;
+/// use routera_auth::{ClientCredentials, Token, TokenProvider, TokenRequest};
+///
+/// // Any `Service<TokenRequest, Response = Token>` is an exchange; here, a mock.
+/// let exchange = tower::service_fn(|_request: TokenRequest| async {
+///     Ok::<_, routera_auth::TokenError>(Token::new("mock-token", Duration::from_secs(3600)))
+/// });
+/// let provider = TokenProvider::builder(exchange, ClientCredentials::new("id", "secret"))
+///     .expiry_skew(Duration::from_secs(60))
+///     .build();
+///
+/// assert_eq!(provider.token().await?.secret(), "mock-token");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TokenProvider {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The current token; read on every request.
+    cache: ArcSwapOption<CachedToken>,
+    /// Everything else; locked only on the slow path.
+    control: Mutex<Control>,
+    /// Wakes the background task from a backoff (new credentials, drop).
+    wake: Arc<Notify>,
+    exchange: Box<dyn Exchange>,
+    options: Options,
+    stats: Counters,
+}
+
+struct Control {
+    credentials: ClientCredentials,
+    /// Bumped on every credential change; an attempt started before a change
+    /// never stores its token.
+    generation: u64,
+    refresher: Option<Refresher>,
+    /// Failures in a row since the last success.
+    failures: u32,
+    last_error: Option<TokenError>,
+}
+
+/// The background task that runs exchange attempts until one succeeds.
+struct Refresher {
+    /// The attempt in flight or about to start; `None` while the task waits
+    /// out a backoff.
+    attempt: Option<watch::Receiver<Outcome>>,
+    /// The sender of `attempt` when a caller opened it after the backoff
+    /// ended but before the task woke up; the task takes it over.
+    pending: Option<watch::Sender<Outcome>>,
+    /// When the backoff ends.
+    retry_at: Option<Instant>,
+    /// Dead once the task is gone (its runtime shut down).
+    alive: Weak<()>,
+}
+
+impl Refresher {
+    fn is_alive(&self) -> bool {
+        self.alive.strong_count() > 0
+    }
+}
+
+/// Counters of the slow path. The fresh-token path never touches them.
+#[derive(Default)]
+struct Counters {
+    exchanges: AtomicU64,
+    failures: AtomicU64,
+    waits: AtomicU64,
+    invalidations: AtomicU64,
+    background_refreshes: AtomicU64,
+}
+
+/// What a [`TokenProvider`] has done so far; from [`TokenProvider::stats`].
+///
+/// The counters are kept on the slow path only: serving a fresh token
+/// counts nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProviderStats {
+    /// Exchange attempts started.
+    pub exchanges: u64,
+    /// Exchange attempts that failed.
+    pub failures: u64,
+    /// Callers that had to wait for an exchange because no token was fresh.
+    pub waits: u64,
+    /// Tokens dropped by [`TokenProvider::invalidate`].
+    pub invalidations: u64,
+    /// Refreshes started ahead of expiry, while the token was still served.
+    pub background_refreshes: u64,
+}
+
+/// A cached token with its pre-built `Authorization` header value.
+pub(crate) struct CachedToken {
+    token: AccessToken,
+    header: HeaderValue,
+    /// From then on a background refresh is due.
+    refresh_at: Instant,
+    /// From then on the token is not served.
+    fresh_until: Instant,
+    /// Set by the first request that sees the refresh due, so that one
+    /// token starts one background refresh.
+    refresh_started: AtomicBool,
+}
+
+impl CachedToken {
+    fn new(token: Token, requested_at: Instant, schedule: Schedule) -> Result<Self, TokenError> {
+        let at = |offset| requested_at.checked_add(offset).unwrap_or(requested_at);
+        let secret = token.access_token().secret();
+        let mut value = Vec::with_capacity("Bearer ".len() + secret.len());
+        value.extend_from_slice(b"Bearer ");
+        value.extend_from_slice(secret.as_bytes());
+        // `from_owner` makes every later clone of the header a reference
+        // count, with no allocation on the request path.
+        let mut header =
+            HeaderValue::from_maybe_shared(Bytes::from_owner(value)).map_err(|_| {
+                TokenError::with_detail(
+                    TokenErrorKind::InvalidResponse,
+                    "the access token has characters that are not allowed in an HTTP header",
+                )
+            })?;
+        header.set_sensitive(true);
+        Ok(Self {
+            token: token.access_token().clone(),
+            header,
+            refresh_at: at(schedule.refresh_after),
+            fresh_until: at(schedule.fresh_for),
+            refresh_started: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+}
+
+/// A type-erased exchange service.
+trait Exchange: Send + Sync {
+    fn exchange(&self, request: TokenRequest) -> BoxFuture<Result<Token, TokenError>>;
+}
+
+struct ServiceExchange<S> {
+    service: Mutex<S>,
+}
+
+impl<S> Exchange for ServiceExchange<S>
+where
+    S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    fn exchange(&self, request: TokenRequest) -> BoxFuture<Result<Token, TokenError>> {
+        let service = lock(&self.service).clone();
+        Box::pin(async move {
+            service
+                .oneshot(request)
+                .await
+                .map_err(|err| TokenError::from_service_error(err.into()))
+        })
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent before anything
+    // that could panic, so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+enum Joined {
+    Fresh(Arc<CachedToken>),
+    Wait(watch::Receiver<Outcome>),
+}
+
+impl TokenProvider {
+    /// A provider with default options that gets its tokens from `exchange`
+    /// for `credentials`.
+    ///
+    /// `exchange` is any `tower::Service<TokenRequest, Response = Token>`:
+    /// an [`HttpTokenExchange`](crate::HttpTokenExchange), the same wrapped
+    /// in tower layers (timeout, retry, concurrency limit), or a mock. A
+    /// `TokenError` from it reaches callers unchanged; a tower timeout
+    /// becomes [`TokenErrorKind::Timeout`], any other error
+    /// [`TokenErrorKind::Transport`].
+    pub fn new<S>(exchange: S, credentials: ClientCredentials) -> Self
+    where
+        S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Self::builder(exchange, credentials).build()
+    }
+
+    /// A builder, to set options before the provider is built.
+    pub fn builder<S>(exchange: S, credentials: ClientCredentials) -> TokenProviderBuilder<S> {
+        TokenProviderBuilder {
+            exchange,
+            credentials,
+            options: Options::default(),
+        }
+    }
+
+    fn from_builder<S>(builder: TokenProviderBuilder<S>) -> Self
+    where
+        S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Self {
+            shared: Arc::new(Shared {
+                cache: ArcSwapOption::empty(),
+                control: Mutex::new(Control {
+                    credentials: builder.credentials,
+                    generation: 0,
+                    refresher: None,
+                    failures: 0,
+                    last_error: None,
+                }),
+                wake: Arc::new(Notify::new()),
+                exchange: Box::new(ServiceExchange {
+                    service: Mutex::new(builder.exchange),
+                }),
+                options: builder.options,
+                stats: Counters::default(),
+            }),
+        }
+    }
+
+    /// The current access token, fetched first if there is no fresh one.
+    ///
+    /// # Errors
+    ///
+    /// When there is no fresh token: the [`TokenError`] of the exchange, or
+    /// the last one at once while failed exchanges are backing off;
+    /// [`TokenErrorKind::Internal`] when no tokio runtime is running or it
+    /// shut down during the exchange.
+    pub async fn token(&self) -> Result<AccessToken, TokenError> {
+        Ok(self.cached_token().await?.token.clone())
+    }
+
+    /// Fetches a new token now, even if the cached one is fresh, and returns
+    /// it. The cached token is served until the new one replaces it; if the
+    /// exchange fails it stays in place.
+    ///
+    /// Joins the exchange in flight if there is one.
+    ///
+    /// # Errors
+    ///
+    /// The [`TokenError`] of the exchange; the last error at once while
+    /// failed exchanges are backing off.
+    pub async fn refresh(&self) -> Result<AccessToken, TokenError> {
+        let outcome = match self.join(false)? {
+            Joined::Fresh(cached) => return Ok(cached.token.clone()),
+            Joined::Wait(outcome) => outcome,
+        };
+        Ok(wait(outcome).await?.token.clone())
+    }
+
+    /// Drops `token` from the cache if it is still the cached token, so the
+    /// next call fetches a new one. Returns whether it was dropped.
+    ///
+    /// Call it when the API rejects `token` (a 401). A newer token, fetched
+    /// since `token` was handed out, is never dropped: a burst of 401s for
+    /// one token causes one new exchange.
+    pub fn invalidate(&self, token: &AccessToken) -> bool {
+        let current = self.shared.cache.load();
+        let Some(cached) = current.as_ref() else {
+            return false;
+        };
+        if cached.token != *token {
+            return false;
+        }
+        let previous = self.shared.cache.compare_and_swap(&*current, None);
+        let dropped = previous
+            .as_ref()
+            .is_some_and(|previous| Arc::ptr_eq(previous, cached));
+        if dropped {
+            self.shared
+                .stats
+                .invalidations
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("cached token invalidated");
+        }
+        dropped
+    }
+
+    /// Replaces the client credentials, for secret rotation. The next
+    /// exchange uses them, and backoff starts over. An exchange still in
+    /// flight with the old credentials never stores its token.
+    ///
+    /// With the same client id, the cached token stays in use until it is
+    /// renewed. With a different client id it is dropped at once: it belongs
+    /// to another client.
+    pub fn set_credentials(&self, credentials: ClientCredentials) {
+        let mut control = lock(&self.shared.control);
+        let same_client = control.credentials.client_id() == credentials.client_id();
+        control.credentials = credentials;
+        control.generation += 1;
+        control.failures = 0;
+        if let Some(refresher) = control.refresher.as_mut() {
+            // Callers from now on wait for the attempt with the new
+            // credentials instead of getting the old error.
+            refresher.retry_at = None;
+        }
+        if !same_client {
+            self.shared.cache.store(None);
+        }
+        drop(control);
+        tracing::info!(same_client, "client credentials replaced");
+        // A task waiting out a backoff retries now, with the new credentials.
+        self.shared.wake.notify_waiters();
+    }
+
+    /// The client id this provider fetches tokens for.
+    pub fn client_id(&self) -> String {
+        lock(&self.shared.control)
+            .credentials
+            .client_id()
+            .to_owned()
+    }
+
+    /// Counters of what the provider has done so far.
+    pub fn stats(&self) -> ProviderStats {
+        let stats = &self.shared.stats;
+        ProviderStats {
+            exchanges: stats.exchanges.load(Ordering::Relaxed),
+            failures: stats.failures.load(Ordering::Relaxed),
+            waits: stats.waits.load(Ordering::Relaxed),
+            invalidations: stats.invalidations.load(Ordering::Relaxed),
+            background_refreshes: stats.background_refreshes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The `Authorization` header value of the cached token if it may be
+    /// served. This is the whole request path when the token is fresh: one
+    /// atomic load, one clock read, one reference count.
+    #[inline]
+    pub(crate) fn fresh_header(&self) -> Option<HeaderValue> {
+        let guard = self.shared.cache.load();
+        let cached = guard.as_ref()?;
+        let now = Instant::now();
+        if now < cached.refresh_at {
+            return Some(cached.header.clone());
+        }
+        if now < cached.fresh_until {
+            self.refresh_ahead(cached);
+            return Some(cached.header.clone());
+        }
+        None
+    }
+
+    /// The `Authorization` header value of a fresh token, fetching one if
+    /// needed.
+    pub(crate) fn header(&self) -> BoxFuture<Result<HeaderValue, TokenError>> {
+        let provider = self.clone();
+        Box::pin(async move { Ok(provider.cached_token().await?.header().clone()) })
+    }
+
+    async fn cached_token(&self) -> Result<Arc<CachedToken>, TokenError> {
+        if let Some(cached) = self.fresh_cached() {
+            return Ok(cached);
+        }
+        match self.join(true)? {
+            Joined::Fresh(cached) => Ok(cached),
+            Joined::Wait(outcome) => {
+                self.shared.stats.waits.fetch_add(1, Ordering::Relaxed);
+                wait(outcome).await
+            }
+        }
+    }
+
+    /// The cached token if it may be served, starting a background refresh
+    /// if one is due.
+    fn fresh_cached(&self) -> Option<Arc<CachedToken>> {
+        let (cached, refresh_due) = self.load_fresh()?;
+        if refresh_due {
+            self.refresh_ahead(&cached);
+        }
+        Some(cached)
+    }
+
+    /// The cached token if it may be served, and whether its refresh is due.
+    fn load_fresh(&self) -> Option<(Arc<CachedToken>, bool)> {
+        let cached = self.shared.cache.load_full()?;
+        let now = Instant::now();
+        if now >= cached.fresh_until {
+            return None;
+        }
+        let refresh_due = now >= cached.refresh_at;
+        Some((cached, refresh_due))
+    }
+
+    /// Starts the background refresh of `cached`, once per token.
+    #[cold]
+    fn refresh_ahead(&self, cached: &CachedToken) {
+        if claim_refresh(cached) {
+            let mut control = lock(&self.shared.control);
+            self.start_background_refresh(&mut control, cached);
+        }
+    }
+
+    /// Starts the background task for a token still served, unless it runs.
+    fn start_background_refresh(&self, control: &mut Control, cached: &CachedToken) {
+        if control.refresher.as_ref().is_some_and(Refresher::is_alive) {
+            return;
+        }
+        self.shared
+            .stats
+            .background_refreshes
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            fresh_for_secs = cached
+                .fresh_until
+                .saturating_duration_since(Instant::now())
+                .as_secs(),
+            "token refresh started ahead of expiry"
+        );
+        if let Err(error) = self.spawn_refresher(control) {
+            // No runtime here: the token expires and the next caller on a
+            // runtime fetches one.
+            tracing::debug!(error = %error, "background refresh not started");
+        }
+    }
+
+    /// Joins the attempt in flight, or fails fast with the last error while
+    /// backing off, or starts the background task. With `need_token`, a
+    /// fresh token is returned instead if there is one (checked under the
+    /// lock: an attempt that finished meanwhile stored its token first).
+    fn join(&self, need_token: bool) -> Result<Joined, TokenError> {
+        let mut control = lock(&self.shared.control);
+        if need_token {
+            if let Some((cached, refresh_due)) = self.load_fresh() {
+                if refresh_due && claim_refresh(&cached) {
+                    self.start_background_refresh(&mut control, &cached);
+                }
+                return Ok(Joined::Fresh(cached));
+            }
+        }
+        let last_error = control.last_error.clone();
+        if let Some(refresher) = control.refresher.as_mut().filter(|r| r.is_alive()) {
+            if let Some(outcome) = &refresher.attempt {
+                return Ok(Joined::Wait(outcome.clone()));
+            }
+            if refresher.retry_at.is_some_and(|at| Instant::now() < at) {
+                // Backing off: fail fast rather than wait or add attempts.
+                return Err(last_error.unwrap_or_else(|| TokenError::new(TokenErrorKind::Internal)));
+            }
+            // The backoff is over and the task is about to start the next
+            // attempt: wait for that one.
+            let (sender, outcome) = watch::channel(None);
+            refresher.attempt = Some(outcome.clone());
+            refresher.pending = Some(sender);
+            return Ok(Joined::Wait(outcome));
+        }
+        // No task, or one that died with its runtime: start over.
+        self.spawn_refresher(&mut control).map(Joined::Wait)
+    }
+
+    fn spawn_refresher(
+        &self,
+        control: &mut Control,
+    ) -> Result<watch::Receiver<Outcome>, TokenError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            TokenError::with_detail(
+                TokenErrorKind::Internal,
+                "no tokio runtime is running to fetch the token on",
+            )
+        })?;
+        let (sender, outcome) = watch::channel(None);
+        let alive = Arc::new(());
+        control.refresher = Some(Refresher {
+            attempt: Some(outcome.clone()),
+            pending: None,
+            retry_at: None,
+            alive: Arc::downgrade(&alive),
+        });
+        runtime.spawn(refresher::run(
+            Arc::downgrade(&self.shared),
+            Arc::clone(&self.shared.wake),
+            sender,
+            alive,
+        ));
+        Ok(outcome)
+    }
+}
+
+/// Whether this caller is the first to see `cached` due for a refresh.
+fn claim_refresh(cached: &CachedToken) -> bool {
+    // Read first: every later request in the window only reads.
+    !cached.refresh_started.load(Ordering::Relaxed)
+        && !cached.refresh_started.swap(true, Ordering::AcqRel)
+}
+
+/// Waits for the outcome of an attempt.
+async fn wait(mut outcome: watch::Receiver<Outcome>) -> Result<Arc<CachedToken>, TokenError> {
+    let outcome = outcome.wait_for(Option::is_some).await.map_err(|_| {
+        TokenError::with_detail(
+            TokenErrorKind::Internal,
+            "the token exchange task ended before it finished (is the runtime shutting down?)",
+        )
+    })?;
+    match &*outcome {
+        Some(result) => result.clone(),
+        // `wait_for` returns only once the predicate holds.
+        None => Err(TokenError::new(TokenErrorKind::Internal)),
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The background task holds only a weak reference; wake it from its
+        // backoff so it sees the provider is gone and ends.
+        self.wake.notify_waiters();
+    }
+}
+
+impl fmt::Debug for TokenProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let control = lock(&self.shared.control);
+        f.debug_struct("TokenProvider")
+            .field("client_id", &control.credentials.client_id())
+            .field("options", &self.shared.options)
+            .field("has_token", &self.shared.cache.load().is_some())
+            .field("failures", &control.failures)
+            .finish()
+    }
+}
