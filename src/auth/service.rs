@@ -75,16 +75,20 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The instance polled ready goes with this request; `self` keeps a
-        // clone, which its caller must poll ready before the next call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         match self.provider.fresh_header() {
             Some(authorization) => {
+                // `self.inner` is the instance that was polled ready.
                 request.headers_mut().insert(AUTHORIZATION, authorization);
-                ResponseFuture::called(inner.call(request))
+                ResponseFuture::called(self.inner.call(request))
             }
-            None => ResponseFuture::waiting(self.provider.header(), request, inner),
+            None => {
+                // The request waits for a token: the instance polled ready
+                // goes with it, and `self` keeps a clone, which its caller
+                // must poll ready before the next call.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(self.provider.header(), request, inner)
+            }
         }
     }
 }

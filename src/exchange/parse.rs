@@ -185,15 +185,19 @@ fn text_field(value: Option<Value>, secret: &str) -> Option<String> {
     }
 }
 
-/// Drops control characters, bounds the length and redacts the secret.
+/// Drops control characters, bounds the length and redacts the secret in
+/// every form it was sent in: as it is, form-urlencoded, and inside the
+/// base64 of Basic credentials.
 fn clean_text(text: &str, secret: &str) -> String {
-    let redacted;
-    let text = if !secret.is_empty() && text.contains(secret) {
-        redacted = text.replace(secret, "[redacted]");
-        &redacted
-    } else {
-        text
-    };
+    let mut redacted = text.to_owned();
+    if !secret.is_empty() {
+        for form in secret_forms(secret) {
+            if !form.is_empty() && redacted.contains(&form) {
+                redacted = redacted.replace(&form, "[redacted]");
+            }
+        }
+    }
+    let text = redacted.as_str();
     let mut cleaned: String = text
         .chars()
         .filter(|c| !c.is_control())
@@ -208,6 +212,32 @@ fn clean_text(text: &str, secret: &str) -> String {
         cleaned.push('…');
     }
     cleaned
+}
+
+/// The secret as sent in a form body, and the base64 fragments that carry
+/// it in a Basic header, whatever the client id (base64 of `:secret` at each
+/// of the three alignments, trimmed to the characters that depend on the
+/// secret alone).
+fn secret_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let encoded = crate::credentials::form_urlencode(secret);
+    let mut forms = vec![secret.to_owned(), encoded.clone()];
+    for raw in [secret, encoded.as_str()] {
+        for pad in 0..3 {
+            let mut bytes = vec![b'x'; pad];
+            bytes.push(b':');
+            bytes.extend_from_slice(raw.as_bytes());
+            let full = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            // Characters 4 and on of each group of 4 cover bytes after the
+            // prefix; keep the middle that depends only on the secret.
+            let skip = (pad + 1).div_ceil(3) * 4;
+            let keep = (bytes.len() / 3) * 4;
+            if keep > skip + 4 {
+                forms.push(full[skip..keep].to_owned());
+            }
+        }
+    }
+    forms
 }
 
 /// Says what a body that is not an OAuth error looks like, without quoting it.
@@ -379,6 +409,37 @@ mod tests {
         );
         assert!(!err.to_string().contains("hunter2"));
         assert!(!format!("{err:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_secret_is_redacted_in_every_form_it_was_sent_in() {
+        use base64::Engine as _;
+        let secret = "s3cr3t+with/odd=chars and more";
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "client-id:{}",
+            crate::credentials::form_urlencode(secret)
+        ));
+        for echoed in [
+            secret.to_owned(),
+            crate::credentials::form_urlencode(secret),
+            format!("Basic {basic}"),
+        ] {
+            let body = serde_json::json!({"error": "invalid_client", "error_description": format!("got {echoed}")});
+            let err = parse_error(
+                StatusCode::UNAUTHORIZED,
+                &HeaderMap::new(),
+                Some(body.to_string().as_bytes()),
+                secret,
+            );
+            let description = err.error_description().unwrap_or_default().to_owned();
+            assert!(description.contains("[redacted]"), "{description}");
+            assert!(!description.contains(&echoed), "{description}");
+            // What is left of a base64 echo cannot be decoded back to the secret.
+            assert!(
+                !description.contains(&basic[12..basic.len() - 4]),
+                "{description}"
+            );
+        }
     }
 
     #[test]

@@ -8,10 +8,16 @@
 //! can revoke tokens or shorten their lifetime. Token expiry follows
 //! [`tokio::time::Instant`], so it obeys paused time in tests.
 //!
+//! To test how a client survives a failing token endpoint, inject a
+//! [`Fault`]: error statuses, HTML pages, `Retry-After`, redirects, a request
+//! that never gets an answer, a connection reset in the middle of the body, or
+//! a body too large to accept. [`Emulator::issued_tokens`] lists every token
+//! issued, for asserting that none leaks into logs or errors.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
-//! use routera_auth::test_util::Emulator;
+//! use routera_auth::test_util::{Emulator, Fault};
 //!
 //! let emulator = Emulator::builder()
 //!     .client("my-service", "s3cr3t")
@@ -20,6 +26,9 @@
 //! assert!(emulator.token_url().ends_with("/oauth2/token"));
 //! assert_eq!(emulator.credentials().client_id(), "my-service");
 //! assert_eq!(emulator.exchange_count(), 0);
+//!
+//! // The next two token requests get a 503, then the endpoint recovers.
+//! emulator.inject_times(Fault::retry_after(503, 1), 2);
 //! # Ok(())
 //! # }
 //! ```
@@ -28,4 +37,4 @@
 
 mod emulator;
 
-pub use emulator::{Emulator, EmulatorBuilder, RecordedRequest};
+pub use emulator::{Emulator, EmulatorBuilder, Fault, RecordedRequest};
