@@ -134,6 +134,15 @@ impl AuthMethod {
     }
 }
 
+impl std::str::FromStr for AuthMethod {
+    type Err = ConfigError;
+
+    /// Same as [`AuthMethod::parse`].
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::parse(value)
+    }
+}
+
 /// Encodes a value with the `application/x-www-form-urlencoded` byte
 /// serializer (space as `+`, everything but `*-._` and alphanumerics
 /// percent-encoded).
@@ -197,6 +206,10 @@ mod tests {
         );
         assert_eq!(AuthMethod::parse("BASIC").ok(), Some(AuthMethod::BasicAuth));
         assert!(AuthMethod::parse("digest").is_err());
+        assert_eq!(
+            "Body".parse::<AuthMethod>().ok(),
+            Some(AuthMethod::RequestBody)
+        );
         assert_eq!(AuthMethod::default(), AuthMethod::RequestBody);
     }
 

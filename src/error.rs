@@ -111,18 +111,68 @@ pub struct TokenError {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     kind: TokenErrorKind,
     status: Option<StatusCode>,
     oauth: Option<OAuthError>,
     retry_after: Option<Duration>,
     detail: Option<Cow<'static, str>>,
-    source: Option<BoxError>,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
 }
 
 impl TokenError {
-    pub(crate) fn new(kind: TokenErrorKind) -> Self {
+    /// An error of this kind, with nothing else set.
+    ///
+    /// With the `with_*` methods, this is how a custom or mock exchange
+    /// service reports failures the way [`HttpTokenExchange`](crate::HttpTokenExchange) does:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use http::StatusCode;
+    /// use routera_auth::{TokenError, TokenErrorKind};
+    ///
+    /// let err = TokenError::new(TokenErrorKind::RateLimited)
+    ///     .with_status(StatusCode::TOO_MANY_REQUESTS)
+    ///     .with_retry_after(Duration::from_secs(30));
+    /// assert!(err.is_retryable());
+    /// assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+    /// ```
+    pub fn new(kind: TokenErrorKind) -> Self {
         Self::build(kind, None, None, None, None, None)
+    }
+
+    /// Sets the HTTP status the token endpoint answered with.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        Arc::make_mut(&mut self.inner).status = Some(status);
+        self
+    }
+
+    /// Sets how long the endpoint asked the client to wait.
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).retry_after = Some(retry_after);
+        self
+    }
+
+    /// Sets the OAuth 2.0 error code and description the endpoint sent.
+    /// Keep secrets out of the description: it is shown by `Display`.
+    pub fn with_oauth_error(
+        mut self,
+        code: impl Into<String>,
+        description: Option<String>,
+    ) -> Self {
+        Arc::make_mut(&mut self.inner).oauth = Some(OAuthError {
+            code: code.into(),
+            description,
+            uri: None,
+        });
+        self
+    }
+
+    /// Sets the cause, returned by `source()`.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        Arc::make_mut(&mut self.inner).source = Some(Arc::from(source.into()));
+        self
     }
 
     fn build(
@@ -140,7 +190,7 @@ impl TokenError {
                 oauth,
                 retry_after,
                 detail,
-                source,
+                source: source.map(Arc::from),
             }),
         }
     }

@@ -73,7 +73,7 @@ pub mod test_util;
 
 pub use auth::{RouteraAuth, RouteraAuthLayer};
 pub use credentials::{AuthMethod, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials};
-pub use error::{BoxError, ConfigError, TokenError, TokenErrorKind};
+pub use error::{BoxError, ConfigError, OAuthError, TokenError, TokenErrorKind};
 pub use exchange::{DEFAULT_TOKEN_URL, HttpTokenExchange};
 pub use provider::{
     DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,

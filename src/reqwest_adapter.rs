@@ -49,6 +49,11 @@ impl ReqwestService {
         &self.client
     }
 
+    /// The client, mutably.
+    pub fn get_mut(&mut self) -> &mut reqwest::Client {
+        &mut self.client
+    }
+
     /// The client, consuming the service.
     pub fn into_inner(self) -> reqwest::Client {
         self.client

@@ -525,3 +525,29 @@ async fn stats_count_the_slow_path_exactly() {
         "{stats:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_exchange_service_is_one_more_failure() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let exchange = tower::service_fn(move |_: routera_auth::TokenRequest| {
+        let call = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if call == 0 {
+                panic!("exchange bug");
+            }
+            Ok::<_, routera_auth::TokenError>(routera_auth::Token::new("after-panic", HOUR))
+        }
+    });
+    let provider = TokenProvider::new(exchange, credentials());
+    let err = provider.token().await.unwrap_err();
+    assert_eq!(err.kind(), TokenErrorKind::Internal);
+    assert!(err.to_string().contains("panicked"), "{err}");
+
+    run_for(2 * SECOND).await;
+    assert_eq!(provider.token().await.unwrap().secret(), "after-panic");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

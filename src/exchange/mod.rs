@@ -97,7 +97,8 @@ impl<H> HttpTokenExchange<H> {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] if the URL does not parse, has no host, or is not
+    /// A [`ConfigError`] if the URL does not parse, has no host, carries
+    /// credentials (`user:password@`), or is not
     /// `https` while its host is not loopback (`localhost`, `127.0.0.0/8`,
     /// `[::1]`).
     pub fn with_token_url(mut self, token_url: &str) -> Result<Self, ConfigError> {
@@ -204,6 +205,15 @@ fn validate_token_url(token_url: &str) -> Result<Uri, ConfigError> {
     let host = uri
         .host()
         .ok_or_else(|| ConfigError::invalid_token_url("it has no host"))?;
+    if uri
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        // Credentials in a URL end up in logs and error messages.
+        return Err(ConfigError::invalid_token_url(
+            "it must not carry credentials (user:password@)",
+        ));
+    }
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") if is_loopback(host) => Ok(uri),

@@ -125,6 +125,9 @@ fn float_seconds(value: f64) -> Result<u64, &'static str> {
         Err("`expires_in` is negative")
     } else if value >= u64::MAX as f64 {
         Ok(u64::MAX)
+    } else if value > 0.0 && value < 1.0 {
+        // A lifetime under a second is still a lifetime, not "unknown".
+        Ok(1)
     } else {
         // In range and non-negative: the cast rounds toward zero.
         Ok(value as u64)
@@ -319,6 +322,7 @@ mod tests {
             (r#""3600""#, Some(3600)),
             (r#"" 60 ""#, Some(60)),
             ("59.9", Some(59)),
+            ("0.5", Some(1)),
             (r#""59.9""#, Some(59)),
             ("0", None),
             (r#""0""#, None),

@@ -220,6 +220,7 @@ async fn token_url_can_be_changed_and_is_validated() {
         "ftp://127.0.0.1/token",
         "/oauth2/token",
         "not a url",
+        "https://id:secret@auth.example.com/oauth2/token",
     ] {
         assert!(
             exchange.clone().with_token_url(refused).is_err(),

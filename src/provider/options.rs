@@ -146,10 +146,10 @@ impl<S> TokenProviderBuilder<S> {
     }
 
     /// The lifetime assumed for a token whose response has no `expires_in`,
-    /// or `expires_in: 0` (default 60 s). Short on purpose: such a token is
-    /// renewed often rather than used past its real expiry.
+    /// or `expires_in: 0` (default 60 s, at least 1 s). Short on purpose:
+    /// such a token is renewed often rather than used past its real expiry.
     pub fn assumed_lifetime(mut self, lifetime: Duration) -> Self {
-        self.options.assumed_lifetime = lifetime;
+        self.options.assumed_lifetime = lifetime.max(Duration::from_secs(1));
         self
     }
 

@@ -6,9 +6,12 @@
 //! if it is waiting out a backoff, after the attempt otherwise (bounded by
 //! the exchange timeout).
 
-use std::pin::pin;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -70,8 +73,12 @@ pub(super) async fn run(
         let requested_at = Instant::now();
         let result = async {
             tracing::debug!("token exchange attempt started");
-            match tokio::time::timeout(options.exchange_timeout, exchange).await {
-                Ok(result) => result,
+            match tokio::time::timeout(options.exchange_timeout, CatchUnwind(exchange)).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(Panicked)) => Err(TokenError::with_detail(
+                    TokenErrorKind::Internal,
+                    "the token exchange service panicked",
+                )),
                 Err(_) => Err(TokenError::with_detail(
                     TokenErrorKind::Timeout,
                     format!(
@@ -186,6 +193,26 @@ enum Next {
         failures: u32,
         delay: Duration,
     },
+}
+
+/// A panic in the exchange service, caught so the task survives it.
+struct Panicked;
+
+/// Polls the exchange, turning a panic into [`Panicked`]: a panicking
+/// exchange service is one more failed attempt, not the end of the task.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Panicked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(future).poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(Panicked)),
+        }
+    }
 }
 
 fn log_failure(error: &TokenError, elapsed: Duration, failures: u32, delay: Duration) {
