@@ -1,0 +1,186 @@
+//! Neither the client secret nor any access token appears in logs (every
+//! tracing event and span at TRACE), `Debug` or `Display`, whatever path
+//! the crate takes.
+
+#![cfg(feature = "reqwest")]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use routera_auth::test_util::{Emulator, Fault};
+use routera_auth::{
+    AuthMethod, ClientCredentials, ConfigError, HttpTokenExchange, ReqwestService, RouteraAuthLayer,
+    Token, TokenProvider, TokenRequest,
+};
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use tracing_subscriber::fmt::format::FmtSpan;
+
+const CLIENT_ID: &str = "secret-test-client";
+const SECRET: &str = "S3cr3t+/=value with spaces é";
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Every form in which the secret travels: as it is, form-urlencoded, and
+/// inside the Basic header.
+fn secret_forms() -> Vec<String> {
+    let encoded: String = form_urlencoded::byte_serialize(SECRET.as_bytes()).collect();
+    let id: String = form_urlencoded::byte_serialize(CLIENT_ID.as_bytes()).collect();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{encoded}"));
+    vec![SECRET.to_owned(), encoded, basic]
+}
+
+fn assert_clean(what: &str, text: &str, tokens: &[String]) {
+    for form in secret_forms() {
+        assert!(!text.contains(&form), "the secret appears in {what}:\n{text}");
+    }
+    for token in tokens {
+        assert!(!text.contains(token.as_str()), "a token appears in {what}:\n{text}");
+    }
+}
+
+fn provider_for(emulator: &Emulator, method: AuthMethod) -> TokenProvider {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let exchange = HttpTokenExchange::new(ReqwestService::new(client))
+        .with_token_url(&emulator.token_url())
+        .unwrap()
+        .with_auth_method(method);
+    TokenProvider::builder(exchange, emulator.credentials())
+        .exchange_timeout(Duration::from_millis(300))
+        .backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .build()
+}
+
+#[tokio::test]
+async fn no_secret_or_token_in_logs_debug_or_display() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(FmtSpan::FULL)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut shown = Vec::new();
+    let emulator = Emulator::builder().client(CLIENT_ID, SECRET).start().await.unwrap();
+
+    for method in [AuthMethod::RequestBody, AuthMethod::BasicAuth] {
+        let provider = provider_for(&emulator, method);
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+        let api = ServiceBuilder::new()
+            .layer(RouteraAuthLayer::new(provider.clone()))
+            .service(client.clone());
+
+        // Healthy calls through the layer.
+        for _ in 0..3 {
+            let request = Request::get(emulator.resource_url()).body(Empty::new()).unwrap();
+            let response = api.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let token = provider.token().await.unwrap();
+        shown.push(format!("{token:?} {provider:?} {api:?} {:?}", provider.stats()));
+
+        // Every fault, each giving an error that is displayed and debugged.
+        for fault in [
+            Fault::status(500),
+            Fault::retry_after(429, 1),
+            Fault::html(502),
+            Fault::json(400, &format!(r#"{{"error":"invalid_request","error_description":"bad secret {SECRET}"}}"#)),
+            Fault::json(401, r#"{"error":"invalid_client"}"#),
+            Fault::json(200, r#"{"access_token":"leaky-token","token_type":"mac","expires_in":1}"#),
+            Fault::json(200, "{broken"),
+            Fault::redirect(302, "http://127.0.0.1:9/elsewhere"),
+            Fault::Oversized { len: 200_000, declare_length: false },
+            Fault::ResetMidResponse,
+            Fault::Hang,
+        ] {
+            // A provider of its own for each fault, with a valid token.
+            let provider = provider_for(&emulator, method);
+            provider.token().await.unwrap();
+            emulator.inject(fault.clone());
+            let err = provider.refresh().await.unwrap_err();
+            shown.push(format!("{err} {err:?} {:?}", err.oauth_error()));
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                shown.push(format!("{cause} {cause:?}"));
+                source = cause.source();
+            }
+            emulator.clear_fault();
+        }
+
+        // Rejected credentials, rotation, the layer failing closed.
+        provider.set_credentials(ClientCredentials::new(CLIENT_ID, format!("{SECRET}-wrong")));
+        let err = provider.refresh().await.unwrap_err();
+        shown.push(format!("{err} {err:?}"));
+        let request = Request::get(emulator.resource_url()).body(Empty::new()).unwrap();
+        provider.invalidate(&token);
+        if let Err(err) = api.clone().oneshot(request).await {
+            shown.push(format!("{err} {err:?}"));
+        }
+        provider.set_credentials(ClientCredentials::new(CLIENT_ID, SECRET));
+        provider.refresh().await.unwrap();
+    }
+
+    // Debug and Display of every other public type.
+    let credentials = ClientCredentials::new(CLIENT_ID, SECRET);
+    let exchange = HttpTokenExchange::reqwest().unwrap();
+    let builder = TokenProvider::builder(exchange.clone(), credentials.clone());
+    let manual = Token::new(format!("manual-{SECRET}"), Duration::from_secs(1));
+    let layer = RouteraAuthLayer::new(builder.build());
+    let service = layer.layer(ReqwestService::new(reqwest::Client::new()));
+    shown.push(format!(
+        "{credentials:?} {exchange:?} {:?} {manual:?} {:?} {layer:?} {service:?} {emulator:?}",
+        TokenRequest::new(credentials.clone()),
+        TokenProvider::builder(HttpTokenExchange::reqwest().unwrap(), credentials.clone()),
+    ));
+    let config_error: ConfigError = HttpTokenExchange::reqwest()
+        .unwrap()
+        .with_token_url(&format!("https://{CLIENT_ID}:{}@example.com/", secret_forms()[1]))
+        .unwrap_err();
+    shown.push(format!("{config_error} {config_error:?}"));
+
+    let mut tokens = emulator.issued_tokens();
+    assert!(tokens.len() >= 20, "{} tokens issued", tokens.len());
+    tokens.push("leaky-token".to_owned());
+    tokens.push(format!("manual-{SECRET}"));
+
+    drop(_guard);
+    let logs = capture.text();
+    assert!(logs.contains("token exchange failed"), "the logs were captured");
+    assert!(logs.contains("ERROR"), "permanent failures are logged at error level");
+    assert!(logs.contains("backing off"), "backoff is logged");
+    assert!(logs.contains("token exchange succeeded"), "successes are logged");
+    assert!(logs.contains(CLIENT_ID), "the client id is not a secret");
+    assert_clean("the logs", &logs, &tokens);
+    assert_clean("Debug and Display", &shown.join("\n"), &tokens);
+}
