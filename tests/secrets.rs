@@ -16,8 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use routera_auth::test_util::{Emulator, Fault};
 use routera_auth::{
-    AuthMethod, ClientCredentials, ConfigError, HttpTokenExchange, ReqwestService, RouteraAuthLayer,
-    Token, TokenProvider, TokenRequest,
+    AuthMethod, ClientCredentials, ConfigError, HttpTokenExchange, ReqwestService,
+    RouteraAuthLayer, Token, TokenProvider, TokenRequest,
 };
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tracing_subscriber::fmt::format::FmtSpan;
@@ -56,10 +56,16 @@ fn secret_forms() -> Vec<String> {
 
 fn assert_clean(what: &str, text: &str, tokens: &[String]) {
     for form in secret_forms() {
-        assert!(!text.contains(&form), "the secret appears in {what}:\n{text}");
+        assert!(
+            !text.contains(&form),
+            "the secret appears in {what}:\n{text}"
+        );
     }
     for token in tokens {
-        assert!(!text.contains(token.as_str()), "a token appears in {what}:\n{text}");
+        assert!(
+            !text.contains(token.as_str()),
+            "a token appears in {what}:\n{text}"
+        );
     }
 }
 
@@ -92,7 +98,11 @@ async fn no_secret_or_token_in_logs_debug_or_display() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let mut shown = Vec::new();
-    let emulator = Emulator::builder().client(CLIENT_ID, SECRET).start().await.unwrap();
+    let emulator = Emulator::builder()
+        .client(CLIENT_ID, SECRET)
+        .start()
+        .await
+        .unwrap();
 
     for method in [AuthMethod::RequestBody, AuthMethod::BasicAuth] {
         let provider = provider_for(&emulator, method);
@@ -103,24 +113,40 @@ async fn no_secret_or_token_in_logs_debug_or_display() {
 
         // Healthy calls through the layer.
         for _ in 0..3 {
-            let request = Request::get(emulator.resource_url()).body(Empty::new()).unwrap();
+            let request = Request::get(emulator.resource_url())
+                .body(Empty::new())
+                .unwrap();
             let response = api.clone().oneshot(request).await.unwrap();
             assert_eq!(response.status(), 200);
         }
         let token = provider.token().await.unwrap();
-        shown.push(format!("{token:?} {provider:?} {api:?} {:?}", provider.stats()));
+        shown.push(format!(
+            "{token:?} {provider:?} {api:?} {:?}",
+            provider.stats()
+        ));
 
         // Every fault, each giving an error that is displayed and debugged.
         for fault in [
             Fault::status(500),
             Fault::retry_after(429, 1),
             Fault::html(502),
-            Fault::json(400, &format!(r#"{{"error":"invalid_request","error_description":"bad secret {SECRET}"}}"#)),
+            Fault::json(
+                400,
+                &format!(
+                    r#"{{"error":"invalid_request","error_description":"bad secret {SECRET}"}}"#
+                ),
+            ),
             Fault::json(401, r#"{"error":"invalid_client"}"#),
-            Fault::json(200, r#"{"access_token":"leaky-token","token_type":"mac","expires_in":1}"#),
+            Fault::json(
+                200,
+                r#"{"access_token":"leaky-token","token_type":"mac","expires_in":1}"#,
+            ),
             Fault::json(200, "{broken"),
             Fault::redirect(302, "http://127.0.0.1:9/elsewhere"),
-            Fault::Oversized { len: 200_000, declare_length: false },
+            Fault::Oversized {
+                len: 200_000,
+                declare_length: false,
+            },
             Fault::ResetMidResponse,
             Fault::Hang,
         ] {
@@ -142,7 +168,9 @@ async fn no_secret_or_token_in_logs_debug_or_display() {
         provider.set_credentials(ClientCredentials::new(CLIENT_ID, format!("{SECRET}-wrong")));
         let err = provider.refresh().await.unwrap_err();
         shown.push(format!("{err} {err:?}"));
-        let request = Request::get(emulator.resource_url()).body(Empty::new()).unwrap();
+        let request = Request::get(emulator.resource_url())
+            .body(Empty::new())
+            .unwrap();
         provider.invalidate(&token);
         if let Err(err) = api.clone().oneshot(request).await {
             shown.push(format!("{err} {err:?}"));
@@ -165,7 +193,10 @@ async fn no_secret_or_token_in_logs_debug_or_display() {
     ));
     let config_error: ConfigError = HttpTokenExchange::reqwest()
         .unwrap()
-        .with_token_url(&format!("https://{CLIENT_ID}:{}@example.com/", secret_forms()[1]))
+        .with_token_url(&format!(
+            "https://{CLIENT_ID}:{}@example.com/",
+            secret_forms()[1]
+        ))
         .unwrap_err();
     shown.push(format!("{config_error} {config_error:?}"));
 
@@ -176,10 +207,19 @@ async fn no_secret_or_token_in_logs_debug_or_display() {
 
     drop(_guard);
     let logs = capture.text();
-    assert!(logs.contains("token exchange failed"), "the logs were captured");
-    assert!(logs.contains("ERROR"), "permanent failures are logged at error level");
+    assert!(
+        logs.contains("token exchange failed"),
+        "the logs were captured"
+    );
+    assert!(
+        logs.contains("ERROR"),
+        "permanent failures are logged at error level"
+    );
     assert!(logs.contains("backing off"), "backoff is logged");
-    assert!(logs.contains("token exchange succeeded"), "successes are logged");
+    assert!(
+        logs.contains("token exchange succeeded"),
+        "successes are logged"
+    );
     assert!(logs.contains(CLIENT_ID), "the client id is not a secret");
     assert_clean("the logs", &logs, &tokens);
     assert_clean("Debug and Display", &shown.join("\n"), &tokens);
