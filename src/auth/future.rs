@@ -4,13 +4,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::error::{BoxError, TokenError, TokenErrorKind};
+use crate::provider::TokenTag;
 
-type HeaderFuture = Pin<Box<dyn Future<Output = Result<HeaderValue, TokenError>> + Send>>;
+type HeaderFuture =
+    Pin<Box<dyn Future<Output = Result<(HeaderValue, TokenTag), TokenError>> + Send>>;
 
 pin_project! {
     /// Response future of [`RouteraAuth`](super::RouteraAuth).
@@ -39,6 +41,7 @@ pin_project! {
         Called {
             #[pin]
             future: S::Future,
+            tag: TokenTag,
         },
     }
 }
@@ -47,9 +50,9 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(super) fn called(future: S::Future) -> Self {
+    pub(super) fn called(future: S::Future, tag: TokenTag) -> Self {
         Self {
-            state: State::Called { future },
+            state: State::Called { future, tag },
         }
     }
 
@@ -64,9 +67,9 @@ where
     }
 }
 
-impl<S, B> Future for ResponseFuture<S, B>
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
 {
     type Output = Result<S::Response, BoxError>;
@@ -82,7 +85,7 @@ where
                 } => {
                     // Fail closed: on error, return before the inner service
                     // ever sees the request.
-                    let authorization = ready!(token.as_mut().poll(cx))?;
+                    let (authorization, tag) = ready!(token.as_mut().poll(cx))?;
                     let (Some(mut request), Some(mut inner)) = (request.take(), inner.take())
                     else {
                         return Poll::Ready(Err(TokenError::with_detail(
@@ -93,10 +96,14 @@ where
                     };
                     request.headers_mut().insert(AUTHORIZATION, authorization);
                     let future = inner.call(request);
-                    this.state.set(State::Called { future });
+                    this.state.set(State::Called { future, tag });
                 }
-                StateProj::Called { future } => {
-                    return future.poll(cx).map_err(Into::into);
+                StateProj::Called { future, tag } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    if response.status() == StatusCode::UNAUTHORIZED && tag.invalidate() {
+                        tracing::debug!("the API rejected the token (401); it was invalidated");
+                    }
+                    return Poll::Ready(Ok(response));
                 }
             }
         }

@@ -32,8 +32,10 @@
 
 mod future;
 mod layer;
+mod retry;
 mod service;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::RouteraAuthLayer;
+pub use self::retry::{RetryOnUnauthorized, TryCloneBody};
 pub use self::service::RouteraAuth;

@@ -1,7 +1,7 @@
 use std::task::{Context, Poll};
 
-use http::Request;
 use http::header::AUTHORIZATION;
+use http::{Request, Response};
 use tower::Service;
 
 use super::{ResponseFuture, RouteraAuthLayer};
@@ -18,10 +18,15 @@ use crate::error::BoxError;
 ///   called and the error, a [`TokenError`](crate::TokenError) inside the
 ///   `BoxError`, is returned.
 /// - An `Authorization` header already on the request is replaced.
+/// - **A 401 response invalidates the token the request carried**, and only
+///   that one: a token fetched since is kept, so a burst of 401s causes one
+///   new exchange. The response itself is returned untouched; put
+///   [`RetryOnUnauthorized`](crate::RetryOnUnauthorized) outside this layer
+///   to retry such a request once with a fresh token.
 /// - `poll_ready` is the inner service's; the request is sent through the
 ///   service instance that was polled ready.
-/// - Responses are passed through untouched. Errors are `BoxError`, so the
-///   service fits tonic and `ServiceBuilder` stacks.
+/// - Errors are `BoxError`, so the service fits tonic and `ServiceBuilder`
+///   stacks.
 #[derive(Debug, Clone)]
 pub struct RouteraAuth<S> {
     inner: S,
@@ -60,9 +65,9 @@ impl<S> RouteraAuth<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for RouteraAuth<S>
+impl<S, B, ResBody> Service<Request<B>> for RouteraAuth<S>
 where
-    S: Service<Request<B>> + Clone,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
@@ -76,10 +81,10 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         match self.provider.fresh_header() {
-            Some(authorization) => {
+            Some((authorization, tag)) => {
                 // `self.inner` is the instance that was polled ready.
                 request.headers_mut().insert(AUTHORIZATION, authorization);
-                ResponseFuture::called(self.inner.call(request))
+                ResponseFuture::called(self.inner.call(request), tag)
             }
             None => {
                 // The request waits for a token: the instance polled ready

@@ -83,6 +83,8 @@ pub struct TokenProvider {
 }
 
 struct Shared {
+    /// Unique in the process; finds the provider from a [`TokenTag`].
+    id: u64,
     /// The current token; read on every request.
     cache: ArcSwapOption<CachedToken>,
     /// Everything else; locked only on the slow path.
@@ -154,8 +156,28 @@ pub struct ProviderStats {
     pub background_refreshes: u64,
 }
 
+/// Which token of which provider a request carried: two plain numbers,
+/// so that remembering it costs the request path nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TokenTag {
+    provider: u64,
+    token: u64,
+}
+
+impl TokenTag {
+    /// Drops the token this tag names from its provider's cache, if it is
+    /// still the cached one (a 401 from the API). The provider is found in
+    /// the process-wide registry, so a request needs no handle to it.
+    pub(crate) fn invalidate(self) -> bool {
+        registry::find(self.provider)
+            .is_some_and(|shared| shared.invalidate_if(|cached| cached.seq == self.token))
+    }
+}
+
 /// A cached token with its pre-built `Authorization` header value.
 pub(crate) struct CachedToken {
+    /// Unique among the tokens of one provider.
+    seq: u64,
     token: AccessToken,
     header: HeaderValue,
     /// From then on a background refresh is due.
@@ -169,6 +191,7 @@ pub(crate) struct CachedToken {
 
 impl CachedToken {
     fn new(token: Token, requested_at: Instant, schedule: Schedule) -> Result<Self, TokenError> {
+        static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
         let at = |offset| requested_at.checked_add(offset).unwrap_or(requested_at);
         let secret = token.access_token().secret();
         let mut value = Vec::with_capacity("Bearer ".len() + secret.len());
@@ -185,6 +208,7 @@ impl CachedToken {
             })?;
         header.set_sensitive(true);
         Ok(Self {
+            seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
             token: token.access_token().clone(),
             header,
             refresh_at: at(schedule.refresh_after),
@@ -195,6 +219,55 @@ impl CachedToken {
 
     pub(crate) fn header(&self) -> &HeaderValue {
         &self.header
+    }
+}
+
+impl Shared {
+    /// Drops the cached token if `matches` says it is the one to drop,
+    /// compare-and-swap style: a token cached meanwhile is never dropped.
+    fn invalidate_if(&self, matches: impl Fn(&CachedToken) -> bool) -> bool {
+        let current = self.cache.load();
+        let Some(cached) = current.as_ref() else {
+            return false;
+        };
+        if !matches(cached) {
+            return false;
+        }
+        let previous = self.cache.compare_and_swap(&*current, None);
+        let dropped = previous
+            .as_ref()
+            .is_some_and(|previous| Arc::ptr_eq(previous, cached));
+        if dropped {
+            self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("cached token invalidated");
+        }
+        dropped
+    }
+}
+
+/// Live providers by id, for [`TokenTag::invalidate`]. Touched when a
+/// provider is built or dropped, and on a 401: never on the request path.
+mod registry {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+    use super::{Shared, lock};
+
+    fn providers() -> &'static Mutex<HashMap<u64, Weak<Shared>>> {
+        static PROVIDERS: OnceLock<Mutex<HashMap<u64, Weak<Shared>>>> = OnceLock::new();
+        PROVIDERS.get_or_init(Mutex::default)
+    }
+
+    pub(super) fn register(shared: &Arc<Shared>) {
+        lock(providers()).insert(shared.id, Arc::downgrade(shared));
+    }
+
+    pub(super) fn unregister(id: u64) {
+        lock(providers()).remove(&id);
+    }
+
+    pub(super) fn find(id: u64) -> Option<Arc<Shared>> {
+        lock(providers()).get(&id).and_then(Weak::upgrade)
     }
 }
 
@@ -269,8 +342,10 @@ impl TokenProvider {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let provider = Self {
             shared: Arc::new(Shared {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 cache: ArcSwapOption::empty(),
                 control: Mutex::new(Control {
                     credentials: builder.credentials,
@@ -286,7 +361,9 @@ impl TokenProvider {
                 options: builder.options,
                 stats: Counters::default(),
             }),
-        }
+        };
+        registry::register(&provider.shared);
+        provider
     }
 
     /// The current access token, fetched first if there is no fresh one.
@@ -326,25 +403,7 @@ impl TokenProvider {
     /// since `token` was handed out, is never dropped: a burst of 401s for
     /// one token causes one new exchange.
     pub fn invalidate(&self, token: &AccessToken) -> bool {
-        let current = self.shared.cache.load();
-        let Some(cached) = current.as_ref() else {
-            return false;
-        };
-        if cached.token != *token {
-            return false;
-        }
-        let previous = self.shared.cache.compare_and_swap(&*current, None);
-        let dropped = previous
-            .as_ref()
-            .is_some_and(|previous| Arc::ptr_eq(previous, cached));
-        if dropped {
-            self.shared
-                .stats
-                .invalidations
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("cached token invalidated");
-        }
-        dropped
+        self.shared.invalidate_if(|cached| cached.token == *token)
     }
 
     /// Replaces the client credentials, for secret rotation. The next
@@ -398,25 +457,34 @@ impl TokenProvider {
     /// served. This is the whole request path when the token is fresh: one
     /// atomic load, one clock read, one reference count.
     #[inline]
-    pub(crate) fn fresh_header(&self) -> Option<HeaderValue> {
+    pub(crate) fn fresh_header(&self) -> Option<(HeaderValue, TokenTag)> {
         let guard = self.shared.cache.load();
         let cached = guard.as_ref()?;
         let now = Instant::now();
-        if now < cached.refresh_at {
-            return Some(cached.header.clone());
-        }
-        if now < cached.fresh_until {
+        if now >= cached.refresh_at {
+            if now >= cached.fresh_until {
+                return None;
+            }
             self.refresh_ahead(cached);
-            return Some(cached.header.clone());
         }
-        None
+        Some((cached.header.clone(), self.tag(cached)))
     }
 
     /// The `Authorization` header value of a fresh token, fetching one if
     /// needed.
-    pub(crate) fn header(&self) -> BoxFuture<Result<HeaderValue, TokenError>> {
+    pub(crate) fn header(&self) -> BoxFuture<Result<(HeaderValue, TokenTag), TokenError>> {
         let provider = self.clone();
-        Box::pin(async move { Ok(provider.cached_token().await?.header().clone()) })
+        Box::pin(async move {
+            let cached = provider.cached_token().await?;
+            Ok((cached.header().clone(), provider.tag(&cached)))
+        })
+    }
+
+    fn tag(&self, cached: &CachedToken) -> TokenTag {
+        TokenTag {
+            provider: self.shared.id,
+            token: cached.seq,
+        }
     }
 
     async fn cached_token(&self) -> Result<Arc<CachedToken>, TokenError> {
@@ -571,6 +639,7 @@ async fn wait(mut outcome: watch::Receiver<Outcome>) -> Result<Arc<CachedToken>,
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        registry::unregister(self.id);
         // The background task holds only a weak reference; wake it from its
         // backoff so it sees the provider is gone and ends.
         self.wake.notify_waiters();

@@ -357,6 +357,38 @@ struct Issued {
     revoked: bool,
 }
 
+/// Checks bearer tokens against an [`Emulator`]; from
+/// [`Emulator::token_validator`].
+#[derive(Clone)]
+pub struct TokenValidator {
+    state: Arc<State>,
+}
+
+impl TokenValidator {
+    /// Whether `token` was issued by the emulator and is neither revoked nor
+    /// expired.
+    pub fn is_valid(&self, token: &str) -> bool {
+        token_problem(&self.state, token).is_none()
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <token>` with a
+    /// valid token.
+    pub fn is_valid_authorization(&self, authorization: &str) -> bool {
+        match authorization.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                self.is_valid(token.trim())
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Debug for TokenValidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenValidator").finish_non_exhaustive()
+    }
+}
+
 /// Locks a mutex, recovering the data if a holder panicked.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -427,6 +459,16 @@ impl Emulator {
     pub fn revoke_all(&self) {
         for issued in lock(&self.state.tokens).by_value.values_mut() {
             issued.revoked = true;
+        }
+    }
+
+    /// A cheap, cloneable check of tokens against this emulator, for servers
+    /// of a test's own (a tonic interceptor, an axum extractor) that accept
+    /// only what the emulator issued. It outlives the emulator (and then
+    /// still answers from the tokens issued before the drop).
+    pub fn token_validator(&self) -> TokenValidator {
+        TokenValidator {
+            state: Arc::clone(&self.state),
         }
     }
 
@@ -848,13 +890,7 @@ fn resource_endpoint(state: &State, request: &Request<Incoming>) -> Response<Bod
         );
         return response;
     };
-    let problem = match lock(&state.tokens).by_value.get(token) {
-        None => Some("unknown token"),
-        Some(issued) if issued.revoked => Some("token revoked"),
-        Some(issued) if Instant::now() >= issued.expires_at => Some("token expired"),
-        Some(_) => None,
-    };
-    match problem {
+    match token_problem(state, token) {
         None => json_response(StatusCode::OK, &json!({ "ok": true })),
         Some(description) => {
             let mut response = json_response(
@@ -867,6 +903,16 @@ fn resource_endpoint(state: &State, request: &Request<Incoming>) -> Response<Bod
             );
             response
         }
+    }
+}
+
+/// Why `token` is not accepted, if it is not.
+fn token_problem(state: &State, token: &str) -> Option<&'static str> {
+    match lock(&state.tokens).by_value.get(token) {
+        None => Some("unknown token"),
+        Some(issued) if issued.revoked => Some("token revoked"),
+        Some(issued) if Instant::now() >= issued.expires_at => Some("token expired"),
+        Some(_) => None,
     }
 }
 

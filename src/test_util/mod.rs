@@ -37,4 +37,4 @@
 
 mod emulator;
 
-pub use emulator::{Emulator, EmulatorBuilder, Fault, RecordedRequest};
+pub use emulator::{Emulator, EmulatorBuilder, Fault, RecordedRequest, TokenValidator};
