@@ -4,18 +4,44 @@
 //! [`HttpTokenExchange`] speaks the protocol over any HTTP client service
 //! `H: Service<http::Request<Full<Bytes>>>`: reqwest by default (feature
 //! `reqwest`), a hyper-util client, or a mock in tests. Since it is an
-//! ordinary service, it can be wrapped with ordinary tower layers before it
-//! is handed to a [`TokenProvider`](crate::TokenProvider):
+//! ordinary service, it can be wrapped with ordinary tower layers (timeout,
+//! concurrency limit, retry) before it is handed to a
+//! [`TokenProvider`](crate::TokenProvider):
 //!
 //! ```
 //! # #[cfg(feature = "reqwest")]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use routera_auth::{ClientCredentials, HttpTokenExchange, TokenProvider};
+//! use routera_auth::{ClientCredentials, HttpTokenExchange, Token, TokenError, TokenProvider, TokenRequest};
 //! use tower::ServiceBuilder;
+//! use tower::retry::Policy;
+//!
+//! /// Retries transient failures (429, 5xx, transport, timeouts) twice, at once.
+//! #[derive(Clone)]
+//! struct RetryTransient(usize);
+//!
+//! impl Policy<TokenRequest, Token, TokenError> for RetryTransient {
+//!     type Future = std::future::Ready<()>;
+//!
+//!     fn retry(&mut self, _: &mut TokenRequest, result: &mut Result<Token, TokenError>) -> Option<Self::Future> {
+//!         match result {
+//!             Err(err) if err.is_retryable() && self.0 > 0 => {
+//!                 self.0 -= 1;
+//!                 Some(std::future::ready(()))
+//!             }
+//!             _ => None,
+//!         }
+//!     }
+//!
+//!     fn clone_request(&mut self, request: &TokenRequest) -> Option<TokenRequest> {
+//!         Some(request.clone())
+//!     }
+//! }
 //!
 //! let exchange = ServiceBuilder::new()
 //!     .timeout(Duration::from_secs(10))
+//!     .concurrency_limit(1)
+//!     .retry(RetryTransient(2))
 //!     .service(HttpTokenExchange::reqwest()?);
 //! let provider = TokenProvider::new(exchange, ClientCredentials::new("id", "secret"));
 //! # let _ = provider;
@@ -24,6 +50,12 @@
 //! # #[cfg(not(feature = "reqwest"))]
 //! # fn main() {}
 //! ```
+//!
+//! The provider clones the exchange service for each exchange (one at a
+//! time), so layers whose clones share their state (`ConcurrencyLimit`,
+//! `Buffer`, `RateLimit` behind a `Buffer`) behave as one service. The
+//! provider already retries failed exchanges with backoff; a retry layer
+//! here retries within one exchange, before the provider sees a failure.
 
 mod future;
 mod parse;
