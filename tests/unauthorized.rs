@@ -393,3 +393,33 @@ async fn a_tower_timeout_around_the_exchange_is_a_timeout_error() {
     assert_eq!(err.kind(), routera_auth::TokenErrorKind::Timeout);
     assert!(err.is_retryable());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_unauthenticated_invalidates_the_token_and_other_grpc_statuses_do_not() {
+    let exchange = MockExchange::new(Duration::from_secs(3600));
+    let provider = exchange.provider();
+    let (inner, mut handle) = mock::pair::<Request<String>, Response<String>>();
+    let service = RouteraAuthLayer::new(provider.clone()).layer(inner);
+    handle.allow(3);
+
+    for (grpc_status, invalidated) in [("0", false), ("7", false), ("16", true)] {
+        let call = tokio::spawn(service.clone().oneshot(Request::new(String::new())));
+        let (_request, respond) = handle.next_request().await.unwrap();
+        respond.send_response(
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/grpc")
+                .header("grpc-status", grpc_status)
+                .body(String::new())
+                .unwrap(),
+        );
+        let response = call.await.unwrap().unwrap();
+        assert_eq!(response.headers()["grpc-status"], grpc_status, "untouched");
+        assert_eq!(
+            provider.stats().invalidations,
+            u64::from(invalidated),
+            "grpc-status {grpc_status}"
+        );
+    }
+    assert_eq!(provider.token().await.unwrap().secret(), "token-2");
+}

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -100,14 +100,27 @@ where
                 }
                 StateProj::Called { future, tag } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if response.status() == StatusCode::UNAUTHORIZED && tag.invalidate() {
-                        tracing::debug!("the API rejected the token (401); it was invalidated");
+                    if rejects_token(&response) && tag.invalidate() {
+                        tracing::debug!("the API rejected the token; it was invalidated");
                     }
                     return Poll::Ready(Ok(response));
                 }
             }
         }
     }
+}
+
+/// `grpc-status`, the header of a gRPC trailers-only response.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// Whether the API rejected the token: an HTTP 401, or a gRPC
+/// UNAUTHENTICATED (`grpc-status: 16`, carried by an HTTP 200).
+fn rejects_token<B>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED
+        || response
+            .headers()
+            .get(GRPC_STATUS)
+            .is_some_and(|status| status.as_bytes() == b"16")
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>

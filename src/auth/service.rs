@@ -20,7 +20,9 @@ use crate::error::BoxError;
 /// - An `Authorization` header already on the request is replaced.
 /// - **A 401 response invalidates the token the request carried**, and only
 ///   that one: a token fetched since is kept, so a burst of 401s causes one
-///   new exchange. The response itself is returned untouched; put
+///   new exchange. So does a gRPC UNAUTHENTICATED (`grpc-status: 16` in the
+///   headers of a trailers-only response, as tonic sends it). The response
+///   itself is returned untouched; put
 ///   [`RetryOnUnauthorized`](crate::RetryOnUnauthorized) outside this layer
 ///   to retry such a request once with a fresh token.
 /// - `poll_ready` is the inner service's; the request is sent through the

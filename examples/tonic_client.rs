@@ -1,0 +1,187 @@
+//! Calls a gRPC service through `RouteraAuthLayer` on a tonic `Channel`.
+//!
+//! The whole setup is in [`health_client`]: a token provider, a channel, the
+//! auth layer around the channel, and the generated client on top.
+//!
+//! With no credentials in the environment it starts the in-process Routera
+//! emulator and a local gRPC health server that accepts only the emulator's
+//! tokens, then makes a few authenticated health checks:
+//!
+//! ```text
+//! cargo run --example tonic_client
+//! ```
+//!
+//! Against a real endpoint (its `grpc.health.v1.Health/Check`):
+//!
+//! ```text
+//! ROUTERA_CLIENT_ID=… ROUTERA_CLIENT_SECRET=… \
+//! ROUTERA_GRPC_URL=http://host:port \
+//! [ROUTERA_TOKEN_URL=https://api.routera.io/oauth2/token] \
+//! cargo run --example tonic_client
+//! ```
+//!
+//! The example's tonic is built without TLS, so `ROUTERA_GRPC_URL` must be
+//! `http://`. For `https://`, enable tonic's `tls-ring` and
+//! `tls-native-roots` features and add
+//! `.tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots())?`
+//! to the `Endpoint`.
+//!
+//! Exits non-zero with a message on any failure, including a health check
+//! that is refused or not SERVING.
+
+use std::process::ExitCode;
+
+use routera_auth::test_util::{Emulator, TokenValidator};
+use routera_auth::{
+    BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, DEFAULT_TOKEN_URL,
+    HttpTokenExchange, RouteraAuth, RouteraAuthLayer, TokenProvider,
+};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Code, Request, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tower::ServiceBuilder;
+
+/// The generated client over the authenticated channel.
+type AuthenticatedHealthClient = HealthClient<RouteraAuth<Channel>>;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tonic_client failed: {err}");
+            let mut source = err.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
+    let configured =
+        std::env::var_os(CLIENT_ID_ENV).is_some() || std::env::var_os(CLIENT_SECRET_ENV).is_some();
+    if configured {
+        against_real_endpoint().await
+    } else {
+        against_emulator().await
+    }
+}
+
+/// The setup: tokens from `token_url`, attached to every RPC on `grpc_url`.
+async fn health_client(
+    token_url: &str,
+    credentials: ClientCredentials,
+    grpc_url: &str,
+) -> Result<AuthenticatedHealthClient, BoxError> {
+    let exchange = HttpTokenExchange::reqwest()?.with_token_url(token_url)?;
+    let provider = TokenProvider::new(exchange, credentials);
+    let channel = Endpoint::from_shared(grpc_url.to_owned())?
+        .connect()
+        .await?;
+    let authenticated = ServiceBuilder::new()
+        .layer(RouteraAuthLayer::new(provider))
+        .service(channel);
+    Ok(HealthClient::new(authenticated))
+}
+
+/// `grpc.health.v1.Health/Check` for the server as a whole; a refusal or
+/// anything but SERVING is an error.
+async fn check(client: &mut AuthenticatedHealthClient) -> Result<ServingStatus, BoxError> {
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let status = client.check(request).await?.into_inner().status();
+    if status != ServingStatus::Serving {
+        return Err(format!("the health check answered {status:?}").into());
+    }
+    Ok(status)
+}
+
+async fn against_emulator() -> Result<(), BoxError> {
+    println!("No {CLIENT_ID_ENV}/{CLIENT_SECRET_ENV} set: starting the local Routera emulator.");
+    let emulator = Emulator::start().await?;
+    let grpc_url = start_health_server(emulator.token_validator()).await?;
+    println!("gRPC health server at {grpc_url}, accepting only the emulator's tokens.");
+
+    let mut client =
+        health_client(&emulator.token_url(), emulator.credentials(), &grpc_url).await?;
+    for i in 1..=3 {
+        println!("call {i}: Health/Check -> {:?}", check(&mut client).await?);
+    }
+
+    // The same RPC on a bare channel, without the layer, is refused.
+    let mut bare = HealthClient::new(Endpoint::from_shared(grpc_url)?.connect().await?);
+    match bare.check(HealthCheckRequest::default()).await {
+        Err(status) if status.code() == Code::Unauthenticated => {
+            println!("without the layer: Health/Check -> {:?}", status.code());
+        }
+        other => {
+            return Err(format!("expected Unauthenticated without a token, got {other:?}").into());
+        }
+    }
+
+    println!("token exchanges: {}", emulator.exchange_count());
+    if emulator.exchange_count() != 1 {
+        return Err("expected the three calls to share one token".into());
+    }
+    println!("ok");
+    Ok(())
+}
+
+async fn against_real_endpoint() -> Result<(), BoxError> {
+    let credentials = ClientCredentials::from_env()?;
+    let token_url =
+        std::env::var("ROUTERA_TOKEN_URL").unwrap_or_else(|_| DEFAULT_TOKEN_URL.to_owned());
+    let grpc_url = std::env::var("ROUTERA_GRPC_URL").map_err(
+        |_| "ROUTERA_GRPC_URL is not set: set it to the gRPC endpoint (http://host:port)",
+    )?;
+    if grpc_url.starts_with("https://") {
+        return Err(
+            "ROUTERA_GRPC_URL is https, but this example's tonic is built without TLS \
+                    (see the comment at the top of examples/tonic_client.rs)"
+                .into(),
+        );
+    }
+    println!(
+        "client {} -> token URL {token_url}, gRPC {grpc_url}",
+        credentials.client_id()
+    );
+    let mut client = health_client(&token_url, credentials, &grpc_url).await?;
+    for i in 1..=3 {
+        println!("call {i}: Health/Check -> {:?}", check(&mut client).await?);
+    }
+    println!("ok");
+    Ok(())
+}
+
+/// A gRPC health server on `127.0.0.1:0` whose interceptor accepts only
+/// `authorization: Bearer <token>` with a token the emulator issued; returns
+/// its URL.
+async fn start_health_server(validator: TokenValidator) -> Result<String, BoxError> {
+    let require_token = move |request: Request<()>| -> Result<Request<()>, Status> {
+        let authorization = request.metadata().get("authorization");
+        match authorization.and_then(|value| value.to_str().ok()) {
+            Some(value) if validator.is_valid_authorization(value) => Ok(request),
+            _ => Err(Status::unauthenticated("missing or invalid bearer token")),
+        }
+    };
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = Server::builder()
+        .add_service(InterceptedService::new(health, require_token))
+        .serve_with_incoming(TcpIncoming::from(listener));
+    tokio::spawn(async move {
+        if let Err(err) = server.await {
+            eprintln!("the gRPC health server stopped: {err}");
+        }
+    });
+    Ok(url)
+}
