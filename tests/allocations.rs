@@ -64,6 +64,20 @@ fn a_request_with_a_fresh_token_allocates_nothing_and_starts_no_exchange() {
     assert_eq!(measured.count_total, 0, "{measured:?}");
     assert_eq!(exchange.calls(), 1);
 
+    // The provider's own read of a fresh token allocates nothing either.
+    let provider = service.provider().clone();
+    let measured = allocation_counter::measure(|| {
+        for _ in 0..1_000 {
+            let future = pin!(provider.token());
+            match future.poll(&mut cx) {
+                Poll::Ready(Ok(token)) => drop(std::hint::black_box(token)),
+                other => panic!("expected the cached token at once, got {other:?}"),
+            }
+        }
+    });
+    assert_eq!(measured.count_total, 0, "{measured:?}");
+    assert_eq!(exchange.calls(), 1);
+
     // The counter does see allocations: the naive per-request header would.
     let naive = allocation_counter::measure(|| {
         let value = format!("Bearer {}", "token-1");

@@ -153,6 +153,22 @@ async fn one_thousand_concurrent_callers_share_one_exchange_cold_and_at_expiry()
     assert!(tokens.iter().all(|token| token.secret() == "token-2"));
 }
 
+#[tokio::test(start_paused = true)]
+async fn ten_thousand_concurrent_callers_share_one_exchange_cold_and_at_expiry() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(1));
+    let provider = expiry_only(&exchange);
+
+    let tokens = herd(&provider, 10_000).await;
+    assert_eq!(exchange.calls(), 1);
+    assert!(tokens.iter().all(|token| token.secret() == "token-1"));
+    assert_eq!(provider.stats().exchanges, 1);
+
+    advance(HOUR).await;
+    let tokens = herd(&provider, 10_000).await;
+    assert_eq!(exchange.calls(), 2);
+    assert!(tokens.iter().all(|token| token.secret() == "token-2"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_exchange_for_concurrent_callers_on_many_threads() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(20));
