@@ -1,5 +1,6 @@
 //! [`TokenProvider`]: the shared token cache in front of a token exchange.
 
+mod header;
 mod options;
 mod refresher;
 
@@ -10,12 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
 use http::HeaderValue;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
+use self::header::ShardedHeader;
 pub use self::options::{
     DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
@@ -179,7 +180,7 @@ pub(crate) struct CachedToken {
     /// Unique among the tokens of one provider.
     seq: u64,
     token: AccessToken,
-    header: HeaderValue,
+    header: ShardedHeader,
     /// From then on a background refresh is due.
     refresh_at: Instant,
     /// From then on the token is not served.
@@ -193,20 +194,12 @@ impl CachedToken {
     fn new(token: Token, requested_at: Instant, schedule: Schedule) -> Result<Self, TokenError> {
         static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
         let at = |offset| requested_at.checked_add(offset).unwrap_or(requested_at);
-        let secret = token.access_token().secret();
-        let mut value = Vec::with_capacity("Bearer ".len() + secret.len());
-        value.extend_from_slice(b"Bearer ");
-        value.extend_from_slice(secret.as_bytes());
-        // `from_owner` makes every later clone of the header a reference
-        // count, with no allocation on the request path.
-        let mut header =
-            HeaderValue::from_maybe_shared(Bytes::from_owner(value)).map_err(|_| {
-                TokenError::with_detail(
-                    TokenErrorKind::InvalidResponse,
-                    "the access token has characters that are not allowed in an HTTP header",
-                )
-            })?;
-        header.set_sensitive(true);
+        let header = ShardedHeader::bearer(token.access_token().secret()).ok_or_else(|| {
+            TokenError::with_detail(
+                TokenErrorKind::InvalidResponse,
+                "the access token has characters that are not allowed in an HTTP header",
+            )
+        })?;
         Ok(Self {
             seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
             token: token.access_token().clone(),
@@ -218,7 +211,7 @@ impl CachedToken {
     }
 
     pub(crate) fn header(&self) -> &HeaderValue {
-        &self.header
+        self.header.get()
     }
 }
 
@@ -467,7 +460,7 @@ impl TokenProvider {
             }
             self.refresh_ahead(cached);
         }
-        Some((cached.header.clone(), self.tag(cached)))
+        Some((cached.header.get().clone(), self.tag(cached)))
     }
 
     /// The `Authorization` header value of a fresh token, fetching one if

@@ -1,0 +1,356 @@
+//! What `RouteraAuth` costs a request, beside the floor (tower-http's static
+//! `AddAuthorization`) and a naive hand-written provider, and how it behaves
+//! under contention, a cold herd and a token refresh.
+//!
+//! Run with `cargo bench` from the `benches/` folder. Absolute times depend
+//! on the machine; the ratios inside one run are what matter.
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
+use routera_auth::{
+    ClientCredentials, RouteraAuthLayer, Token, TokenError, TokenProvider, TokenRequest,
+};
+use tower::{Layer, Service, ServiceExt};
+use tower_http::auth::AddAuthorizationLayer;
+
+const TOKEN: &str =
+    "eyJraWQiOiJiZW5jaCIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2lnbmF0dXJl";
+
+type NoopFuture = Ready<Result<Response<Request<()>>, Infallible>>;
+
+/// The inner service: answers at once with the request itself as the body,
+/// so the benchmark can send the same request again. Allocates nothing.
+#[derive(Clone, Copy)]
+struct Noop;
+
+impl Service<Request<()>> for Noop {
+    type Response = Response<Request<()>>;
+    type Error = Infallible;
+    type Future = NoopFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> NoopFuture {
+        ready(Ok(Response::new(request)))
+    }
+}
+
+/// A request with room for the header, as a client's builder leaves it.
+fn request() -> Request<()> {
+    let mut request = Request::new(());
+    request.headers_mut().reserve(8);
+    request
+}
+
+/// One request through `service`: ready, call, and the future polled to
+/// completion, which for every service here is the first poll. The request
+/// comes back from `Noop` and is made ready for the next round (the header
+/// taken off), so the loop itself allocates nothing.
+#[inline]
+fn send<S>(service: &mut S, request: Request<()>) -> Request<()>
+where
+    S: Service<Request<()>, Response = Response<Request<()>>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(service.poll_ready(&mut cx).is_ready());
+    let future = pin!(service.call(request));
+    let mut request = match future.poll(&mut cx) {
+        Poll::Ready(Ok(response)) => response.into_body(),
+        Poll::Ready(Err(err)) => panic!("request failed: {err:?}"),
+        Poll::Pending => panic!("request did not complete at once"),
+    };
+    black_box(request.headers_mut().remove(AUTHORIZATION));
+    request
+}
+
+/// Runs `send` in a loop with one reused request.
+fn looped<S>(service: &mut S) -> impl FnMut() + '_
+where
+    S: Service<Request<()>, Response = Response<Request<()>>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut slot = Some(request());
+    move || {
+        if let Some(request) = slot.take() {
+            slot = Some(send(service, request));
+        }
+    }
+}
+
+/// An exchange that answers `TOKEN` after `latency`, counting its calls.
+fn exchange(
+    latency: Duration,
+    lifetime: Duration,
+    calls: Arc<AtomicUsize>,
+) -> impl Service<TokenRequest, Response = Token, Error = TokenError, Future: Send>
++ Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: TokenRequest| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            Ok(Token::new(TOKEN, lifetime))
+        }
+    })
+}
+
+/// A provider with a fresh token (one hour).
+fn warm_provider(runtime: &tokio::runtime::Runtime) -> TokenProvider {
+    let provider = TokenProvider::new(
+        exchange(Duration::ZERO, Duration::from_secs(3600), Arc::default()),
+        ClientCredentials::new("bench", "bench-secret"),
+    );
+    runtime.block_on(provider.token()).expect("token");
+    provider
+}
+
+/// The naive design: a token behind an async `RwLock`, and a header
+/// formatted and validated on every request, in a boxed future.
+#[derive(Clone)]
+struct Naive<S> {
+    inner: S,
+    token: Arc<tokio::sync::RwLock<Option<Token>>>,
+}
+
+impl<S> Service<Request<()>> for Naive<S>
+where
+    S: Service<Request<()>, Response = Response<Request<()>>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Request<()>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Request<()>>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<()>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let token = Arc::clone(&self.token);
+        Box::pin(async move {
+            let guard = token.read().await;
+            if let Some(token) = guard.as_ref() {
+                let value = format!("Bearer {}", token.access_token().secret());
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    request.headers_mut().insert(AUTHORIZATION, value);
+                }
+            }
+            drop(guard);
+            inner.call(request).await
+        })
+    }
+}
+
+fn hot_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let provider = warm_provider(&runtime);
+
+    let mut group = c.benchmark_group("hot_path");
+    group.throughput(Throughput::Elements(1));
+
+    let mut floor = AddAuthorizationLayer::bearer(TOKEN).layer(Noop);
+    group.bench_function("add_authorization", |b| b.iter(looped(&mut floor)));
+
+    let mut auth = RouteraAuthLayer::new(provider.clone()).layer(Noop);
+    group.bench_function("routera_auth", |b| b.iter(looped(&mut auth)));
+
+    let mut naive = Naive {
+        inner: Noop,
+        token: Arc::new(tokio::sync::RwLock::new(Some(Token::new(
+            TOKEN,
+            Duration::from_secs(3600),
+        )))),
+    };
+    group.bench_function("naive", |b| b.iter(looped(&mut naive)));
+    group.finish();
+}
+
+/// `iters` requests on each of `threads` worker threads of a multi-thread
+/// runtime, all through clones of one service; the time until all are done.
+fn run_threads<S>(service: &S, threads: usize, iters: u64) -> Duration
+where
+    S: Service<Request<()>, Response = Response<Request<()>>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let barrier = Arc::new(tokio::sync::Barrier::new(threads));
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut service = service.clone();
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    let mut send = looped(&mut service);
+                    barrier.wait().await;
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        send();
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for task in tasks {
+            slowest = slowest.max(task.await.expect("task"));
+        }
+        slowest
+    })
+}
+
+fn contention(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let provider = warm_provider(&runtime);
+    let auth = RouteraAuthLayer::new(provider).layer(Noop);
+    let floor = AddAuthorizationLayer::bearer(TOKEN).layer(Noop);
+
+    let mut group = c.benchmark_group("contention");
+    for threads in [1usize, 2] {
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_function(format!("routera_auth/{threads}_threads"), |b| {
+            b.iter_custom(|iters| run_threads(&auth, threads, iters))
+        });
+        group.bench_function(format!("add_authorization/{threads}_threads"), |b| {
+            b.iter_custom(|iters| run_threads(&floor, threads, iters))
+        });
+    }
+    group.finish();
+}
+
+fn cold_herd(c: &mut Criterion) {
+    const CALLERS: usize = 10_000;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("cold_herd");
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Elements(CALLERS as u64));
+    group.bench_function("10000_callers_1ms_exchange", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let calls = Arc::new(AtomicUsize::new(0));
+                let provider = TokenProvider::new(
+                    exchange(
+                        Duration::from_millis(1),
+                        Duration::from_secs(3600),
+                        Arc::clone(&calls),
+                    ),
+                    ClientCredentials::new("bench", "bench-secret"),
+                );
+                let service = RouteraAuthLayer::new(provider).layer(tower::service_fn(
+                    |_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) },
+                ));
+                total += runtime.block_on(async {
+                    let start = Instant::now();
+                    let tasks: Vec<_> = (0..CALLERS)
+                        .map(|_| tokio::spawn(service.clone().oneshot(request())))
+                        .collect();
+                    for task in tasks {
+                        task.await.expect("task").expect("request");
+                    }
+                    start.elapsed()
+                });
+                assert_eq!(calls.load(Ordering::SeqCst), 1, "one exchange for the herd");
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+/// Steady load across background refreshes whose exchange takes 50 ms; the
+/// measured value is the worst latency any request saw.
+fn refresh_boundary(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("refresh_boundary");
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
+    group.bench_function("worst_request_latency_50ms_exchange", |b| {
+        b.iter_custom(|iters| {
+            let mut worst = Duration::ZERO;
+            for _ in 0..iters {
+                let calls = Arc::new(AtomicUsize::new(0));
+                // A 1 s token: served for 500 ms, refreshed from 400 to 420 ms.
+                let provider = TokenProvider::builder(
+                    exchange(
+                        Duration::from_millis(50),
+                        Duration::from_secs(1),
+                        Arc::clone(&calls),
+                    ),
+                    ClientCredentials::new("bench", "bench-secret"),
+                )
+                .refresh_ahead(Duration::from_millis(100))
+                .build();
+                let (seen, refreshed) = runtime.block_on(async {
+                    provider.token().await.expect("token");
+                    let mut service = RouteraAuthLayer::new(provider.clone()).layer(Noop);
+                    let mut seen = Duration::ZERO;
+                    let start = Instant::now();
+                    // Load from 0 to 480 ms, across the refresh.
+                    while start.elapsed() < Duration::from_millis(480) {
+                        let sent = Instant::now();
+                        let response = ServiceExt::ready(&mut service)
+                            .await
+                            .expect("ready")
+                            .call(request())
+                            .await;
+                        black_box(response.expect("request"));
+                        seen = seen.max(sent.elapsed());
+                        tokio::task::yield_now().await;
+                    }
+                    (seen, calls.load(Ordering::SeqCst))
+                });
+                assert_eq!(refreshed, 2, "one background refresh happened under load");
+                worst = worst.max(seen);
+            }
+            worst * iters as u32
+        })
+    });
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    hot_path(c);
+    contention(c);
+    cold_herd(c);
+    refresh_boundary(c);
+}
+
+criterion_group!(all, benches);
+criterion_main!(all);
