@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{MockExchange, credentials, status_error};
 use routera_auth::{AccessToken, ClientCredentials, ProviderStats, TokenErrorKind, TokenProvider};
 use tokio::time::{Instant, advance};
+use tower::Layer as _;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const MINUTE: Duration = Duration::from_secs(60);
@@ -39,6 +40,21 @@ async fn run_for(duration: Duration) {
         advance(SECOND).await;
         settle().await;
     }
+}
+
+/// One request through `service`; the `Authorization` header it carried.
+async fn call<S>(service: &S) -> http::HeaderValue
+where
+    S: tower::Service<http::Request<()>, Response = http::Response<http::HeaderValue>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    service
+        .clone()
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap()
+        .into_body()
 }
 
 fn stats(provider: &TokenProvider) -> ProviderStats {
@@ -450,6 +466,86 @@ async fn dropping_the_last_handle_ends_the_background_task() {
     let calls = exchange.calls();
     advance(HOUR).await;
     assert_eq!(exchange.calls(), calls, "no attempt after the drop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_provider_with_a_token_leaves_no_task_behind() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    let provider = exchange.provider();
+    let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(tower::service_fn(
+        |_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
+    ));
+    provider.token().await.unwrap();
+    settle().await;
+    assert_eq!(metrics.num_alive_tasks(), 1, "the token's refresh timer");
+    drop(service);
+    drop(provider);
+    settle().await;
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        0,
+        "gone with the token, not at its refresh time"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_reads_the_clock_once_the_refresh_is_due() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    let provider = exchange.provider();
+    let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(tower::service_fn(
+        |request: http::Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(http::Response::new(
+                request.headers()[http::header::AUTHORIZATION].clone(),
+            ))
+        },
+    ));
+    assert_eq!(call(&service).await, "Bearer token-1");
+    // Past the refresh time (54:30 to 55:30 in, with jitter), before expiry
+    // (59:30): the token is still served and a background refresh starts.
+    advance(56 * MINUTE).await;
+    settle().await;
+    assert_eq!(call(&service).await, "Bearer token-1");
+    settle().await;
+    assert_eq!(provider.stats().background_refreshes, 1);
+    assert_eq!(call(&service).await, "Bearer token-2");
+}
+
+#[test]
+fn a_token_whose_timer_died_with_its_runtime_still_expires_on_time() {
+    let exchange = MockExchange::new(Duration::from_secs(2)).with_delay(Duration::ZERO);
+    let provider = TokenProvider::builder(exchange.clone(), credentials())
+        .refresh_ahead(Duration::ZERO)
+        .build();
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    first.block_on(provider.token()).unwrap();
+    // The runtime that armed the token's timer goes away; the timer with it.
+    drop(first);
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let seen = second.block_on(async {
+        let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(
+            tower::service_fn(|request: http::Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(
+                    request.headers()[http::header::AUTHORIZATION].clone(),
+                ))
+            }),
+        );
+        let before = call(&service).await;
+        // Past the token's time, checked by the clock since its timer is gone.
+        advance(2 * SECOND).await;
+        let after = call(&service).await;
+        (before, after)
+    });
+    assert_eq!(seen.0, "Bearer token-1");
+    assert_eq!(seen.1, "Bearer token-2");
 }
 
 #[tokio::test(start_paused = true)]

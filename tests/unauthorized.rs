@@ -408,6 +408,7 @@ async fn a_grpc_unauthenticated_invalidates_the_token_and_other_grpc_statuses_do
         respond.send_response(
             Response::builder()
                 .status(StatusCode::OK)
+                .version(http::Version::HTTP_2)
                 .header("content-type", "application/grpc")
                 .header("grpc-status", grpc_status)
                 .body(String::new())

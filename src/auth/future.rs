@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::header::AUTHORIZATION;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -32,10 +32,9 @@ pin_project! {
         S: Service<Request<B>>,
     {
         // No fresh token when the request came in: wait for the provider.
+        // Boxed, so that the future of the common case stays small.
         Token {
-            token: HeaderFuture,
-            request: Option<Request<B>>,
-            inner: Option<S>,
+            waiting: Box<Waiting<S, B>>,
         },
         // The request is with the inner service.
         Called {
@@ -44,6 +43,14 @@ pin_project! {
             tag: TokenTag,
         },
     }
+}
+
+/// A request waiting for a token, with the service instance polled ready
+/// for it.
+struct Waiting<S, B> {
+    token: HeaderFuture,
+    request: Option<Request<B>>,
+    inner: Option<S>,
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -59,9 +66,11 @@ where
     pub(super) fn waiting(token: HeaderFuture, request: Request<B>, inner: S) -> Self {
         Self {
             state: State::Token {
-                token,
-                request: Some(request),
-                inner: Some(inner),
+                waiting: Box::new(Waiting {
+                    token,
+                    request: Some(request),
+                    inner: Some(inner),
+                }),
             },
         }
     }
@@ -78,15 +87,12 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Token {
-                    token,
-                    request,
-                    inner,
-                } => {
+                StateProj::Token { waiting } => {
                     // Fail closed: on error, return before the inner service
                     // ever sees the request.
-                    let (authorization, tag) = ready!(token.as_mut().poll(cx))?;
-                    let (Some(mut request), Some(mut inner)) = (request.take(), inner.take())
+                    let (authorization, tag) = ready!(waiting.token.as_mut().poll(cx))?;
+                    let (Some(mut request), Some(mut inner)) =
+                        (waiting.request.take(), waiting.inner.take())
                     else {
                         return Poll::Ready(Err(TokenError::with_detail(
                             TokenErrorKind::Internal,
@@ -114,13 +120,15 @@ where
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Whether the API rejected the token: an HTTP 401, or a gRPC
-/// UNAUTHENTICATED (`grpc-status: 16`, carried by an HTTP 200).
+/// UNAUTHENTICATED (`grpc-status: 16`, carried by an HTTP/2 200).
+#[inline]
 fn rejects_token<B>(response: &Response<B>) -> bool {
     response.status() == StatusCode::UNAUTHORIZED
-        || response
-            .headers()
-            .get(GRPC_STATUS)
-            .is_some_and(|status| status.as_bytes() == b"16")
+        || (response.version() == Version::HTTP_2
+            && response
+                .headers()
+                .get(GRPC_STATUS)
+                .is_some_and(|status| status.as_bytes() == b"16"))
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>

@@ -1,3 +1,4 @@
+use std::fmt;
 use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
@@ -7,6 +8,7 @@ use tower::Service;
 use super::{ResponseFuture, RouteraAuthLayer};
 use crate::TokenProvider;
 use crate::error::BoxError;
+use crate::provider::TokenCache;
 
 /// Puts `Authorization: Bearer <token>` on every request, then calls the
 /// inner service. Made by [`RouteraAuthLayer`].
@@ -29,16 +31,22 @@ use crate::error::BoxError;
 ///   service instance that was polled ready.
 /// - Errors are `BoxError`, so the service fits tonic and `ServiceBuilder`
 ///   stacks.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouteraAuth<S> {
     inner: S,
     provider: TokenProvider,
+    cache: TokenCache,
 }
 
 impl<S> RouteraAuth<S> {
     /// Wraps `inner`, taking tokens from `provider`.
     pub fn new(inner: S, provider: TokenProvider) -> Self {
-        Self { inner, provider }
+        let cache = provider.token_cache();
+        Self {
+            inner,
+            provider,
+            cache,
+        }
     }
 
     /// A [`RouteraAuthLayer`] taking tokens from `provider`.
@@ -67,6 +75,15 @@ impl<S> RouteraAuth<S> {
     }
 }
 
+impl<S: fmt::Debug> fmt::Debug for RouteraAuth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteraAuth")
+            .field("inner", &self.inner)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S, B, ResBody> Service<Request<B>> for RouteraAuth<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
@@ -82,7 +99,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.provider.fresh_header() {
+        match self.provider.fresh_header(&mut self.cache) {
             Some((authorization, tag)) => {
                 // `self.inner` is the instance that was polled ready.
                 request.headers_mut().insert(AUTHORIZATION, authorization);

@@ -86,8 +86,8 @@ pub struct TokenProvider {
 struct Shared {
     /// Unique in the process; finds the provider from a [`TokenTag`].
     id: u64,
-    /// The current token; read on every request.
-    cache: ArcSwapOption<CachedToken>,
+    /// The current token; read on every request, through a [`TokenCache`].
+    cache: Arc<ArcSwapOption<CachedToken>>,
     /// Everything else; locked only on the slow path.
     control: Mutex<Control>,
     /// Wakes the background task from a backoff (new credentials, drop).
@@ -157,6 +157,12 @@ pub struct ProviderStats {
     pub background_refreshes: u64,
 }
 
+/// A handle's own view of the cached token: it holds the current token and
+/// checks on each use, with one plain load, whether the provider replaced
+/// it. No reference count moves while the token stays the same.
+pub(crate) type TokenCache =
+    arc_swap::Cache<Arc<ArcSwapOption<CachedToken>>, Option<Arc<CachedToken>>>;
+
 /// Which token of which provider a request carried: two plain numbers,
 /// so that remembering it costs the request path nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +194,14 @@ pub(crate) struct CachedToken {
     /// Set by the first request that sees the refresh due, so that one
     /// token starts one background refresh.
     refresh_started: AtomicBool,
+    /// Whether the request path must read the clock. Clear while a timer
+    /// armed for `refresh_at` is pending: until then the token is fresh and
+    /// requests skip the clock read. The timer sets it when it fires, and
+    /// also when it is dropped unfired (its runtime shut down), so a token is
+    /// never served past its time unchecked.
+    check_clock: AtomicBool,
+    /// Dropped with the token, which ends its timer task early.
+    disarm: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl CachedToken {
@@ -207,11 +221,49 @@ impl CachedToken {
             refresh_at: at(schedule.refresh_after),
             fresh_until: at(schedule.fresh_for),
             refresh_started: AtomicBool::new(false),
+            check_clock: AtomicBool::new(true),
+            disarm: std::sync::OnceLock::new(),
         })
     }
 
     pub(crate) fn header(&self) -> &HeaderValue {
         self.header.get()
+    }
+
+    /// Lets the request path skip the clock until `refresh_at`, with a timer
+    /// on the current runtime that turns the clock check back on then. Without
+    /// a runtime, the clock is always checked.
+    fn arm(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if Instant::now() >= self.refresh_at {
+            return;
+        }
+        let (disarm, disarmed) = tokio::sync::oneshot::channel();
+        if self.disarm.set(disarm).is_err() {
+            return;
+        }
+        let guard = CheckClockOnDrop(Arc::downgrade(self));
+        let refresh_at = self.refresh_at;
+        self.check_clock.store(false, Ordering::Release);
+        runtime.spawn(async move {
+            // Until the refresh is due, or until the token is dropped.
+            let _ = tokio::time::timeout_at(refresh_at, disarmed).await;
+            drop(guard);
+        });
+    }
+}
+
+/// Turns the clock check of a token back on when the timer task ends,
+/// whether its sleep completed or the task was dropped with its runtime.
+struct CheckClockOnDrop(Weak<CachedToken>);
+
+impl Drop for CheckClockOnDrop {
+    fn drop(&mut self) {
+        if let Some(cached) = self.0.upgrade() {
+            cached.check_clock.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -339,7 +391,7 @@ impl TokenProvider {
         let provider = Self {
             shared: Arc::new(Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                cache: ArcSwapOption::empty(),
+                cache: Arc::new(ArcSwapOption::empty()),
                 control: Mutex::new(Control {
                     credentials: builder.credentials,
                     generation: 0,
@@ -450,17 +502,25 @@ impl TokenProvider {
     /// served. This is the whole request path when the token is fresh: one
     /// atomic load, one clock read, one reference count.
     #[inline]
-    pub(crate) fn fresh_header(&self) -> Option<(HeaderValue, TokenTag)> {
-        let guard = self.shared.cache.load();
-        let cached = guard.as_ref()?;
-        let now = Instant::now();
-        if now >= cached.refresh_at {
-            if now >= cached.fresh_until {
-                return None;
+    pub(crate) fn fresh_header(&self, cache: &mut TokenCache) -> Option<(HeaderValue, TokenTag)> {
+        let cached = cache.load().as_ref()?;
+        // Until its refresh is due, a token's timer keeps the clock out of
+        // the request path; from then on every request checks the time.
+        if cached.check_clock.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= cached.refresh_at {
+                if now >= cached.fresh_until {
+                    return None;
+                }
+                self.refresh_ahead(cached);
             }
-            self.refresh_ahead(cached);
         }
         Some((cached.header.get().clone(), self.tag(cached)))
+    }
+
+    /// A [`TokenCache`] of this provider's token, for a request path.
+    pub(crate) fn token_cache(&self) -> TokenCache {
+        arc_swap::Cache::new(Arc::clone(&self.shared.cache))
     }
 
     /// The `Authorization` header value of a fresh token, fetching one if

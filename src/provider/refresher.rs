@@ -114,6 +114,7 @@ pub(super) async fn run(
             } else {
                 match outcome {
                     Ok(cached) => {
+                        cached.arm();
                         strong.cache.store(Some(Arc::clone(&cached)));
                         control.failures = 0;
                         control.last_error = None;
