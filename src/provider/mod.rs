@@ -37,10 +37,12 @@ type Outcome = Option<Result<Arc<CachedToken>, TokenError>>;
 /// clone shares one cache, so one provider serves every client stack of a
 /// process that uses the same credentials.
 ///
-/// - **Fresh token**: [`token`](TokenProvider::token) and
-///   [`RouteraAuth`](crate::RouteraAuth) answer from the cache with one
-///   atomic load and one clock read: no lock, no allocation, no write to
-///   shared memory.
+/// - **Fresh token**: [`RouteraAuth`](crate::RouteraAuth) answers from the
+///   cache with two plain loads (the token pointer and a flag) and one
+///   reference count on a per-thread copy of the header: no lock, no
+///   allocation, no clock read until the token's refresh is due, no write to
+///   memory other threads use. [`token`](TokenProvider::token) adds a clock
+///   read.
 /// - **Refresh ahead**: inside the [refresh-ahead
 ///   window](TokenProviderBuilder::refresh_ahead) (default 5 min before
 ///   expiry, with jitter), the token is still served and one background
@@ -499,8 +501,7 @@ impl TokenProvider {
     }
 
     /// The `Authorization` header value of the cached token if it may be
-    /// served. This is the whole request path when the token is fresh: one
-    /// atomic load, one clock read, one reference count.
+    /// served. This is the whole request path when the token is fresh.
     #[inline]
     pub(crate) fn fresh_header(&self, cache: &mut TokenCache) -> Option<(HeaderValue, TokenTag)> {
         let cached = cache.load().as_ref()?;
