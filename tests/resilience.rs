@@ -122,7 +122,12 @@ async fn a_ten_minute_outage_with_a_valid_token_fails_no_request() {
         (2..=20).contains(&attempts),
         "{attempts} exchange attempts in 10 minutes"
     );
-    assert_eq!(stats(&provider).failures as usize, attempts);
+    // Every attempt failed, but for one that may still be under way.
+    let failures = stats(&provider).failures as usize;
+    assert!(
+        failures == attempts || failures + 1 == attempts,
+        "{failures} of {attempts}"
+    );
 
     // After the outage the next attempt succeeds and its token is served.
     run_for(2 * MINUTE).await;
@@ -468,7 +473,20 @@ async fn dropping_the_last_handle_ends_the_background_task() {
     assert_eq!(exchange.calls(), calls, "no attempt after the drop");
 }
 
-#[tokio::test(start_paused = true)]
+/// Yields until `done` holds, for at most 10 s: for work that other worker
+/// threads do at once, not for time to pass.
+async fn until(done: impl Fn() -> bool) -> bool {
+    let wait = async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_provider_with_a_token_leaves_no_task_behind() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
@@ -477,15 +495,16 @@ async fn dropping_a_provider_with_a_token_leaves_no_task_behind() {
         |_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
     ));
     provider.token().await.unwrap();
-    settle().await;
-    assert_eq!(metrics.num_alive_tasks(), 1, "the token's refresh timer");
+    // On a multi-thread runtime each token arms a timer for its refresh time.
+    assert!(
+        until(|| metrics.num_alive_tasks() == 1).await,
+        "the token's refresh timer"
+    );
     drop(service);
     drop(provider);
-    settle().await;
-    assert_eq!(
-        metrics.num_alive_tasks(),
-        0,
-        "gone with the token, not at its refresh time"
+    assert!(
+        until(|| metrics.num_alive_tasks() == 0).await,
+        "gone with the token, not at its refresh time (55 minutes away)"
     );
 }
 
@@ -513,15 +532,24 @@ async fn the_layer_reads_the_clock_once_the_refresh_is_due() {
 
 #[test]
 fn a_token_whose_timer_died_with_its_runtime_still_expires_on_time() {
-    let exchange = MockExchange::new(Duration::from_secs(2)).with_delay(Duration::ZERO);
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
     let provider = TokenProvider::builder(exchange.clone(), credentials())
         .refresh_ahead(Duration::ZERO)
         .build();
-    let first = tokio::runtime::Builder::new_current_thread()
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    first.block_on(provider.token()).unwrap();
+    let armed = first.block_on(async {
+        provider.token().await.unwrap();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        until(|| metrics.num_alive_tasks() == 1).await
+    });
+    assert!(
+        armed,
+        "the token armed its timer on the multi-thread runtime"
+    );
     // The runtime that armed the token's timer goes away; the timer with it.
     drop(first);
 
@@ -540,7 +568,7 @@ fn a_token_whose_timer_died_with_its_runtime_still_expires_on_time() {
         );
         let before = call(&service).await;
         // Past the token's time, checked by the clock since its timer is gone.
-        advance(2 * SECOND).await;
+        advance(HOUR).await;
         let after = call(&service).await;
         (before, after)
     });

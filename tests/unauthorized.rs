@@ -154,8 +154,9 @@ async fn no_request_is_retried_more_than_once() {
             "sent twice, never more"
         );
     }
-    // Each 401 invalidated the token it carried: one new exchange per attempt.
-    assert_eq!(exchange.calls(), 6);
+    // The first 401 invalidated the token; the ones right after it, for the
+    // new token, are paced (see the next test), so no exchange per request.
+    assert_eq!(exchange.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -423,4 +424,41 @@ async fn a_grpc_unauthenticated_invalidates_the_token_and_other_grpc_statuses_do
         );
     }
     assert_eq!(provider.token().await.unwrap().secret(), "token-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_that_rejects_every_token_gets_a_trickle_of_exchanges_not_one_per_request() {
+    let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::ZERO);
+    let always_401 = tower::service_fn(|_: Request<String>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(StatusCode::UNAUTHORIZED)
+                .body(String::new())
+                .unwrap(),
+        )
+    });
+    let api = ServiceBuilder::new()
+        .retry(RetryOnUnauthorized::new())
+        .layer(RouteraAuthLayer::new(exchange.provider()))
+        .service(always_401);
+
+    // Ten minutes of ten requests a second, every one rejected.
+    for _ in 0..600 {
+        for _ in 0..10 {
+            let response = api
+                .clone()
+                .oneshot(Request::new(String::new()))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // Invalidations are paced like the exchange backoff: 1 s, 2 s, 4 s, …
+    // up to 60 s between them, so about 17 exchanges instead of 12,000.
+    let calls = exchange.calls();
+    assert!(
+        (10..=25).contains(&calls),
+        "{calls} exchanges for 6,000 rejected requests"
+    );
 }

@@ -97,6 +97,47 @@ struct Shared {
     exchange: Box<dyn Exchange>,
     options: Options,
     stats: Counters,
+    /// Paces invalidations caused by rejected requests.
+    rejections: Rejections,
+}
+
+/// Paces the invalidations that responses cause (401, gRPC
+/// UNAUTHENTICATED): the first one after a quiet period goes through at
+/// once; one following soon after another waits out a delay that doubles
+/// like the exchange backoff. A burst of rejections for one token costs one
+/// exchange, and an API that rejects every token costs a trickle of
+/// exchanges, never one per request. Touched only on rejected responses.
+#[derive(Default)]
+struct Rejections {
+    state: Mutex<RejectionState>,
+}
+
+#[derive(Default)]
+struct RejectionState {
+    last: Option<Instant>,
+    streak: u32,
+}
+
+impl Rejections {
+    /// Whether an invalidation may go through now; records it if so.
+    fn lock_admit(&self, options: &Options) -> bool {
+        let mut state = lock(&self.state);
+        let now = Instant::now();
+        let Some(last) = state.last else {
+            state.last = Some(now);
+            state.streak = 1;
+            return true;
+        };
+        let since = now.saturating_duration_since(last);
+        if since >= options.max_backoff.saturating_mul(2) {
+            state.streak = 0;
+        } else if since < options.backoff(state.streak, None, 0.0) {
+            return false;
+        }
+        state.last = Some(now);
+        state.streak = state.streak.saturating_add(1);
+        true
+    }
 }
 
 struct Control {
@@ -178,8 +219,21 @@ impl TokenTag {
     /// still the cached one (a 401 from the API). The provider is found in
     /// the process-wide registry, so a request needs no handle to it.
     pub(crate) fn invalidate(self) -> bool {
-        registry::find(self.provider)
-            .is_some_and(|shared| shared.invalidate_if(|cached| cached.seq == self.token))
+        let Some(shared) = registry::find(self.provider) else {
+            return false;
+        };
+        let is_cached = |cached: &CachedToken| cached.seq == self.token;
+        if !shared.cache.load().as_deref().is_some_and(is_cached) {
+            return false;
+        }
+        if !shared.rejections.lock_admit(&shared.options) {
+            // Tokens rejected again and again (a wrong audience, an API
+            // that refuses fresh tokens): keep the token for now rather
+            // than fetch one per request.
+            tracing::debug!("token rejected again soon after the last one; not invalidated yet");
+            return false;
+        }
+        shared.invalidate_if(is_cached)
     }
 }
 
@@ -233,12 +287,18 @@ impl CachedToken {
     }
 
     /// Lets the request path skip the clock until `refresh_at`, with a timer
-    /// on the current runtime that turns the clock check back on then. Without
-    /// a runtime, the clock is always checked.
+    /// on the current multi-thread runtime that turns the clock check back on
+    /// then. Elsewhere, the clock is always checked.
     fn arm(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // A current-thread runtime runs its timers only while something
+        // drives it, which nothing guarantees (a runtime used for the odd
+        // `block_on`): there, keep reading the clock on every request.
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return;
+        }
         if Instant::now() >= self.refresh_at {
             return;
         }
@@ -407,6 +467,7 @@ impl TokenProvider {
                 }),
                 options: builder.options,
                 stats: Counters::default(),
+                rejections: Rejections::default(),
             }),
         };
         registry::register(&provider.shared);
@@ -601,8 +662,8 @@ impl TokenProvider {
             "token refresh started ahead of expiry"
         );
         if let Err(error) = self.spawn_refresher(control) {
-            // No runtime here: the token expires and the next caller on a
-            // runtime fetches one.
+            // No runtime here: let a later request on a runtime try again.
+            cached.refresh_started.store(false, Ordering::Release);
             tracing::debug!(error = %error, "background refresh not started");
         }
     }

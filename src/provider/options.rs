@@ -72,6 +72,7 @@ impl Options {
     pub(super) fn schedule(&self, token: &Token, jitter: f64) -> Schedule {
         let lifetime = token
             .expires_in()
+            .filter(|lifetime| !lifetime.is_zero())
             .unwrap_or(self.assumed_lifetime)
             .min(MAX_TOKEN_LIFETIME);
         // Neither margin may eat more than half of a lifetime, so that short
@@ -224,6 +225,8 @@ mod tests {
         let options = Options::default();
         let unknown = options.schedule(&Token::with_unknown_lifetime("t"), 0.0);
         assert_eq!(unknown.fresh_for, Duration::from_secs(30));
+        let zero = options.schedule(&Token::new("t", Duration::ZERO), 0.0);
+        assert_eq!(zero, unknown, "a zero lifetime is an unknown one");
         let huge = options.schedule(&Token::new("t", Duration::from_secs(u64::MAX)), 0.0);
         assert_eq!(huge.fresh_for, MAX_TOKEN_LIFETIME - DEFAULT_EXPIRY_SKEW);
     }

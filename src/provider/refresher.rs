@@ -29,8 +29,12 @@ pub(super) async fn run(
     first: watch::Sender<Outcome>,
     alive: Arc<()>,
 ) {
-    // Dropped with the task, which marks the task dead for the provider.
-    let _alive = alive;
+    // Dropped with the task, however it ends (returned, or dropped with its
+    // runtime): marks the task dead and releases callers waiting on it.
+    let _guard = TaskGuard {
+        shared: shared.clone(),
+        alive,
+    };
     let mut waiters = Some(first);
     let mut attempt: u64 = 0;
     loop {
@@ -180,6 +184,29 @@ pub(super) async fn run(
                 sender.send_replace(Some(Err(error)));
                 // Back off until the delay has passed or something wakes us.
                 let _ = tokio::time::timeout(delay, woken).await;
+            }
+        }
+    }
+}
+
+/// Ends the task's part in the provider's state when the task ends: a
+/// caller's sender still waiting for the task to take it over is dropped,
+/// so that caller is told at once instead of waiting forever.
+struct TaskGuard {
+    shared: Weak<Shared>,
+    alive: Arc<()>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut control = lock(&shared.control);
+        if let Some(refresher) = control.refresher.as_mut() {
+            if std::ptr::eq(refresher.alive.as_ptr(), Arc::as_ptr(&self.alive)) {
+                refresher.pending = None;
+                refresher.attempt = None;
             }
         }
     }
