@@ -262,24 +262,12 @@ async fn backoff_doubles_and_permanent_errors_back_off_too() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    let rate_limited = {
-        use bytes::Bytes;
-        use http_body_util::Full;
-        use tower::ServiceExt;
-        let http = tower::service_fn(|_: http::Request<Full<Bytes>>| async {
-            Ok::<_, std::convert::Infallible>(
-                http::Response::builder()
-                    .status(429)
-                    .header("retry-after", "120")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            )
-        });
-        routera_auth::HttpTokenExchange::new(http)
-            .oneshot(routera_auth::TokenRequest::new(credentials()))
-            .await
-            .unwrap_err()
-    };
+    let rate_limited = common::exchange_error(Ok(http::Response::builder()
+        .status(429)
+        .header("retry-after", "120")
+        .body(bytes::Bytes::new())
+        .unwrap()))
+    .await;
     assert_eq!(rate_limited.retry_after(), Some(Duration::from_secs(120)));
     exchange.fail_next(rate_limited);
     let provider = exchange.provider();

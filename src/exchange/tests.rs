@@ -395,21 +395,39 @@ impl http_body::Body for EndlessBody {
     }
 }
 
+/// An HTTP service answering `status` with an [`EndlessBody`], declaring
+/// `content_length` if given; and the count of bytes the body gave out.
+fn endless_http(
+    status: u16,
+    content_length: Option<usize>,
+) -> (
+    impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<EndlessBody>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone,
+    Arc<AtomicUsize>,
+) {
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let body_pulled = pulled.clone();
+    let http = service_fn(move |_: Request<Full<Bytes>>| {
+        let mut response = Response::builder().status(status);
+        if let Some(length) = content_length {
+            response = response.header(header::CONTENT_LENGTH, length);
+        }
+        let body = EndlessBody {
+            pulled: body_pulled.clone(),
+        };
+        std::future::ready(Ok::<_, Infallible>(response.body(body).unwrap()))
+    });
+    (http, pulled)
+}
+
 #[tokio::test]
 async fn bodies_over_64_kib_are_not_read_past_the_limit() {
     for status in [200, 500] {
-        let pulled = Arc::new(AtomicUsize::new(0));
-        let body_pulled = pulled.clone();
-        let http = service_fn(move |_: Request<Full<Bytes>>| {
-            let pulled = body_pulled.clone();
-            async move {
-                let response = Response::builder()
-                    .status(status)
-                    .body(EndlessBody { pulled })
-                    .unwrap();
-                Ok::<_, Infallible>(response)
-            }
-        });
+        let (http, pulled) = endless_http(status, None);
         let err = HttpTokenExchange::new(http)
             .oneshot(request("s"))
             .await
@@ -434,19 +452,7 @@ async fn bodies_over_64_kib_are_not_read_past_the_limit() {
 
 #[tokio::test]
 async fn a_declared_oversized_body_is_not_read_at_all() {
-    let pulled = Arc::new(AtomicUsize::new(0));
-    let body_pulled = pulled.clone();
-    let http = service_fn(move |_: Request<Full<Bytes>>| {
-        let pulled = body_pulled.clone();
-        async move {
-            let response = Response::builder()
-                .status(200)
-                .header(header::CONTENT_LENGTH, 10 * 1024 * 1024)
-                .body(EndlessBody { pulled })
-                .unwrap();
-            Ok::<_, Infallible>(response)
-        }
-    });
+    let (http, pulled) = endless_http(200, Some(10 * 1024 * 1024));
     let err = HttpTokenExchange::new(http)
         .oneshot(request("s"))
         .await
