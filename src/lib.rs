@@ -78,7 +78,7 @@ pub use exchange::{DEFAULT_TOKEN_URL, HttpTokenExchange};
 pub use provider::{
     DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, ProviderStats,
-    TokenProvider, TokenProviderBuilder,
+    TokenProvider, TokenProviderBuilder, TokenTiming,
 };
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]

@@ -202,8 +202,14 @@ async fn a_renewed_token_is_accepted_after_the_first_expires() {
     let first = provider.token().await.unwrap();
     assert_eq!(provider.token().await.unwrap(), first);
     // Paused time drives both the provider's clock and the emulator's.
+    // A 2 s token is served for 1.5 s (a quarter of its lifetime is skew).
+    let timing = provider.timing().unwrap();
+    assert_eq!(
+        timing.served_until - timing.fetched_at,
+        Duration::from_millis(1500)
+    );
     tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::time::advance(timing.served_until - tokio::time::Instant::now()).await;
     tokio::time::resume();
     let second = provider.token().await.unwrap();
     assert_ne!(second, first);

@@ -59,16 +59,16 @@ async fn the_token_is_renewed_after_expires_in_minus_the_skew() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_skew_is_configurable_and_never_eats_more_than_half_a_lifetime() {
+async fn the_skew_is_configurable_and_never_eats_more_than_a_quarter_of_a_lifetime() {
     let exchange = MockExchange::new(Duration::from_secs(2)).with_delay(Duration::ZERO);
     let provider = TokenProvider::builder(exchange.clone(), credentials())
         .refresh_ahead(Duration::ZERO)
         .expiry_skew(Duration::from_secs(300))
         .build();
     provider.token().await.unwrap();
-    advance(Duration::from_millis(999)).await;
+    advance(Duration::from_millis(1499)).await;
     provider.token().await.unwrap();
-    assert_eq!(exchange.calls(), 1, "a 2 s token stays fresh for 1 s");
+    assert_eq!(exchange.calls(), 1, "a 2 s token stays fresh for 1.5 s");
     advance(Duration::from_millis(1)).await;
     provider.token().await.unwrap();
     assert_eq!(exchange.calls(), 2);
@@ -86,14 +86,15 @@ async fn the_skew_is_configurable_and_never_eats_more_than_half_a_lifetime() {
 
 #[tokio::test(start_paused = true)]
 async fn lifetime_is_counted_from_the_request_not_the_response() {
-    // The exchange takes 5 s; a 60 s token is fresh until 60 - 30 s after it was requested.
+    // The exchange takes 5 s; a 60 s token is fresh until 60 - 15 s after
+    // it was requested (the 30 s skew is capped at a quarter of 60 s).
     let exchange = MockExchange::new(Duration::from_secs(60)).with_delay(Duration::from_secs(5));
     let provider = expiry_only(&exchange);
     provider.token().await.unwrap();
-    advance(Duration::from_secs(24)).await; // 29 s after the request
+    advance(Duration::from_secs(39)).await; // 44 s after the request
     provider.token().await.unwrap();
     assert_eq!(exchange.calls(), 1);
-    advance(Duration::from_secs(1)).await; // 30 s
+    advance(Duration::from_secs(1)).await; // 45 s
     provider.token().await.unwrap();
     assert_eq!(exchange.calls(), 2);
 }

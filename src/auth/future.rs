@@ -106,7 +106,7 @@ where
                 }
                 StateProj::Called { future, tag } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    if rejects_token(&response) && tag.invalidate() {
+                    if rejects_token(&response) && tag.reject() {
                         tracing::debug!("the API rejected the token; it was invalidated");
                     }
                     return Poll::Ready(Ok(response));

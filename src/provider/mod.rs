@@ -1,35 +1,36 @@
 //! [`TokenProvider`]: the shared token cache in front of a token exchange.
 
-mod header;
+mod cached;
 mod options;
-mod refresher;
+mod worker;
 
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
-use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
-use self::header::ShardedHeader;
+use self::cached::CachedToken;
+pub use self::cached::TokenTiming;
+use self::options::Options;
 pub use self::options::{
     DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
     TokenProviderBuilder,
 };
-use self::options::{Options, Schedule};
+use self::worker::{State, Status, lock};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::token::{AccessToken, Token, TokenRequest};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-/// What the callers waiting on one exchange attempt receive.
-type Outcome = Option<Result<Arc<CachedToken>, TokenError>>;
 
 /// A shared, self-renewing access token for one set of client credentials.
 ///
@@ -38,29 +39,55 @@ type Outcome = Option<Result<Arc<CachedToken>, TokenError>>;
 /// process that uses the same credentials.
 ///
 /// - **Fresh token**: [`RouteraAuth`](crate::RouteraAuth) answers from the
-///   cache with two plain loads (the token pointer and a flag) and one
-///   reference count on a per-thread copy of the header: no lock, no
-///   allocation, no clock read until the token's refresh is due, no write to
-///   memory other threads use. [`token`](TokenProvider::token) adds a clock
-///   read.
-/// - **Refresh ahead**: inside the [refresh-ahead
-///   window](TokenProviderBuilder::refresh_ahead) (default 5 min before
-///   expiry, with jitter), the token is still served and one background
-///   refresh starts. Healthy refreshes never make a caller wait.
+///   cache with one pointer load and one clock read against the token's
+///   deadline: no lock, no allocation, no await. Whether a token may be sent
+///   is decided by that clock read on every request, however busy the
+///   runtime is.
+/// - **Refresh ahead**: the first request that finds the token's refresh due
+///   starts one refresh in the background; the token is still served
+///   meanwhile, so a healthy refresh never makes a caller wait.
 /// - **Expired or no token**: callers wait, all on the same exchange, and
-///   all receive its token or its error. The exchange runs in a task of its
-///   own: a caller that gives up cancels nothing for the others. It times out
-///   after [`exchange_timeout`](TokenProviderBuilder::exchange_timeout).
-/// - **Failures**: a failed refresh never discards a valid token. The
-///   background task retries with jittered exponential backoff (1 s doubling
-///   to 60 s by default, honouring `Retry-After`) until it gets a token; it
-///   never gives up on an error. While it backs off with no valid token,
-///   callers get the last error at once: the endpoint sees a trickle of
-///   attempts, never one per request.
-/// - A token is used until its `expires_in`, counted from the moment it was
-///   requested, minus the [expiry skew](TokenProviderBuilder::expiry_skew).
+///   all receive its token or its error. The exchange runs in the provider's
+///   worker task: a caller that gives up cancels nothing for the others. It
+///   times out after
+///   [`exchange_timeout`](TokenProviderBuilder::exchange_timeout).
+/// - **Failures**: a failed refresh never discards a valid token. The worker
+///   retries with jittered exponential backoff (1 s doubling to 60 s by
+///   default, honouring `Retry-After`) until it gets a token; it never gives
+///   up on an error. While it backs off with no valid token, callers get the
+///   last error at once: the endpoint sees a trickle of attempts, never one
+///   per request.
 ///
-/// Dropping the last handle stops the background task.
+/// # Schedule
+///
+/// A token's lifetime `L` is its `expires_in` (or the
+/// [assumed lifetime](TokenProviderBuilder::assumed_lifetime) when the
+/// response has none), counted from the moment it was requested.
+///
+/// - It is served until `L - skew`, where
+///   `skew = min(expiry_skew, L / 4)`.
+/// - Its refresh is due `window` before that, where
+///   `window = min(refresh_ahead, L - skew - L / 2)`, shortened by up to
+///   20 % at random so a fleet does not refresh in lockstep.
+///
+/// So every token is served for at least half of its lifetime before its
+/// refresh starts, and is never served within the skew of its end. With the
+/// defaults (`expiry_skew` 30 s, `refresh_ahead` 5 min): a 1 h token is
+/// refreshed 4 to 5 min before it stops being served at 59:30; a 120 s
+/// token at 60 s (served until 90 s); a 60 s token at 30 s (served until
+/// 45 s); a 3 s token at 1.5 s (served until 2.25 s).
+///
+/// The refresh is started by requests: a provider nobody uses lets its
+/// token lapse, costs no CPU, and its next caller waits for a new token.
+/// [`timing`](TokenProvider::timing) tells when the current token was
+/// fetched, when its refresh is due and when it stops being served.
+///
+/// # Worker
+///
+/// Each provider has one worker task, started on the tokio runtime of its
+/// first caller that needs a token and ended when the last handle is
+/// dropped. If that runtime shuts down, the next caller starts a new worker
+/// on its own runtime.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -77,6 +104,8 @@ type Outcome = Option<Result<Arc<CachedToken>, TokenError>>;
 ///     .build();
 ///
 /// assert_eq!(provider.token().await?.secret(), "mock-token");
+/// let timing = provider.timing().expect("a token is cached");
+/// assert_eq!(timing.served_until - timing.fetched_at, Duration::from_secs(3540));
 /// # Ok(())
 /// # }
 /// ```
@@ -85,100 +114,26 @@ pub struct TokenProvider {
     shared: Arc<Shared>,
 }
 
+/// What the handles share and the worker does not hold: dropping the last
+/// handle drops it, which tells the worker to end.
 struct Shared {
-    /// Unique in the process; finds the provider from a [`TokenTag`].
-    id: u64,
-    /// The current token; read on every request, through a [`TokenCache`].
-    cache: Arc<ArcSwapOption<CachedToken>>,
-    /// Everything else; locked only on the slow path.
-    control: Mutex<Control>,
-    /// Wakes the background task from a backoff (new credentials, drop).
-    wake: Arc<Notify>,
-    exchange: Box<dyn Exchange>,
-    options: Options,
-    stats: Counters,
-    /// Paces invalidations caused by rejected requests.
-    rejections: Rejections,
+    state: Arc<State>,
+    worker: Mutex<WorkerSlot>,
+    spawn: Box<SpawnWorker>,
 }
 
-/// Paces the invalidations that responses cause (401, gRPC
-/// UNAUTHENTICATED): the first one after a quiet period goes through at
-/// once; one following soon after another waits out a delay that doubles
-/// like the exchange backoff. A burst of rejections for one token costs one
-/// exchange, and an API that rejects every token costs a trickle of
-/// exchanges, never one per request. Touched only on rejected responses.
-#[derive(Default)]
-struct Rejections {
-    state: Mutex<RejectionState>,
-}
+/// Starts a worker on a runtime, for the given credentials and generation.
+type SpawnWorker =
+    dyn Fn(&tokio::runtime::Handle, Arc<State>, ClientCredentials, u64) -> JoinHandle<()>
+        + Send
+        + Sync;
 
-#[derive(Default)]
-struct RejectionState {
-    last: Option<Instant>,
-    streak: u32,
-}
-
-impl Rejections {
-    /// Whether an invalidation may go through now; records it if so.
-    fn lock_admit(&self, options: &Options) -> bool {
-        let mut state = lock(&self.state);
-        let now = Instant::now();
-        let Some(last) = state.last else {
-            state.last = Some(now);
-            state.streak = 1;
-            return true;
-        };
-        let since = now.saturating_duration_since(last);
-        if since >= options.max_backoff.saturating_mul(2) {
-            state.streak = 0;
-        } else if since < options.backoff(state.streak, None, 0.0) {
-            return false;
-        }
-        state.last = Some(now);
-        state.streak = state.streak.saturating_add(1);
-        true
-    }
-}
-
-struct Control {
+/// The credentials a new worker starts with, and the running worker.
+struct WorkerSlot {
     credentials: ClientCredentials,
-    /// Bumped on every credential change; an attempt started before a change
-    /// never stores its token.
+    /// Bumped on every credential change.
     generation: u64,
-    refresher: Option<Refresher>,
-    /// Failures in a row since the last success.
-    failures: u32,
-    last_error: Option<TokenError>,
-}
-
-/// The background task that runs exchange attempts until one succeeds.
-struct Refresher {
-    /// The attempt in flight or about to start; `None` while the task waits
-    /// out a backoff.
-    attempt: Option<watch::Receiver<Outcome>>,
-    /// The sender of `attempt` when a caller opened it after the backoff
-    /// ended but before the task woke up; the task takes it over.
-    pending: Option<watch::Sender<Outcome>>,
-    /// When the backoff ends.
-    retry_at: Option<Instant>,
-    /// Dead once the task is gone (its runtime shut down).
-    alive: Weak<()>,
-}
-
-impl Refresher {
-    fn is_alive(&self) -> bool {
-        self.alive.strong_count() > 0
-    }
-}
-
-/// Counters of the slow path. The fresh-token path never touches them.
-#[derive(Default)]
-struct Counters {
-    exchanges: AtomicU64,
-    failures: AtomicU64,
-    waits: AtomicU64,
-    invalidations: AtomicU64,
-    background_refreshes: AtomicU64,
+    task: Option<JoinHandle<()>>,
 }
 
 /// What a [`TokenProvider`] has done so far; from [`TokenProvider::stats`].
@@ -194,225 +149,72 @@ pub struct ProviderStats {
     pub failures: u64,
     /// Callers that had to wait for an exchange because no token was fresh.
     pub waits: u64,
-    /// Tokens dropped by [`TokenProvider::invalidate`].
+    /// Tokens dropped by [`TokenProvider::invalidate`] or by a response
+    /// that rejected them.
     pub invalidations: u64,
     /// Refreshes started ahead of expiry, while the token was still served.
     pub background_refreshes: u64,
 }
 
-/// A handle's own view of the cached token: it holds the current token and
+/// A request path's own view of the current token: it holds the token and
 /// checks on each use, with one plain load, whether the provider replaced
 /// it. No reference count moves while the token stays the same.
-pub(crate) type TokenCache =
-    arc_swap::Cache<Arc<ArcSwapOption<CachedToken>>, Option<Arc<CachedToken>>>;
+pub(crate) type TokenCache = arc_swap::Cache<Current, Option<Arc<CachedToken>>>;
 
-/// Which token of which provider a request carried: two plain numbers,
-/// so that remembering it costs the request path nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The current-token slot of a provider, as a [`TokenCache`] reads it.
+#[derive(Clone)]
+pub(crate) struct Current(Arc<State>);
+
+impl Deref for Current {
+    type Target = ArcSwapOption<CachedToken>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.current
+    }
+}
+
+/// Which token of which provider a request carried, so that a response
+/// rejecting it can invalidate exactly that token.
+#[derive(Clone)]
 pub(crate) struct TokenTag {
-    provider: u64,
-    token: u64,
+    provider: TokenProvider,
+    seq: u64,
 }
 
 impl TokenTag {
-    /// Drops the token this tag names from its provider's cache, if it is
-    /// still the cached one (a 401 from the API). The provider is found in
-    /// the process-wide registry, so a request needs no handle to it.
-    pub(crate) fn invalidate(self) -> bool {
-        let Some(shared) = registry::find(self.provider) else {
+    /// Drops the token this tag names if it is still the current one and
+    /// the pacing of invalidations allows it (a 401 from the API). Returns
+    /// whether it was dropped.
+    pub(crate) fn reject(&self) -> bool {
+        let state = self.provider.state();
+        let current = state.current.load();
+        let Some(cached) = current.as_ref().filter(|cached| cached.seq == self.seq) else {
             return false;
         };
-        let is_cached = |cached: &CachedToken| cached.seq == self.token;
-        if !shared.cache.load().as_deref().is_some_and(is_cached) {
-            return false;
-        }
-        if !shared.rejections.lock_admit(&shared.options) {
+        let now = Instant::now();
+        if now < cached.rejectable_from {
             // Tokens rejected again and again (a wrong audience, an API
             // that refuses fresh tokens): keep the token for now rather
             // than fetch one per request.
             tracing::debug!("token rejected again soon after the last one; not invalidated yet");
             return false;
         }
-        shared.invalidate_if(is_cached)
-    }
-}
-
-/// A cached token with its pre-built `Authorization` header value.
-pub(crate) struct CachedToken {
-    /// Unique among the tokens of one provider.
-    seq: u64,
-    token: AccessToken,
-    header: ShardedHeader,
-    /// From then on a background refresh is due.
-    refresh_at: Instant,
-    /// From then on the token is not served.
-    fresh_until: Instant,
-    /// Set by the first request that sees the refresh due, so that one
-    /// token starts one background refresh.
-    refresh_started: AtomicBool,
-    /// Whether the request path must read the clock. Clear while a timer
-    /// armed for `refresh_at` is pending: until then the token is fresh and
-    /// requests skip the clock read. The timer sets it when it fires, and
-    /// also when it is dropped unfired (its runtime shut down), so a token is
-    /// never served past its time unchecked.
-    check_clock: AtomicBool,
-    /// Dropped with the token, which ends its timer task early.
-    disarm: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl CachedToken {
-    fn new(token: Token, requested_at: Instant, schedule: Schedule) -> Result<Self, TokenError> {
-        static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
-        let at = |offset| requested_at.checked_add(offset).unwrap_or(requested_at);
-        let header = ShardedHeader::bearer(token.access_token().secret()).ok_or_else(|| {
-            TokenError::with_detail(
-                TokenErrorKind::InvalidResponse,
-                "the access token has characters that are not allowed in an HTTP header",
-            )
-        })?;
-        Ok(Self {
-            seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
-            token: token.access_token().clone(),
-            header,
-            refresh_at: at(schedule.refresh_after),
-            fresh_until: at(schedule.fresh_for),
-            refresh_started: AtomicBool::new(false),
-            check_clock: AtomicBool::new(true),
-            disarm: std::sync::OnceLock::new(),
-        })
-    }
-
-    pub(crate) fn header(&self) -> &HeaderValue {
-        self.header.get()
-    }
-
-    /// Lets the request path skip the clock until `refresh_at`, with a timer
-    /// on the current multi-thread runtime that turns the clock check back on
-    /// then. Elsewhere, the clock is always checked.
-    fn arm(self: &Arc<Self>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        // A current-thread runtime runs its timers only while something
-        // drives it, which nothing guarantees (a runtime used for the odd
-        // `block_on`): there, keep reading the clock on every request.
-        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-            return;
-        }
-        if Instant::now() >= self.refresh_at {
-            return;
-        }
-        let (disarm, disarmed) = tokio::sync::oneshot::channel();
-        if self.disarm.set(disarm).is_err() {
-            return;
-        }
-        let guard = CheckClockOnDrop(Arc::downgrade(self));
-        let refresh_at = self.refresh_at;
-        self.check_clock.store(false, Ordering::Release);
-        runtime.spawn(async move {
-            // Until the refresh is due, or until the token is dropped.
-            let _ = tokio::time::timeout_at(refresh_at, disarmed).await;
-            drop(guard);
-        });
-    }
-}
-
-/// Turns the clock check of a token back on when the timer task ends,
-/// whether its sleep completed or the task was dropped with its runtime.
-struct CheckClockOnDrop(Weak<CachedToken>);
-
-impl Drop for CheckClockOnDrop {
-    fn drop(&mut self) {
-        if let Some(cached) = self.0.upgrade() {
-            cached.check_clock.store(true, Ordering::Release);
-        }
-    }
-}
-
-impl Shared {
-    /// Drops the cached token if `matches` says it is the one to drop,
-    /// compare-and-swap style: a token cached meanwhile is never dropped.
-    fn invalidate_if(&self, matches: impl Fn(&CachedToken) -> bool) -> bool {
-        let current = self.cache.load();
-        let Some(cached) = current.as_ref() else {
-            return false;
-        };
-        if !matches(cached) {
+        if !self.provider.drop_token(&current) {
             return false;
         }
-        let previous = self.cache.compare_and_swap(&*current, None);
-        let dropped = previous
-            .as_ref()
-            .is_some_and(|previous| Arc::ptr_eq(previous, cached));
-        if dropped {
-            self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("cached token invalidated");
-        }
-        dropped
+        state.mail().rejected_at = Some(now);
+        state.wake.notify_one();
+        true
     }
 }
 
-/// Live providers by id, for [`TokenTag::invalidate`]. Touched when a
-/// provider is built or dropped, and on a 401: never on the request path.
-mod registry {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, OnceLock, Weak};
-
-    use super::{Shared, lock};
-
-    fn providers() -> &'static Mutex<HashMap<u64, Weak<Shared>>> {
-        static PROVIDERS: OnceLock<Mutex<HashMap<u64, Weak<Shared>>>> = OnceLock::new();
-        PROVIDERS.get_or_init(Mutex::default)
-    }
-
-    pub(super) fn register(shared: &Arc<Shared>) {
-        lock(providers()).insert(shared.id, Arc::downgrade(shared));
-    }
-
-    pub(super) fn unregister(id: u64) {
-        lock(providers()).remove(&id);
-    }
-
-    pub(super) fn find(id: u64) -> Option<Arc<Shared>> {
-        lock(providers()).get(&id).and_then(Weak::upgrade)
-    }
-}
-
-/// A type-erased exchange service.
-trait Exchange: Send + Sync {
-    fn exchange(&self, request: TokenRequest) -> BoxFuture<Result<Token, TokenError>>;
-}
-
-struct ServiceExchange<S> {
-    service: Mutex<S>,
-}
-
-impl<S> Exchange for ServiceExchange<S>
-where
-    S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    fn exchange(&self, request: TokenRequest) -> BoxFuture<Result<Token, TokenError>> {
-        let service = lock(&self.service).clone();
-        Box::pin(async move {
-            service
-                .oneshot(request)
-                .await
-                .map_err(|err| TokenError::from_service_error(err.into()))
-        })
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the data consistent before anything
-    // that could panic, so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-enum Joined {
-    Fresh(Arc<CachedToken>),
-    Wait(watch::Receiver<Outcome>),
+/// What a caller asks of the worker.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// A token, the current one if it is fresh.
+    Need,
+    /// A new token, even if the current one is fresh.
+    Refresh,
 }
 
 impl TokenProvider {
@@ -449,29 +251,30 @@ impl TokenProvider {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let provider = Self {
+        // Each worker gets a clone of the service; this one is the template.
+        let exchange = Mutex::new(builder.exchange);
+        let spawn = move |runtime: &tokio::runtime::Handle,
+                          state: Arc<State>,
+                          credentials: ClientCredentials,
+                          generation: u64| {
+            let exchange = lock(&exchange).clone();
+            runtime.spawn(worker::run(state, exchange, credentials, generation))
+        };
+        Self {
             shared: Arc::new(Shared {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                cache: Arc::new(ArcSwapOption::empty()),
-                control: Mutex::new(Control {
+                state: Arc::new(State::new(builder.options)),
+                worker: Mutex::new(WorkerSlot {
                     credentials: builder.credentials,
                     generation: 0,
-                    refresher: None,
-                    failures: 0,
-                    last_error: None,
+                    task: None,
                 }),
-                wake: Arc::new(Notify::new()),
-                exchange: Box::new(ServiceExchange {
-                    service: Mutex::new(builder.exchange),
-                }),
-                options: builder.options,
-                stats: Counters::default(),
-                rejections: Rejections::default(),
+                spawn: Box::new(spawn),
             }),
-        };
-        registry::register(&provider.shared);
-        provider
+        }
+    }
+
+    fn state(&self) -> &State {
+        &self.shared.state
     }
 
     /// The current access token, fetched first if there is no fresh one.
@@ -497,11 +300,7 @@ impl TokenProvider {
     /// The [`TokenError`] of the exchange; the last error at once while
     /// failed exchanges are backing off.
     pub async fn refresh(&self) -> Result<AccessToken, TokenError> {
-        let outcome = match self.join(false)? {
-            Joined::Fresh(cached) => return Ok(cached.token.clone()),
-            Joined::Wait(outcome) => outcome,
-        };
-        Ok(wait(outcome).await?.token.clone())
+        Ok(self.wait(Ask::Refresh).await?.token.clone())
     }
 
     /// Drops `token` from the cache if it is still the cached token, so the
@@ -511,7 +310,11 @@ impl TokenProvider {
     /// since `token` was handed out, is never dropped: a burst of 401s for
     /// one token causes one new exchange.
     pub fn invalidate(&self, token: &AccessToken) -> bool {
-        self.shared.invalidate_if(|cached| cached.token == *token)
+        let current = self.state().current.load();
+        current
+            .as_ref()
+            .is_some_and(|cached| cached.token == *token)
+            && self.drop_token(&current)
     }
 
     /// Replaces the client credentials, for secret rotation. The next
@@ -522,28 +325,24 @@ impl TokenProvider {
     /// renewed. With a different client id it is dropped at once: it belongs
     /// to another client.
     pub fn set_credentials(&self, credentials: ClientCredentials) {
-        let mut control = lock(&self.shared.control);
-        let same_client = control.credentials.client_id() == credentials.client_id();
-        control.credentials = credentials;
-        control.generation += 1;
-        control.failures = 0;
-        if let Some(refresher) = control.refresher.as_mut() {
-            // Callers from now on wait for the attempt with the new
-            // credentials instead of getting the old error.
-            refresher.retry_at = None;
-        }
+        let state = self.state();
+        let mut slot = lock(&self.shared.worker);
+        let same_client = slot.credentials.client_id() == credentials.client_id();
+        slot.generation += 1;
+        slot.credentials = credentials.clone();
         if !same_client {
-            self.shared.cache.store(None);
+            state.current.store(None);
         }
-        drop(control);
+        state.mail().credentials = Some((credentials, slot.generation));
+        drop(slot);
         tracing::info!(same_client, "client credentials replaced");
-        // A task waiting out a backoff retries now, with the new credentials.
-        self.shared.wake.notify_waiters();
+        // A worker waiting out a backoff retries now, with the new credentials.
+        state.wake.notify_one();
     }
 
     /// The client id this provider fetches tokens for.
     pub fn client_id(&self) -> String {
-        lock(&self.shared.control)
+        lock(&self.shared.worker)
             .credentials
             .client_id()
             .to_owned()
@@ -551,7 +350,7 @@ impl TokenProvider {
 
     /// Counters of what the provider has done so far.
     pub fn stats(&self) -> ProviderStats {
-        let stats = &self.shared.stats;
+        let stats = &self.state().stats;
         ProviderStats {
             exchanges: stats.exchanges.load(Ordering::Relaxed),
             failures: stats.failures.load(Ordering::Relaxed),
@@ -561,28 +360,30 @@ impl TokenProvider {
         }
     }
 
+    /// When the cached token was fetched, when its refresh is due and when
+    /// it stops being served; `None` when no token is cached.
+    pub fn timing(&self) -> Option<TokenTiming> {
+        self.state().current.load().as_deref().map(CachedToken::timing)
+    }
+
     /// The `Authorization` header value of the cached token if it may be
     /// served. This is the whole request path when the token is fresh.
     #[inline]
     pub(crate) fn fresh_header(&self, cache: &mut TokenCache) -> Option<(HeaderValue, TokenTag)> {
         let cached = cache.load().as_ref()?;
-        // Until its refresh is due, a token's timer keeps the clock out of
-        // the request path; from then on every request checks the time.
-        if cached.check_clock.load(Ordering::Acquire) {
-            let now = Instant::now();
-            if now >= cached.refresh_at {
-                if now >= cached.fresh_until {
-                    return None;
-                }
-                self.refresh_ahead(cached);
+        let now = Instant::now();
+        if now >= cached.refresh_at {
+            if !cached.is_fresh(now) {
+                return None;
             }
+            self.refresh_ahead(cached);
         }
-        Some((cached.header.get().clone(), self.tag(cached)))
+        Some((cached.header.clone(), self.tag(cached)))
     }
 
     /// A [`TokenCache`] of this provider's token, for a request path.
     pub(crate) fn token_cache(&self) -> TokenCache {
-        arc_swap::Cache::new(Arc::clone(&self.shared.cache))
+        arc_swap::Cache::new(Current(Arc::clone(&self.shared.state)))
     }
 
     /// The `Authorization` header value of a fresh token, fetching one if
@@ -591,184 +392,164 @@ impl TokenProvider {
         let provider = self.clone();
         Box::pin(async move {
             let cached = provider.cached_token().await?;
-            Ok((cached.header().clone(), provider.tag(&cached)))
+            Ok((cached.header.clone(), provider.tag(&cached)))
         })
     }
 
     fn tag(&self, cached: &CachedToken) -> TokenTag {
         TokenTag {
-            provider: self.shared.id,
-            token: cached.seq,
+            provider: self.clone(),
+            seq: cached.seq,
         }
     }
 
     async fn cached_token(&self) -> Result<Arc<CachedToken>, TokenError> {
-        if let Some(cached) = self.fresh_cached() {
-            return Ok(cached);
-        }
-        match self.join(true)? {
-            Joined::Fresh(cached) => Ok(cached),
-            Joined::Wait(outcome) => {
-                self.shared.stats.waits.fetch_add(1, Ordering::Relaxed);
-                wait(outcome).await
-            }
+        match self.fresh() {
+            Some(cached) => Ok(cached),
+            None => self.wait(Ask::Need).await,
         }
     }
 
-    /// The cached token if it may be served, starting a background refresh
-    /// if one is due.
-    fn fresh_cached(&self) -> Option<Arc<CachedToken>> {
-        let (cached, refresh_due) = self.load_fresh()?;
-        if refresh_due {
+    /// The cached token if it may be served, asking for its refresh if due.
+    fn fresh(&self) -> Option<Arc<CachedToken>> {
+        let cached = self.state().current.load_full()?;
+        let now = Instant::now();
+        if now >= cached.refresh_at {
+            if !cached.is_fresh(now) {
+                return None;
+            }
             self.refresh_ahead(&cached);
         }
         Some(cached)
     }
 
-    /// The cached token if it may be served, and whether its refresh is due.
-    fn load_fresh(&self) -> Option<(Arc<CachedToken>, bool)> {
-        let cached = self.shared.cache.load_full()?;
-        let now = Instant::now();
-        if now >= cached.fresh_until {
-            return None;
-        }
-        let refresh_due = now >= cached.refresh_at;
-        Some((cached, refresh_due))
-    }
-
-    /// Starts the background refresh of `cached`, once per token.
+    /// Asks the worker to refresh `cached`, once per token.
     #[cold]
     fn refresh_ahead(&self, cached: &CachedToken) {
-        if claim_refresh(cached) {
-            let mut control = lock(&self.shared.control);
-            self.start_background_refresh(&mut control, cached);
+        if cached.claim_refresh() {
+            if let Err(error) = self.ask(Ask::Need) {
+                // No runtime here: let a later request on a runtime ask.
+                cached.unclaim_refresh();
+                tracing::debug!(error = %error, "token refresh not started");
+            }
         }
     }
 
-    /// Starts the background task for a token still served, unless it runs.
-    fn start_background_refresh(&self, control: &mut Control, cached: &CachedToken) {
-        if control.refresher.as_ref().is_some_and(Refresher::is_alive) {
-            return;
-        }
-        self.shared
-            .stats
-            .background_refreshes
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            fresh_for_secs = cached
-                .fresh_until
-                .saturating_duration_since(Instant::now())
-                .as_secs(),
-            "token refresh started ahead of expiry"
-        );
-        if let Err(error) = self.spawn_refresher(control) {
-            // No runtime here: let a later request on a runtime try again.
-            cached.refresh_started.store(false, Ordering::Release);
-            tracing::debug!(error = %error, "background refresh not started");
-        }
-    }
-
-    /// Joins the attempt in flight, or fails fast with the last error while
-    /// backing off, or starts the background task. With `need_token`, a
-    /// fresh token is returned instead if there is one (checked under the
-    /// lock: an attempt that finished meanwhile stored its token first).
-    fn join(&self, need_token: bool) -> Result<Joined, TokenError> {
-        let mut control = lock(&self.shared.control);
-        if need_token {
-            if let Some((cached, refresh_due)) = self.load_fresh() {
-                if refresh_due && claim_refresh(&cached) {
-                    self.start_background_refresh(&mut control, &cached);
+    /// Waits for the worker's answer to `ask`: joins the exchange under
+    /// way, fails fast with the last error while the worker backs off, or
+    /// asks for a new exchange.
+    async fn wait(&self, ask: Ask) -> Result<Arc<CachedToken>, TokenError> {
+        let state = self.state();
+        // Subscribed before anything is checked: every status published
+        // from here on is seen.
+        let mut status = state.status.subscribe();
+        let mut answered_next = false;
+        let mut counted = false;
+        loop {
+            if !answered_next && ask == Ask::Need {
+                if let Some(cached) = self.fresh() {
+                    return Ok(cached);
                 }
-                return Ok(Joined::Fresh(cached));
             }
+            let seen = status.borrow_and_update().clone();
+            match seen {
+                Status::Ready(cached) if answered_next => return Ok(cached),
+                Status::Failed { error, .. } if answered_next => return Err(error),
+                Status::Failed {
+                    error,
+                    retry_at: Some(retry_at),
+                    generation,
+                } if Instant::now() < retry_at && generation == self.generation() => {
+                    // Backing off: fail fast rather than wait or add attempts.
+                    return Err(error);
+                }
+                // Join the exchange under way: its outcome is the answer.
+                Status::Fetching => answered_next = true,
+                _ if !answered_next => {
+                    self.ask(ask)?;
+                    answered_next = true;
+                }
+                _ => {}
+            }
+            if ask == Ask::Need && !counted {
+                counted = true;
+                state.stats.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            status.changed().await.map_err(|_| {
+                TokenError::with_detail(TokenErrorKind::Internal, "the token worker is gone")
+            })?;
         }
-        let last_error = control.last_error.clone();
-        if let Some(refresher) = control.refresher.as_mut().filter(|r| r.is_alive()) {
-            if let Some(outcome) = &refresher.attempt {
-                return Ok(Joined::Wait(outcome.clone()));
-            }
-            if refresher.retry_at.is_some_and(|at| Instant::now() < at) {
-                // Backing off: fail fast rather than wait or add attempts.
-                return Err(last_error.unwrap_or_else(|| TokenError::new(TokenErrorKind::Internal)));
-            }
-            // The backoff is over and the task is about to start the next
-            // attempt: wait for that one.
-            let (sender, outcome) = watch::channel(None);
-            refresher.attempt = Some(outcome.clone());
-            refresher.pending = Some(sender);
-            return Ok(Joined::Wait(outcome));
-        }
-        // No task, or one that died with its runtime: start over.
-        self.spawn_refresher(&mut control).map(Joined::Wait)
     }
 
-    fn spawn_refresher(
-        &self,
-        control: &mut Control,
-    ) -> Result<watch::Receiver<Outcome>, TokenError> {
+    /// Leaves `ask` in the worker's mailbox, starting the worker if needed.
+    fn ask(&self, ask: Ask) -> Result<(), TokenError> {
+        let state = self.state();
+        {
+            let mut mail = state.mail();
+            match ask {
+                Ask::Need => mail.need = true,
+                Ask::Refresh => mail.refresh = true,
+            }
+        }
+        self.ensure_worker()?;
+        state.wake.notify_one();
+        Ok(())
+    }
+
+    /// Starts the worker on the current runtime unless it runs.
+    fn ensure_worker(&self) -> Result<(), TokenError> {
+        let mut slot = lock(&self.shared.worker);
+        if slot.task.as_ref().is_some_and(|task| !task.is_finished()) {
+            return Ok(());
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             TokenError::with_detail(
                 TokenErrorKind::Internal,
                 "no tokio runtime is running to fetch the token on",
             )
         })?;
-        let (sender, outcome) = watch::channel(None);
-        let alive = Arc::new(());
-        control.refresher = Some(Refresher {
-            attempt: Some(outcome.clone()),
-            pending: None,
-            retry_at: None,
-            alive: Arc::downgrade(&alive),
-        });
-        runtime.spawn(refresher::run(
-            Arc::downgrade(&self.shared),
-            Arc::clone(&self.shared.wake),
-            sender,
-            alive,
-        ));
-        Ok(outcome)
+        let state = Arc::clone(&self.shared.state);
+        let task = (self.shared.spawn)(&runtime, state, slot.credentials.clone(), slot.generation);
+        slot.task = Some(task);
+        Ok(())
     }
-}
 
-/// Whether this caller is the first to see `cached` due for a refresh.
-fn claim_refresh(cached: &CachedToken) -> bool {
-    // Read first: every later request in the window only reads.
-    !cached.refresh_started.load(Ordering::Relaxed)
-        && !cached.refresh_started.swap(true, Ordering::AcqRel)
-}
+    fn generation(&self) -> u64 {
+        lock(&self.shared.worker).generation
+    }
 
-/// Waits for the outcome of an attempt.
-async fn wait(mut outcome: watch::Receiver<Outcome>) -> Result<Arc<CachedToken>, TokenError> {
-    let outcome = outcome.wait_for(Option::is_some).await.map_err(|_| {
-        TokenError::with_detail(
-            TokenErrorKind::Internal,
-            "the token exchange task ended before it finished (is the runtime shutting down?)",
-        )
-    })?;
-    match &*outcome {
-        Some(result) => result.clone(),
-        // `wait_for` returns only once the predicate holds.
-        None => Err(TokenError::new(TokenErrorKind::Internal)),
+    /// Drops the token `current` holds if it is still the current one,
+    /// compare-and-swap style: a token stored meanwhile is never dropped.
+    fn drop_token(&self, current: &arc_swap::Guard<Option<Arc<CachedToken>>>) -> bool {
+        let state = self.state();
+        let previous = state.current.compare_and_swap(current, None);
+        let dropped = match (previous.as_ref(), current.as_ref()) {
+            (Some(previous), Some(expected)) => Arc::ptr_eq(previous, expected),
+            _ => false,
+        };
+        if dropped {
+            state.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("cached token invalidated");
+        }
+        dropped
     }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        registry::unregister(self.id);
-        // The background task holds only a weak reference; wake it from its
-        // backoff so it sees the provider is gone and ends.
-        self.wake.notify_waiters();
+        // The worker holds the state, not a handle: tell it to end, at once
+        // if it is idle or backing off, after the exchange otherwise.
+        self.state.mail().closed = true;
+        self.state.wake.notify_one();
     }
 }
 
 impl fmt::Debug for TokenProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let control = lock(&self.shared.control);
         f.debug_struct("TokenProvider")
-            .field("client_id", &control.credentials.client_id())
-            .field("options", &self.shared.options)
-            .field("has_token", &self.shared.cache.load().is_some())
-            .field("failures", &control.failures)
+            .field("client_id", &self.client_id())
+            .field("options", &self.state().options)
+            .field("timing", &self.timing())
             .finish()
     }
 }

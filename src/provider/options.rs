@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tower::Service;
@@ -69,18 +68,23 @@ pub(super) struct Schedule {
 
 impl Options {
     /// The schedule of `token`, with `jitter` in `[0, 1]` drawn by the caller.
+    ///
+    /// With `L` the lifetime: the token is served until `L - skew`, where
+    /// `skew = min(expiry_skew, L / 4)`, and its refresh starts `window`
+    /// before that, where `window = min(refresh_ahead, L - skew - L / 2)`,
+    /// shortened by up to 20 % by the jitter. So every token is served for
+    /// at least half of its lifetime before its refresh starts, and a
+    /// quarter of its lifetime or more is left for the refresh.
     pub(super) fn schedule(&self, token: &Token, jitter: f64) -> Schedule {
         let lifetime = token
             .expires_in()
             .filter(|lifetime| !lifetime.is_zero())
             .unwrap_or(self.assumed_lifetime)
             .min(MAX_TOKEN_LIFETIME);
-        // Neither margin may eat more than half of a lifetime, so that short
-        // tokens stay usable and are not refreshed as soon as they arrive.
-        let fresh_for = lifetime - self.expiry_skew.min(lifetime / 2);
+        let fresh_for = lifetime - self.expiry_skew.min(lifetime / 4);
         let window = self
             .refresh_ahead
-            .min(lifetime / 2)
+            .min(fresh_for.saturating_sub(lifetime / 2))
             .mul_f64(1.0 - REFRESH_JITTER * jitter.clamp(0.0, 1.0));
         Schedule {
             refresh_after: fresh_for.saturating_sub(window),
@@ -112,11 +116,11 @@ impl Options {
 }
 
 /// A random number in `[0, 1)`, from the standard library's randomly seeded
-/// hasher (good enough to spread a fleet; not for cryptography).
+/// hasher, whose keys change with every `RandomState` (good enough to spread
+/// a fleet; not for cryptography).
 pub(super) fn random_unit() -> f64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u8(0);
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -129,8 +133,9 @@ pub struct TokenProviderBuilder<S> {
 
 impl<S> TokenProviderBuilder<S> {
     /// How long before its `expires_in` runs out a token stops being served
-    /// (default 30 s), to absorb clock skew and request latency. Capped at
-    /// half of each token's lifetime, so short-lived tokens stay usable.
+    /// (default 30 s), to absorb clock skew and request latency. Capped at a
+    /// quarter of each token's lifetime, so short-lived tokens stay usable
+    /// and leave time for a refresh.
     pub fn expiry_skew(mut self, skew: Duration) -> Self {
         self.options.expiry_skew = skew;
         self
@@ -138,9 +143,10 @@ impl<S> TokenProviderBuilder<S> {
 
     /// How long before a token stops being served a background refresh
     /// starts (default 5 min). The token is still served meanwhile, so no
-    /// caller waits for a healthy refresh. Capped at half of each token's
-    /// lifetime, and shortened by up to 20 % at random for each token so a
-    /// fleet of processes does not refresh in lockstep.
+    /// caller waits for a healthy refresh. Capped so that every token is
+    /// served for at least half of its lifetime before its refresh starts,
+    /// and shortened by up to 20 % at random for each token so a fleet of
+    /// processes does not refresh in lockstep.
     pub fn refresh_ahead(mut self, window: Duration) -> Self {
         self.options.refresh_ahead = window;
         self
@@ -210,25 +216,48 @@ mod tests {
     }
 
     #[test]
-    fn margins_never_exceed_half_the_lifetime() {
+    fn short_tokens_are_served_half_their_life_before_a_refresh() {
         let options = Options::default();
-        let schedule = options.schedule(&Token::new("t", Duration::from_secs(2)), 0.0);
-        assert_eq!(schedule.fresh_for, Duration::from_secs(1));
-        assert_eq!(schedule.refresh_after, Duration::ZERO);
-        let schedule = options.schedule(&Token::new("t", Duration::from_secs(600)), 0.0);
+        let at = |secs: u64, jitter| options.schedule(&Token::new("t", Duration::from_secs(secs)), jitter);
+        // 3 s: skew 0.75 s, refresh from 1.5 s (jitter 0) to 1.65 s (jitter 1).
+        let schedule = at(3, 0.0);
+        assert_eq!(schedule.fresh_for, Duration::from_millis(2250));
+        assert_eq!(schedule.refresh_after, Duration::from_millis(1500));
+        assert_eq!(at(3, 1.0).refresh_after, Duration::from_millis(1650));
+        // 60 s: skew 15 s, refresh at 30 s.
+        let schedule = at(60, 0.0);
+        assert_eq!(schedule.fresh_for, Duration::from_secs(45));
+        assert_eq!(schedule.refresh_after, Duration::from_secs(30));
+        // 120 s: skew 30 s, refresh at 60 s.
+        let schedule = at(120, 0.0);
+        assert_eq!(schedule.fresh_for, Duration::from_secs(90));
+        assert_eq!(schedule.refresh_after, Duration::from_secs(60));
+        // 600 s: the whole 5 min window fits.
+        let schedule = at(600, 0.0);
         assert_eq!(schedule.fresh_for, Duration::from_secs(570));
-        assert_eq!(schedule.refresh_after, Duration::from_secs(270));
+        assert_eq!(schedule.refresh_after, Duration::from_secs(300));
+        for secs in [1, 2, 3, 7, 60, 61, 119, 120, 599, 3600, 86_400] {
+            for jitter in [0.0, 0.5, 1.0] {
+                let lifetime = Duration::from_secs(secs);
+                let schedule = at(secs, jitter);
+                assert!(schedule.refresh_after >= lifetime / 2, "{secs} s {jitter}");
+                assert!(schedule.refresh_after <= schedule.fresh_for);
+                assert!(schedule.fresh_for >= lifetime - lifetime / 4);
+                assert!(schedule.fresh_for <= lifetime - DEFAULT_EXPIRY_SKEW.min(lifetime / 4));
+            }
+        }
     }
 
     #[test]
-    fn unknown_and_huge_lifetimes() {
-        let options = Options::default();
-        let unknown = options.schedule(&Token::with_unknown_lifetime("t"), 0.0);
-        assert_eq!(unknown.fresh_for, Duration::from_secs(30));
-        let zero = options.schedule(&Token::new("t", Duration::ZERO), 0.0);
-        assert_eq!(zero, unknown, "a zero lifetime is an unknown one");
-        let huge = options.schedule(&Token::new("t", Duration::from_secs(u64::MAX)), 0.0);
-        assert_eq!(huge.fresh_for, MAX_TOKEN_LIFETIME - DEFAULT_EXPIRY_SKEW);
+    fn zero_margins_serve_a_token_to_its_end() {
+        let options = Options {
+            expiry_skew: Duration::ZERO,
+            refresh_ahead: Duration::ZERO,
+            ..Options::default()
+        };
+        let schedule = options.schedule(&Token::new("t", Duration::from_millis(200)), 0.5);
+        assert_eq!(schedule.fresh_for, Duration::from_millis(200));
+        assert_eq!(schedule.refresh_after, Duration::from_millis(200));
     }
 
     #[test]
