@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::MockExchange;
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
-use routera_auth::RouteraAuthLayer;
+use routera_auth::{RouteraAuthLayer, TokenProvider};
 use tower::{Layer, Service, service_fn};
 
 #[test]
@@ -84,4 +84,58 @@ fn a_request_with_a_fresh_token_allocates_nothing_and_starts_no_exchange() {
         std::hint::black_box(http::HeaderValue::from_str(&value).unwrap());
     });
     assert!(naive.count_total >= 2, "{naive:?}");
+}
+
+#[test]
+fn a_provider_holding_a_token_retains_at_most_one_kib_and_one_task() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = runtime.metrics();
+    let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::ZERO);
+    // Everything the runtime and the mock set up once is made outside the
+    // measurement: a first provider, dropped.
+    runtime.block_on(async {
+        let warm_up = exchange.provider();
+        warm_up.token().await.unwrap();
+        drop(warm_up);
+        // Its worker ends and its task is freed.
+        while tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+            > 0
+        {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
+    let _context = runtime.enter();
+
+    // The credentials and the exchange are the caller's; the provider keeps
+    // a reference to each.
+    let credentials = common::credentials();
+    let mut kept = None;
+    let measured = allocation_counter::measure(|| {
+        let provider = TokenProvider::new(exchange.clone(), credentials.clone());
+        let token = runtime.block_on(provider.token()).unwrap();
+        assert_eq!(token.secret(), "token-2");
+        kept = Some(provider);
+    });
+    let retained = measured.bytes_current;
+    // The token's own bytes are kept twice (the token, and its header).
+    let token_bytes = 2 * "token-2".len() as i64;
+    println!(
+        "a provider holding a token retains {retained} bytes in {} allocations, \
+         {token_bytes} of them the token's ({measured:?})",
+        measured.count_current
+    );
+    assert!(
+        retained <= 1024,
+        "a provider holding a token retains {retained} bytes"
+    );
+    assert_eq!(metrics.num_alive_tasks(), 1, "one task: the worker");
+    drop(kept);
 }

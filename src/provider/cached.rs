@@ -50,12 +50,13 @@ impl CachedToken {
         value.extend_from_slice(secret.as_bytes());
         // `from_owner` puts the reference count beside the bytes now, so
         // that no clone ever allocates.
-        let mut header = HeaderValue::from_maybe_shared(Bytes::from_owner(value)).map_err(|_| {
-            TokenError::with_detail(
-                TokenErrorKind::InvalidResponse,
-                "the access token has characters that are not allowed in an HTTP header",
-            )
-        })?;
+        let mut header =
+            HeaderValue::from_maybe_shared(Bytes::from_owner(value)).map_err(|_| {
+                TokenError::with_detail(
+                    TokenErrorKind::InvalidResponse,
+                    "the access token has characters that are not allowed in an HTTP header",
+                )
+            })?;
         header.set_sensitive(true);
         Ok(Self {
             seq,
@@ -139,8 +140,14 @@ mod tests {
         let clone = cached.header.clone();
         assert_eq!(clone.as_bytes().as_ptr(), cached.header.as_bytes().as_ptr());
         let timing = cached.timing();
-        assert_eq!(timing.refresh_at - timing.fetched_at, Duration::from_secs(50));
-        assert_eq!(timing.served_until - timing.fetched_at, Duration::from_secs(55));
+        assert_eq!(
+            timing.refresh_at - timing.fetched_at,
+            Duration::from_secs(50)
+        );
+        assert_eq!(
+            timing.served_until - timing.fetched_at,
+            Duration::from_secs(55)
+        );
     }
 
     #[test]

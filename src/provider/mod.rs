@@ -123,10 +123,9 @@ struct Shared {
 }
 
 /// Starts a worker on a runtime, for the given credentials and generation.
-type SpawnWorker =
-    dyn Fn(&tokio::runtime::Handle, Arc<State>, ClientCredentials, u64) -> JoinHandle<()>
-        + Send
-        + Sync;
+type SpawnWorker = dyn Fn(&tokio::runtime::Handle, Arc<State>, ClientCredentials, u64) -> JoinHandle<()>
+    + Send
+    + Sync;
 
 /// The credentials a new worker starts with, and the running worker.
 struct WorkerSlot {
@@ -342,10 +341,7 @@ impl TokenProvider {
 
     /// The client id this provider fetches tokens for.
     pub fn client_id(&self) -> String {
-        lock(&self.shared.worker)
-            .credentials
-            .client_id()
-            .to_owned()
+        lock(&self.shared.worker).credentials.client_id().to_owned()
     }
 
     /// Counters of what the provider has done so far.
@@ -363,7 +359,11 @@ impl TokenProvider {
     /// When the cached token was fetched, when its refresh is due and when
     /// it stops being served; `None` when no token is cached.
     pub fn timing(&self) -> Option<TokenTiming> {
-        self.state().current.load().as_deref().map(CachedToken::timing)
+        self.state()
+            .current
+            .load()
+            .as_deref()
+            .map(CachedToken::timing)
     }
 
     /// The `Authorization` header value of the cached token if it may be
@@ -440,44 +440,48 @@ impl TokenProvider {
     /// asks for a new exchange.
     async fn wait(&self, ask: Ask) -> Result<Arc<CachedToken>, TokenError> {
         let state = self.state();
-        // Subscribed before anything is checked: every status published
-        // from here on is seen.
-        let mut status = state.status.subscribe();
+        let mut last_seen = None;
         let mut answered_next = false;
         let mut counted = false;
         loop {
+            // Registered before the answer is read: an answer published
+            // after the read wakes this caller.
+            let answered = state.answered.notified();
+            let mut answered = std::pin::pin!(answered);
+            answered.as_mut().enable();
             if !answered_next && ask == Ask::Need {
                 if let Some(cached) = self.fresh() {
                     return Ok(cached);
                 }
             }
-            let seen = status.borrow_and_update().clone();
-            match seen {
-                Status::Ready(cached) if answered_next => return Ok(cached),
-                Status::Failed { error, .. } if answered_next => return Err(error),
-                Status::Failed {
-                    error,
-                    retry_at: Some(retry_at),
-                    generation,
-                } if Instant::now() < retry_at && generation == self.generation() => {
-                    // Backing off: fail fast rather than wait or add attempts.
-                    return Err(error);
+            let (count, status) = state.mail().answer.clone();
+            if last_seen != Some(count) {
+                last_seen = Some(count);
+                match status {
+                    Status::Ready(cached) if answered_next => return Ok(cached),
+                    Status::Failed { error, .. } if answered_next => return Err(error),
+                    Status::Failed {
+                        error,
+                        retry_at: Some(retry_at),
+                        generation,
+                    } if Instant::now() < retry_at && generation == self.generation() => {
+                        // Backing off: fail fast rather than wait or add attempts.
+                        return Err(error);
+                    }
+                    // Join the exchange under way: its outcome is the answer.
+                    Status::Fetching => answered_next = true,
+                    _ if !answered_next => {
+                        self.ask(ask)?;
+                        answered_next = true;
+                    }
+                    _ => {}
                 }
-                // Join the exchange under way: its outcome is the answer.
-                Status::Fetching => answered_next = true,
-                _ if !answered_next => {
-                    self.ask(ask)?;
-                    answered_next = true;
-                }
-                _ => {}
             }
             if ask == Ask::Need && !counted {
                 counted = true;
                 state.stats.waits.fetch_add(1, Ordering::Relaxed);
             }
-            status.changed().await.map_err(|_| {
-                TokenError::with_detail(TokenErrorKind::Internal, "the token worker is gone")
-            })?;
+            answered.await;
         }
     }
 

@@ -218,7 +218,9 @@ mod tests {
     #[test]
     fn short_tokens_are_served_half_their_life_before_a_refresh() {
         let options = Options::default();
-        let at = |secs: u64, jitter| options.schedule(&Token::new("t", Duration::from_secs(secs)), jitter);
+        let at = |secs: u64, jitter| {
+            options.schedule(&Token::new("t", Duration::from_secs(secs)), jitter)
+        };
         // 3 s: skew 0.75 s, refresh from 1.5 s (jitter 0) to 1.65 s (jitter 1).
         let schedule = at(3, 0.0);
         assert_eq!(schedule.fresh_for, Duration::from_millis(2250));

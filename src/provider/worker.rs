@@ -1,8 +1,8 @@
 //! The worker task of a provider: it owns the token's life.
 //!
 //! Handles and worker share only [`State`]: the current token (read by
-//! every request), the status callers wait on (a `watch`), a mailbox and
-//! the counters. Everything else (the exchange service, the credentials in
+//! every request), a mailbox (the requests to the worker, coalesced, and its
+//! last answer, which callers wait on) and the counters. Everything else (the exchange service, the credentials in
 //! use, failures and backoff, the pacing of invalidations) lives in the
 //! task and is touched by nothing else.
 //!
@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
@@ -37,13 +37,12 @@ use crate::token::{Token, TokenRequest};
 pub(super) struct State {
     /// The token requests are served, if any.
     pub(super) current: ArcSwapOption<CachedToken>,
-    /// The worker's last word, for callers waiting on it.
-    pub(super) status: watch::Sender<Status>,
-    /// Messages to the worker, coalesced: a thousand callers that need a
-    /// token are one message.
+    /// Requests to the worker and its last answer.
     pub(super) mail: Mutex<Mail>,
     /// Wakes the worker when there is mail.
     pub(super) wake: Notify,
+    /// Wakes the callers waiting for an answer when there is a new one.
+    pub(super) answered: Notify,
     pub(super) stats: Counters,
     pub(super) options: Options,
     /// The `seq` of the next token stored, whichever worker stores it.
@@ -51,9 +50,10 @@ pub(super) struct State {
 }
 
 /// What the worker last did, as callers see it.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub(super) enum Status {
     /// Nothing yet.
+    #[default]
     Idle,
     /// An exchange is under way.
     Fetching,
@@ -69,8 +69,12 @@ pub(super) enum Status {
     },
 }
 
+/// The mailbox. Requests are coalesced: a thousand callers that need a
+/// token are one request.
 #[derive(Default)]
 pub(super) struct Mail {
+    /// The worker's last answer, and how many answers came before it.
+    pub(super) answer: (u64, Status),
     /// A caller has no token to serve, or a request found the refresh due.
     pub(super) need: bool,
     /// [`TokenProvider::refresh`](super::TokenProvider::refresh): a new
@@ -98,9 +102,9 @@ impl State {
     pub(super) fn new(options: Options) -> Self {
         Self {
             current: ArcSwapOption::empty(),
-            status: watch::Sender::new(Status::Idle),
             mail: Mutex::default(),
             wake: Notify::new(),
+            answered: Notify::new(),
             stats: Counters::default(),
             options,
             next_seq: AtomicU64::new(1),
@@ -111,14 +115,25 @@ impl State {
         lock(&self.mail)
     }
 
-    /// Publishes `status` and clears the requests it answers, in one step:
-    /// a caller asks (under the mail lock) after subscribing, so it either
-    /// sees this status or leaves its request for the next round.
+    /// Publishes `status`. With `clears`, it answers the requests in the
+    /// mailbox, which are cleared in the same step: a caller that asks has
+    /// looked at the answer under the same lock, so it either sees this
+    /// answer or leaves its request for the next round.
+    fn publish(&self, status: Status, clears: bool) {
+        {
+            let mut mail = self.mail();
+            if clears {
+                mail.need = false;
+                mail.refresh = false;
+            }
+            let count = mail.answer.0.wrapping_add(1);
+            mail.answer = (count, status);
+        }
+        self.answered.notify_waiters();
+    }
+
     fn answer(&self, status: Status) {
-        let mut mail = self.mail();
-        mail.need = false;
-        mail.refresh = false;
-        self.status.send_replace(status);
+        self.publish(status, true);
     }
 }
 
@@ -133,7 +148,9 @@ pub(super) async fn run<S>(
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let mut worker = Worker {
+    // Boxed, as the exchange below: the task itself stays small whatever
+    // the exchange service is.
+    let mut worker = Box::new(Worker {
         _stopped: Stopped(Arc::clone(&state)),
         state,
         exchange,
@@ -141,7 +158,7 @@ pub(super) async fn run<S>(
         generation,
         failures: 0,
         pacing: Pacing::default(),
-    };
+    });
     loop {
         let wanted = {
             let state = Arc::clone(&worker.state);
@@ -161,7 +178,8 @@ pub(super) async fn run<S>(
                     stats.background_refreshes.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("token refresh started ahead of expiry");
                 }
-                if worker.renew().await.is_break() {
+                // Boxed: an idle worker keeps only what waiting needs.
+                if Box::pin(worker.renew()).await.is_break() {
                     return;
                 }
             }
@@ -263,7 +281,7 @@ where
     /// Exchanges until a token is stored, backing off between failures.
     async fn renew(&mut self) -> Flow {
         loop {
-            self.state.status.send_replace(Status::Fetching);
+            self.state.publish(Status::Fetching, false);
             let requested_at = Instant::now();
             let result = self.attempt().await;
             let elapsed = requested_at.elapsed();
@@ -279,8 +297,14 @@ where
                 Ok(cached) => {
                     tracing::debug!(
                         duration_ms = elapsed.as_millis() as u64,
-                        fresh_for_secs = cached.fresh_until.saturating_duration_since(requested_at).as_secs(),
-                        refresh_in_secs = cached.refresh_at.saturating_duration_since(Instant::now()).as_secs(),
+                        fresh_for_secs = cached
+                            .fresh_until
+                            .saturating_duration_since(requested_at)
+                            .as_secs(),
+                        refresh_in_secs = cached
+                            .refresh_at
+                            .saturating_duration_since(Instant::now())
+                            .as_secs(),
                         "token exchange succeeded"
                     );
                     self.failures = 0;
@@ -356,7 +380,11 @@ where
     }
 
     /// Makes `token` the current token.
-    fn store(&mut self, token: &Token, requested_at: Instant) -> Result<Arc<CachedToken>, TokenError> {
+    fn store(
+        &mut self,
+        token: &Token,
+        requested_at: Instant,
+    ) -> Result<Arc<CachedToken>, TokenError> {
         let options = &self.state.options;
         let schedule = options.schedule(token, random_unit());
         let rejectable_from = self.pacing.next(options).unwrap_or(requested_at);
@@ -383,7 +411,10 @@ struct Pacing {
 impl Pacing {
     fn record(&mut self, at: Instant, options: &Options) {
         let quiet = options.max_backoff.saturating_mul(2);
-        if self.last.is_some_and(|last| at.saturating_duration_since(last) >= quiet) {
+        if self
+            .last
+            .is_some_and(|last| at.saturating_duration_since(last) >= quiet)
+        {
             self.streak = 0;
         }
         self.last = Some(at);
