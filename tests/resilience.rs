@@ -483,10 +483,10 @@ async fn dropping_a_provider_with_a_token_leaves_no_task_behind() {
         |_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
     ));
     provider.token().await.unwrap();
-    // On a multi-thread runtime each token arms a timer for its refresh time.
+    // One task per provider: its worker, idle while the token is fresh.
     assert!(
         until(|| metrics.num_alive_tasks() == 1).await,
-        "the token's refresh timer"
+        "the provider's worker"
     );
     drop(service);
     drop(provider);
@@ -497,7 +497,7 @@ async fn dropping_a_provider_with_a_token_leaves_no_task_behind() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_layer_reads_the_clock_once_the_refresh_is_due() {
+async fn the_first_request_past_the_refresh_time_starts_a_background_refresh() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
     let provider = exchange.provider();
     let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(tower::service_fn(
@@ -519,7 +519,7 @@ async fn the_layer_reads_the_clock_once_the_refresh_is_due() {
 }
 
 #[test]
-fn a_token_whose_timer_died_with_its_runtime_still_expires_on_time() {
+fn a_worker_lost_with_its_runtime_is_replaced_and_the_token_still_expires_on_time() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
     let provider = TokenProvider::builder(exchange.clone(), credentials())
         .refresh_ahead(Duration::ZERO)
@@ -534,11 +534,8 @@ fn a_token_whose_timer_died_with_its_runtime_still_expires_on_time() {
         let metrics = tokio::runtime::Handle::current().metrics();
         until(|| metrics.num_alive_tasks() == 1).await
     });
-    assert!(
-        armed,
-        "the token armed its timer on the multi-thread runtime"
-    );
-    // The runtime that armed the token's timer goes away; the timer with it.
+    assert!(armed, "the worker runs on the multi-thread runtime");
+    // The runtime that ran the worker goes away; the worker with it.
     drop(first);
 
     let second = tokio::runtime::Builder::new_current_thread()
@@ -555,7 +552,8 @@ fn a_token_whose_timer_died_with_its_runtime_still_expires_on_time() {
             }),
         );
         let before = call(&service).await;
-        // Past the token's time, checked by the clock since its timer is gone.
+        // Past the token's time, checked by the clock on the request path; a
+        // new worker on this runtime fetches the next token.
         advance(HOUR).await;
         let after = call(&service).await;
         (before, after)

@@ -1,0 +1,214 @@
+//! When tokens are served and renewed: the request path's own deadline check
+//! (never a timer), the schedule of short and long tokens under steady
+//! traffic, and an idle provider.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use common::{MockExchange, credentials};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
+use routera_auth::{RouteraAuthLayer, TokenProvider};
+use tokio::time::{Instant, advance};
+use tokio_test::{assert_pending, assert_ready, task};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+/// A service that answers with the `Authorization` header it was sent, and
+/// remembers every one.
+#[derive(Clone, Default)]
+struct Echo {
+    seen: Arc<Mutex<Vec<HeaderValue>>>,
+}
+
+impl Echo {
+    fn seen(&self) -> Vec<HeaderValue> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Service<Request<()>> for Echo {
+    type Response = Response<HeaderValue>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<HeaderValue>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> Self::Future {
+        let header = request.headers()[AUTHORIZATION].clone();
+        self.seen.lock().unwrap().push(header.clone());
+        std::future::ready(Ok(Response::new(header)))
+    }
+}
+
+/// The runtime's only worker thread is stuck in a blocking call past the
+/// token's deadline: a request from another thread must not carry the
+/// token, whatever the provider's tasks and timers are doing. Nothing here
+/// waits for time: the token lives 1 ms, and the test spins until that
+/// millisecond has passed.
+#[test]
+fn a_busy_runtime_never_lets_a_request_carry_a_token_past_its_deadline() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let exchange = MockExchange::new(Duration::from_millis(1)).with_delay(Duration::ZERO);
+    let provider = TokenProvider::builder(exchange.clone(), credentials())
+        .refresh_ahead(Duration::ZERO)
+        .expiry_skew(Duration::ZERO)
+        .build();
+    runtime.block_on(provider.token()).unwrap();
+    let timing = provider.timing().unwrap();
+    assert_eq!(
+        timing.served_until - timing.fetched_at,
+        Duration::from_millis(1)
+    );
+    assert_eq!(timing.refresh_at, timing.served_until, "no refresh ahead");
+
+    // Block the runtime's only worker thread until released.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (blocked, is_blocked) = std::sync::mpsc::channel::<()>();
+    runtime.spawn(async move {
+        blocked.send(()).unwrap();
+        released.recv().unwrap();
+    });
+    is_blocked.recv().unwrap();
+    while Instant::now() < timing.served_until {
+        std::hint::spin_loop();
+    }
+
+    let _context = runtime.enter();
+    let echo = Echo::default();
+    let mut service = RouteraAuthLayer::new(provider.clone()).layer(echo.clone());
+    let mut ready = task::spawn(service.ready());
+    assert_ready!(ready.poll()).unwrap();
+    drop(ready);
+    let mut request = task::spawn(service.call(Request::new(())));
+    assert_pending!(request.poll(), "the request waits for a new token");
+    let mut token = task::spawn(provider.token());
+    assert_pending!(token.poll(), "so does the provider's own caller");
+    assert!(
+        echo.seen().is_empty(),
+        "no request went out with the old token"
+    );
+    assert_eq!(
+        exchange.calls(),
+        1,
+        "the blocked runtime has not fetched yet"
+    );
+
+    release.send(()).unwrap();
+    let response = runtime.block_on(request).unwrap();
+    assert_eq!(response.body(), "Bearer token-2");
+    assert_eq!(echo.seen(), ["Bearer token-2"]);
+    assert_eq!(runtime.block_on(token).unwrap().secret(), "token-2");
+}
+
+/// With default options and a request every 1/50 of the lifetime for ten
+/// lifetimes, each lifetime's tokens are renewed at most once per half
+/// lifetime (plus the first fetch), always in the background: only the
+/// first request ever waits, and no request carries a token past its time.
+#[tokio::test(start_paused = true)]
+async fn steady_traffic_renews_at_most_once_per_half_lifetime_without_waiting() {
+    for secs in [3, 60, 120, 3600] {
+        let lifetime = Duration::from_secs(secs);
+        let exchange = MockExchange::new(lifetime).with_delay(Duration::from_millis(20));
+        let provider = exchange.provider();
+        let echo = Echo::default();
+        let service = RouteraAuthLayer::new(provider.clone()).layer(echo.clone());
+        service.clone().oneshot(Request::new(())).await.unwrap();
+
+        let start = Instant::now();
+        let mut fetches = vec![provider.timing().unwrap()];
+        while Instant::now() < start + 10 * lifetime {
+            advance(lifetime / 50).await;
+            let timing = provider.timing().unwrap();
+            assert!(
+                Instant::now() < timing.served_until,
+                "{secs} s: a token is fresh"
+            );
+            let mut request = task::spawn(service.clone().oneshot(Request::new(())));
+            let response = assert_ready!(request.poll(), "{secs} s: a request waited").unwrap();
+            assert_eq!(response.body(), &format!("Bearer token-{}", fetches.len()));
+            // The background refresh, if one started, completes.
+            advance(Duration::from_millis(21)).await;
+            if provider.timing().unwrap() != *fetches.last().unwrap() {
+                fetches.push(provider.timing().unwrap());
+            }
+        }
+
+        for pair in fetches.windows(2) {
+            let gap = pair[1].fetched_at - pair[0].fetched_at;
+            assert!(
+                gap >= lifetime / 2,
+                "{secs} s tokens: renewed after {gap:?}"
+            );
+        }
+        let exchanges = exchange.calls();
+        assert!(
+            exchanges <= 1 + 20,
+            "{secs} s tokens: {exchanges} exchanges in 10 lifetimes"
+        );
+        assert!(
+            exchanges >= 10,
+            "{secs} s tokens: {exchanges} exchanges in 10 lifetimes"
+        );
+        assert_eq!(exchanges, fetches.len());
+        let stats = provider.stats();
+        assert_eq!(stats.waits, 1, "{secs} s tokens: {stats:?}");
+        assert_eq!(stats.background_refreshes as usize, exchanges - 1);
+    }
+}
+
+/// Nobody uses the provider for ten hours: its worker starts nothing, the
+/// token lapses, and the next caller waits for a new one.
+#[tokio::test(start_paused = true)]
+async fn an_idle_provider_lets_its_token_lapse_and_fetches_on_the_next_call() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::ZERO);
+    let provider = exchange.provider();
+    assert_eq!(provider.token().await.unwrap().secret(), "token-1");
+    assert_eq!(metrics.num_alive_tasks(), 1, "the worker");
+    let timing = provider.timing().unwrap();
+
+    // The runtime jumps straight to the end of a ten-hour sleep unless a
+    // timer is due before it; nothing of the provider's wakes up meanwhile.
+    tokio::time::sleep(Duration::from_secs(10 * 3600)).await;
+    assert_eq!(exchange.calls(), 1);
+    assert_eq!(provider.timing(), Some(timing), "the same token, lapsed");
+    assert_eq!(provider.stats().background_refreshes, 0);
+
+    assert_eq!(provider.token().await.unwrap().secret(), "token-2");
+    assert_eq!(provider.stats().waits, 2);
+}
+
+/// A dropped provider ends its worker at once, even with a token cached.
+#[tokio::test(start_paused = true)]
+async fn dropping_every_handle_ends_the_worker() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::ZERO);
+    let provider = exchange.provider();
+    let service =
+        RouteraAuthLayer::new(provider.clone()).layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    service.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(metrics.num_alive_tasks(), 1);
+    drop(provider);
+    tokio::task::yield_now().await;
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        1,
+        "the layer still holds a handle"
+    );
+    drop(service);
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    assert_eq!(metrics.num_alive_tasks(), 0);
+}
