@@ -14,81 +14,22 @@
 //!
 //! Run with `cd benches && cargo bench --bench real_stack`.
 
-use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use routera_auth::{ClientCredentials, RouteraAuthLayer, Token, TokenError, TokenProvider};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
+use routera_auth::RouteraAuthLayer;
+use routera_auth_benches::{AUTH_PATH, TOKEN, start_server, warm_provider};
 use tokio::task::JoinSet;
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AddAuthorizationLayer;
 
-const TOKEN: &str =
-    "eyJraWQiOiJiZW5jaCIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2lnbmF0dXJl";
-
 /// Requests in flight in one batch; one iteration is one batch.
 const IN_FLIGHT: usize = 64;
-
-/// The path on which the server requires an `Authorization` header.
-const AUTH_PATH: &str = "/auth";
-
-/// The server's handler: 200 with an empty body; 401 on `AUTH_PATH` when the
-/// request carries no `Authorization` header.
-async fn handle(request: Request<Incoming>) -> Result<Response<Empty<Bytes>>, Infallible> {
-    let mut response = Response::new(Empty::new());
-    if request.uri().path() == AUTH_PATH && !request.headers().contains_key(AUTHORIZATION) {
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-    }
-    Ok(response)
-}
-
-/// Starts a hyper HTTP/1.1 server on `127.0.0.1`, on an ephemeral port, on
-/// the current runtime; returns its address.
-async fn start_server() -> SocketAddr {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind 127.0.0.1:0");
-    let addr = listener.local_addr().expect("local address");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(handle))
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// A provider with a fresh token (one hour), warmed on `runtime`, as in
-/// `hot_path.rs`: its token arms a timer there, which keeps the clock out of
-/// the request path until the refresh is due. The runtime must outlive the
-/// benchmark.
-fn warm_provider(runtime: &tokio::runtime::Runtime) -> TokenProvider {
-    let exchange = tower::service_fn(|_| async {
-        Ok::<_, TokenError>(Token::new(TOKEN, Duration::from_secs(3600)))
-    });
-    let provider = TokenProvider::new(
-        exchange,
-        ClientCredentials::new("bench-client", "bench-secret"),
-    );
-    runtime.block_on(provider.token()).expect("token");
-    provider
-}
 
 /// One batch: `IN_FLIGHT` GET requests to `uri`, each on its own task through
 /// a clone of `service`, each response checked and its body read to the end

@@ -1,0 +1,100 @@
+//! Sends a number of requests through one stack and exits: run under
+//! `valgrind --tool=callgrind` by `benches/callgrind.sh`, which turns the
+//! instruction counts of two request counts into instructions per request.
+//! Instruction counts are steady on a shared machine where times are not.
+//!
+//! Usage: `instructions <stack>/<layer> <requests>`, where `<stack>` is
+//! `noop` (a no-op inner service) or `real` (a hyper-util client against a
+//! hyper server on 127.0.0.1, one request at a time on one connection) and
+//! `<layer>` is `none`, `add_authorization` or `routera_auth`.
+
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use routera_auth::RouteraAuthLayer;
+use routera_auth_benches::{AUTH_PATH, Noop, TOKEN, looped, start_server, warm_provider};
+use tower::{Layer, Service, ServiceExt};
+use tower_http::auth::AddAuthorizationLayer;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(variant), Some(Ok(requests))) = (args.get(1), args.get(2).map(|n| n.parse::<u64>()))
+    else {
+        eprintln!(
+            "usage: instructions <noop|real>/<none|add_authorization|routera_auth> <requests>"
+        );
+        return ExitCode::FAILURE;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let provider = warm_provider(&runtime);
+    match variant.as_str() {
+        "noop/none" => repeat(requests, looped(&mut Noop)),
+        "noop/add_authorization" => {
+            let mut service = AddAuthorizationLayer::bearer(TOKEN).layer(Noop);
+            repeat(requests, looped(&mut service));
+        }
+        "noop/routera_auth" => {
+            let mut service = RouteraAuthLayer::new(provider).layer(Noop);
+            repeat(requests, looped(&mut service));
+        }
+        real => runtime.block_on(async {
+            let addr = start_server().await;
+            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+            let uri: Uri = format!("http://{addr}{AUTH_PATH}").parse().expect("uri");
+            match real {
+                "real/none" => {
+                    let plain: Uri = format!("http://{addr}/").parse().expect("uri");
+                    sequential(client, &plain, requests, StatusCode::OK).await;
+                }
+                "real/add_authorization" => {
+                    let service = AddAuthorizationLayer::bearer(TOKEN).layer(client);
+                    sequential(service, &uri, requests, StatusCode::OK).await;
+                }
+                "real/routera_auth" => {
+                    let service = RouteraAuthLayer::new(provider).layer(client);
+                    sequential(service, &uri, requests, StatusCode::OK).await;
+                }
+                other => panic!("unknown variant {other}"),
+            }
+        }),
+    }
+    ExitCode::SUCCESS
+}
+
+fn repeat(requests: u64, mut send: impl FnMut()) {
+    for _ in 0..requests {
+        send();
+    }
+}
+
+/// `requests` GET requests to `uri`, one after the other, each body read to
+/// the end so the connection is reused.
+async fn sequential<S, B>(mut service: S, uri: &Uri, requests: u64, expected: StatusCode)
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: hyper::body::Body,
+    B::Error: std::fmt::Debug,
+{
+    for _ in 0..requests {
+        let request = Request::get(uri.clone())
+            .body(Empty::new())
+            .expect("request");
+        let response = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("response");
+        assert_eq!(response.status(), expected);
+        response.into_body().collect().await.expect("body");
+    }
+}

@@ -1,0 +1,167 @@
+//! What the benchmarks and the instruction-count harness share: the token,
+//! a no-op inner service that allocates nothing, a warm provider, and a
+//! real loopback stack (a hyper server on 127.0.0.1 and a hyper-util
+//! client).
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use routera_auth::{ClientCredentials, Token, TokenError, TokenProvider, TokenRequest};
+use tokio::net::TcpListener;
+use tower::Service;
+
+/// A realistic token (a short JWT).
+pub const TOKEN: &str =
+    "eyJraWQiOiJiZW5jaCIsImFsZyI6IlJTMjU2In0.eyJzdWIiOiJiZW5jaC1jbGllbnQifQ.c2lnbmF0dXJl";
+
+pub type NoopFuture = Ready<Result<Response<()>, Infallible>>;
+
+thread_local! {
+    /// Where `Noop` leaves each request, for the benchmark to send again.
+    static RECYCLED: std::cell::Cell<Option<Request<()>>> = const { std::cell::Cell::new(None) };
+}
+
+/// The inner service: answers at once with an empty response and leaves the
+/// request in a thread-local slot, so the benchmark can send it again.
+/// Allocates nothing.
+#[derive(Clone, Copy)]
+pub struct Noop;
+
+impl Service<Request<()>> for Noop {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = NoopFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<()>) -> NoopFuture {
+        RECYCLED.set(Some(request));
+        ready(Ok(Response::new(())))
+    }
+}
+
+/// A request with room for the header, as a client's builder leaves it.
+pub fn request() -> Request<()> {
+    let mut request = Request::new(());
+    request.headers_mut().reserve(8);
+    request
+}
+
+/// One request through `service`: ready, call, and the future polled to
+/// completion, which for every service here is the first poll. The request
+/// comes back from `Noop` and is made ready for the next round (the header
+/// taken off), so the loop itself allocates nothing.
+#[inline]
+pub fn send<S>(service: &mut S, request: Request<()>) -> Request<()>
+where
+    S: Service<Request<()>, Response = Response<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(service.poll_ready(&mut cx).is_ready());
+    let future = pin!(service.call(request));
+    match future.poll(&mut cx) {
+        Poll::Ready(Ok(response)) => drop(black_box(response)),
+        Poll::Ready(Err(err)) => panic!("request failed: {err:?}"),
+        Poll::Pending => panic!("request did not complete at once"),
+    }
+    let mut request = RECYCLED.take().expect("Noop keeps the request");
+    black_box(request.headers_mut().remove(AUTHORIZATION));
+    request
+}
+
+/// Runs `send` in a loop with one reused request.
+pub fn looped<S>(service: &mut S) -> impl FnMut() + '_
+where
+    S: Service<Request<()>, Response = Response<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut slot = Some(request());
+    move || {
+        if let Some(request) = slot.take() {
+            slot = Some(send(service, request));
+        }
+    }
+}
+
+/// An exchange that answers `TOKEN` after `latency`, counting its calls.
+pub fn exchange(
+    latency: Duration,
+    lifetime: Duration,
+    calls: Arc<AtomicUsize>,
+) -> impl Service<TokenRequest, Response = Token, Error = TokenError, Future: Send>
++ Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: TokenRequest| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            Ok(Token::new(TOKEN, lifetime))
+        }
+    })
+}
+
+/// A provider with a fresh token (one hour), warmed on `runtime`, which
+/// runs its worker and must outlive the benchmark.
+pub fn warm_provider(runtime: &tokio::runtime::Runtime) -> TokenProvider {
+    let provider = TokenProvider::new(
+        exchange(Duration::ZERO, Duration::from_secs(3600), Arc::default()),
+        ClientCredentials::new("bench", "bench-secret"),
+    );
+    runtime.block_on(provider.token()).expect("token");
+    provider
+}
+
+/// The path on which the loopback server requires an `Authorization` header.
+pub const AUTH_PATH: &str = "/auth";
+
+/// The loopback server's handler: 200 with an empty body; 401 on
+/// [`AUTH_PATH`] when the request carries no `Authorization` header.
+async fn handle(request: Request<Incoming>) -> Result<Response<Empty<Bytes>>, Infallible> {
+    let mut response = Response::new(Empty::new());
+    if request.uri().path() == AUTH_PATH && !request.headers().contains_key(AUTHORIZATION) {
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    Ok(response)
+}
+
+/// Starts a hyper HTTP/1.1 server on `127.0.0.1`, on an ephemeral port, on
+/// the current runtime; returns its address.
+pub async fn start_server() -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(handle))
+                    .await;
+            });
+        }
+    });
+    addr
+}
