@@ -368,7 +368,7 @@ impl TokenProvider {
 
     /// The `Authorization` header value of the cached token if it may be
     /// served. This is the whole request path when the token is fresh.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn fresh_header(&self, cache: &mut TokenCache) -> Option<(HeaderValue, TokenTag)> {
         let cached = cache.load().as_ref()?;
         let now = Instant::now();
