@@ -364,3 +364,67 @@ async fn debug_shows_no_token_and_no_secret() {
     assert!(!debug.contains(credentials().client_secret()), "{debug}");
     assert!(debug.contains("test-client"), "{debug}");
 }
+
+#[test]
+fn a_worker_dropped_before_it_ever_ran_releases_its_callers() {
+    let exchange = MockExchange::new(HOUR);
+    let provider = expiry_only(&exchange);
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut caller = task::spawn(provider.token());
+    {
+        // The caller asks from inside the runtime, which spawns the worker
+        // there; the runtime is never driven, so the worker never runs.
+        let _context = first.enter();
+        assert_pending!(caller.poll());
+    }
+    drop(first);
+    assert!(caller.is_woken(), "the dropped worker woke its caller");
+    let err = assert_ready!(caller.poll()).unwrap_err();
+    assert_eq!(err.kind(), TokenErrorKind::Internal);
+    assert!(err.to_string().contains("worker stopped"), "{err}");
+    assert_eq!(exchange.calls(), 0);
+
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = second.block_on(provider.token()).unwrap();
+    assert_eq!(token.secret(), "token-1", "a new worker on the new runtime");
+}
+
+/// A rotation to another client racing with a refresh under way: a token of
+/// the old client is never served afterwards. (The window is narrow; many
+/// rounds on a multi-thread runtime make a regression likely to show.)
+#[test]
+fn a_token_of_the_old_client_is_never_served_after_rotation() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let exchange = tower::service_fn(|request: routera_auth::TokenRequest| async move {
+        let client = request.credentials().client_id().to_owned();
+        tokio::task::yield_now().await;
+        Ok::<_, routera_auth::TokenError>(Token::new(format!("{client}-token"), HOUR))
+    });
+    for round in 0..3_000u32 {
+        let provider = TokenProvider::new(exchange.clone(), credentials());
+        runtime.block_on(async {
+            provider.token().await.unwrap();
+            let refreshing = tokio::spawn({
+                let provider = provider.clone();
+                async move { provider.refresh().await }
+            });
+            for _ in 0..round % 100 {
+                std::hint::spin_loop();
+            }
+            provider.set_credentials(routera_auth::ClientCredentials::new("other", "secret"));
+            let _ = refreshing.await;
+            let token = provider.token().await.unwrap();
+            assert_eq!(token.secret(), "other-token", "round {round}");
+        });
+    }
+}

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::Service;
 
@@ -25,7 +24,7 @@ pub use self::options::{
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
     TokenProviderBuilder,
 };
-use self::worker::{State, Status, lock};
+use self::worker::{State, Status, Stopped, lock};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::token::{AccessToken, Token, TokenRequest};
@@ -87,7 +86,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// Each provider has one worker task, started on the tokio runtime of its
 /// first caller that needs a token and ended when the last handle is
 /// dropped. If that runtime shuts down, the next caller starts a new worker
-/// on its own runtime.
+/// on its own runtime. The worker runs only while its runtime is driven: a
+/// current-thread runtime kept for the odd `block_on` runs it only inside
+/// `block_on`, so callers on other threads who need a token wait until
+/// then. Use the provider from one runtime, or from a multi-thread one.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -123,16 +125,13 @@ struct Shared {
 }
 
 /// Starts a worker on a runtime, for the given credentials and generation.
-type SpawnWorker = dyn Fn(&tokio::runtime::Handle, Arc<State>, ClientCredentials, u64) -> JoinHandle<()>
-    + Send
-    + Sync;
+type SpawnWorker = dyn Fn(&tokio::runtime::Handle, Stopped, ClientCredentials, u64) + Send + Sync;
 
-/// The credentials a new worker starts with, and the running worker.
+/// The credentials a new worker starts with.
 struct WorkerSlot {
     credentials: ClientCredentials,
     /// Bumped on every credential change.
     generation: u64,
-    task: Option<JoinHandle<()>>,
 }
 
 /// What a [`TokenProvider`] has done so far; from [`TokenProvider::stats`].
@@ -209,7 +208,7 @@ impl TokenTag {
 
 /// What a caller asks of the worker.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Ask {
+pub(super) enum Ask {
     /// A token, the current one if it is fresh.
     Need,
     /// A new token, even if the current one is fresh.
@@ -253,11 +252,12 @@ impl TokenProvider {
         // Each worker gets a clone of the service; this one is the template.
         let exchange = Mutex::new(builder.exchange);
         let spawn = move |runtime: &tokio::runtime::Handle,
-                          state: Arc<State>,
+                          stopped: Stopped,
                           credentials: ClientCredentials,
                           generation: u64| {
             let exchange = lock(&exchange).clone();
-            runtime.spawn(worker::run(state, exchange, credentials, generation))
+            // Detached: the worker ends when the last handle is dropped.
+            drop(runtime.spawn(worker::run(stopped, exchange, credentials, generation)));
         };
         Self {
             shared: Arc::new(Shared {
@@ -265,7 +265,6 @@ impl TokenProvider {
                 worker: Mutex::new(WorkerSlot {
                     credentials: builder.credentials,
                     generation: 0,
-                    task: None,
                 }),
                 spawn: Box::new(spawn),
             }),
@@ -329,10 +328,16 @@ impl TokenProvider {
         let same_client = slot.credentials.client_id() == credentials.client_id();
         slot.generation += 1;
         slot.credentials = credentials.clone();
-        if !same_client {
-            state.current.store(None);
+        {
+            // Under the mail lock, which the worker holds from its check for
+            // new credentials to storing a token.
+            let mut mail = state.mail();
+            if !same_client {
+                state.current.store(None);
+            }
+            mail.generation = slot.generation;
+            mail.credentials = Some((credentials, slot.generation));
         }
-        state.mail().credentials = Some((credentials, slot.generation));
         drop(slot);
         tracing::info!(same_client, "client credentials replaced");
         // A worker waiting out a backoff retries now, with the new credentials.
@@ -454,28 +459,38 @@ impl TokenProvider {
                     return Ok(cached);
                 }
             }
-            let (count, status) = state.mail().answer.clone();
-            if last_seen != Some(count) {
-                last_seen = Some(count);
-                match status {
-                    Status::Ready(cached) if answered_next => return Ok(cached),
-                    Status::Failed { error, .. } if answered_next => return Err(error),
-                    Status::Failed {
-                        error,
-                        retry_at: Some(retry_at),
-                        generation,
-                    } if Instant::now() < retry_at && generation == self.generation() => {
-                        // Backing off: fail fast rather than wait or add attempts.
-                        return Err(error);
+            let mut asked = false;
+            {
+                // The answer is read and the request left in one critical
+                // section: the worker answers and clears requests in one too.
+                let mut mail = state.mail();
+                if last_seen != Some(mail.answer.0) {
+                    last_seen = Some(mail.answer.0);
+                    match &mail.answer.1 {
+                        Status::Ready(cached) if answered_next => return Ok(Arc::clone(cached)),
+                        Status::Failed { error, .. } if answered_next => return Err(error.clone()),
+                        Status::Failed {
+                            error,
+                            retry_at: Some(retry_at),
+                            generation,
+                        } if Instant::now() < *retry_at && *generation == mail.generation => {
+                            // Backing off: fail fast rather than wait or add
+                            // attempts.
+                            return Err(error.clone());
+                        }
+                        // Join the exchange under way: its outcome is the answer.
+                        Status::Fetching => answered_next = true,
+                        _ if !answered_next => {
+                            mail.request(ask);
+                            answered_next = true;
+                            asked = true;
+                        }
+                        _ => {}
                     }
-                    // Join the exchange under way: its outcome is the answer.
-                    Status::Fetching => answered_next = true,
-                    _ if !answered_next => {
-                        self.ask(ask)?;
-                        answered_next = true;
-                    }
-                    _ => {}
                 }
+            }
+            if asked {
+                self.wake_worker()?;
             }
             if ask == Ask::Need && !counted {
                 counted = true;
@@ -487,39 +502,37 @@ impl TokenProvider {
 
     /// Leaves `ask` in the worker's mailbox, starting the worker if needed.
     fn ask(&self, ask: Ask) -> Result<(), TokenError> {
-        let state = self.state();
-        {
-            let mut mail = state.mail();
-            match ask {
-                Ask::Need => mail.need = true,
-                Ask::Refresh => mail.refresh = true,
-            }
+        self.state().mail().request(ask);
+        self.wake_worker()
+    }
+
+    /// Wakes the worker for its mail, starting it on the current runtime
+    /// unless it runs.
+    fn wake_worker(&self) -> Result<(), TokenError> {
+        let state = &self.shared.state;
+        let (credentials, generation) = {
+            let slot = lock(&self.shared.worker);
+            (slot.credentials.clone(), slot.generation)
+        };
+        let mut mail = state.mail();
+        if !mail.worker_running {
+            let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                TokenError::with_detail(
+                    TokenErrorKind::Internal,
+                    "no tokio runtime is running to fetch the token on",
+                )
+            })?;
+            mail.worker_running = true;
+            drop(mail);
+            // Spawned outside the lock: a task dropped at once (its runtime
+            // is shutting down) takes the lock to say so.
+            let stopped = Stopped(Arc::clone(state));
+            (self.shared.spawn)(&runtime, stopped, credentials, generation);
+        } else {
+            drop(mail);
         }
-        self.ensure_worker()?;
         state.wake.notify_one();
         Ok(())
-    }
-
-    /// Starts the worker on the current runtime unless it runs.
-    fn ensure_worker(&self) -> Result<(), TokenError> {
-        let mut slot = lock(&self.shared.worker);
-        if slot.task.as_ref().is_some_and(|task| !task.is_finished()) {
-            return Ok(());
-        }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            TokenError::with_detail(
-                TokenErrorKind::Internal,
-                "no tokio runtime is running to fetch the token on",
-            )
-        })?;
-        let state = Arc::clone(&self.shared.state);
-        let task = (self.shared.spawn)(&runtime, state, slot.credentials.clone(), slot.generation);
-        slot.task = Some(task);
-        Ok(())
-    }
-
-    fn generation(&self) -> u64 {
-        lock(&self.shared.worker).generation
     }
 
     /// Drops the token `current` holds if it is still the current one,

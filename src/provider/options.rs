@@ -82,10 +82,11 @@ impl Options {
             .unwrap_or(self.assumed_lifetime)
             .min(MAX_TOKEN_LIFETIME);
         let fresh_for = lifetime - self.expiry_skew.min(lifetime / 4);
-        let window = self
-            .refresh_ahead
-            .min(fresh_for.saturating_sub(lifetime / 2))
-            .mul_f64(1.0 - REFRESH_JITTER * jitter.clamp(0.0, 1.0));
+        let window = scale(
+            self.refresh_ahead
+                .min(fresh_for.saturating_sub(lifetime / 2)),
+            1.0 - REFRESH_JITTER * jitter.clamp(0.0, 1.0),
+        );
         Schedule {
             refresh_after: fresh_for.saturating_sub(window),
             fresh_for,
@@ -107,12 +108,18 @@ impl Options {
             .min_backoff
             .saturating_mul(1u32 << doublings)
             .min(self.max_backoff);
-        let delay = base.mul_f64(1.0 - BACKOFF_JITTER * jitter.clamp(0.0, 1.0));
+        let delay = scale(base, 1.0 - BACKOFF_JITTER * jitter.clamp(0.0, 1.0));
         match retry_after {
             Some(asked) => delay.max(asked.min(MAX_RETRY_AFTER)),
             None => delay,
         }
     }
+}
+
+/// `duration` times `factor` (in `[0, 1]`); `duration` itself where the
+/// product cannot be represented, so that no option can cause a panic.
+fn scale(duration: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(duration)
 }
 
 /// A random number in `[0, 1)`, from the standard library's randomly seeded
@@ -273,6 +280,30 @@ mod tests {
         assert_eq!(secs(1_000, 0.0), 60.0);
         assert!((secs(3, 1.0) - 3.2).abs() < 1e-9);
         assert!((secs(50, 1.0) - 48.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn huge_options_never_panic() {
+        let options = Options {
+            expiry_skew: Duration::MAX,
+            refresh_ahead: Duration::MAX,
+            min_backoff: Duration::MAX,
+            max_backoff: Duration::MAX,
+            ..Options::default()
+        };
+        for jitter in [0.0, 0.3, 1.0] {
+            for failures in [0, 1, 2, 64, u32::MAX] {
+                assert!(options.backoff(failures, None, jitter) >= Duration::from_secs(1 << 60));
+                let asked = Some(Duration::MAX);
+                assert!(options.backoff(failures, asked, jitter) >= MAX_RETRY_AFTER);
+            }
+            let schedule = options.schedule(&Token::new("t", Duration::MAX), jitter);
+            assert_eq!(
+                schedule.fresh_for,
+                MAX_TOKEN_LIFETIME - MAX_TOKEN_LIFETIME / 4
+            );
+            assert!(schedule.refresh_after >= MAX_TOKEN_LIFETIME / 2);
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
+use super::Ask;
 use super::cached::CachedToken;
 use super::options::{Options, random_unit};
 use crate::ClientCredentials;
@@ -84,8 +85,36 @@ pub(super) struct Mail {
     pub(super) rejected_at: Option<Instant>,
     /// New credentials and their generation.
     pub(super) credentials: Option<(ClientCredentials, u64)>,
+    /// The generation of the latest credentials, bumped by every change.
+    pub(super) generation: u64,
     /// The last handle is gone.
     pub(super) closed: bool,
+    /// A worker is running or about to: set by the handle that starts it,
+    /// cleared when its task ends.
+    pub(super) worker_running: bool,
+}
+
+impl Mail {
+    /// Leaves a caller's request.
+    pub(super) fn request(&mut self, ask: Ask) {
+        match ask {
+            Ask::Need => self.need = true,
+            Ask::Refresh => self.refresh = true,
+        }
+    }
+
+    /// Records the worker's answer `status`. With `clears`, it answers the
+    /// requests in the mailbox, which are cleared in the same step: a caller
+    /// reads the answer and leaves its request under the same lock, so it
+    /// either sees this answer or leaves its request for the next round.
+    /// Callers are woken by [`State::answered`] once the lock is released.
+    fn set_answer(&mut self, status: Status, clears: bool) {
+        if clears {
+            self.need = false;
+            self.refresh = false;
+        }
+        self.answer = (self.answer.0.wrapping_add(1), status);
+    }
 }
 
 /// Counters of the slow path. The fresh-token path never touches them.
@@ -115,31 +144,19 @@ impl State {
         lock(&self.mail)
     }
 
-    /// Publishes `status`. With `clears`, it answers the requests in the
-    /// mailbox, which are cleared in the same step: a caller that asks has
-    /// looked at the answer under the same lock, so it either sees this
-    /// answer or leaves its request for the next round.
+    /// Publishes `status` (see [`Mail::set_answer`]) and wakes the callers
+    /// waiting for it.
     fn publish(&self, status: Status, clears: bool) {
-        {
-            let mut mail = self.mail();
-            if clears {
-                mail.need = false;
-                mail.refresh = false;
-            }
-            let count = mail.answer.0.wrapping_add(1);
-            mail.answer = (count, status);
-        }
+        self.mail().set_answer(status, clears);
         self.answered.notify_waiters();
-    }
-
-    fn answer(&self, status: Status) {
-        self.publish(status, true);
     }
 }
 
-/// Runs the worker of `state` until the last handle is dropped.
+/// Runs the worker of `state` until the last handle is dropped. `stopped`
+/// is made before the task is spawned, so that even a task dropped before
+/// it first ran says so.
 pub(super) async fn run<S>(
-    state: Arc<State>,
+    stopped: Stopped,
     exchange: S,
     credentials: ClientCredentials,
     generation: u64,
@@ -151,8 +168,8 @@ pub(super) async fn run<S>(
     // Boxed, as the exchange below: the task itself stays small whatever
     // the exchange service is.
     let mut worker = Box::new(Worker {
-        _stopped: Stopped(Arc::clone(&state)),
-        state,
+        state: Arc::clone(&stopped.0),
+        _stopped: stopped,
         exchange,
         credentials,
         generation,
@@ -171,7 +188,7 @@ pub(super) async fn run<S>(
         };
         match wanted {
             Wanted::Nothing => worker.state.wake.notified().await,
-            Wanted::Republish(cached) => worker.state.answer(Status::Ready(cached)),
+            Wanted::Republish(cached) => worker.state.publish(Status::Ready(cached), true),
             Wanted::Exchange { background } => {
                 if background {
                     let stats = &worker.state.stats;
@@ -190,18 +207,26 @@ pub(super) async fn run<S>(
 /// When the worker task ends, however it ends (its runtime shut down, or
 /// the last handle was dropped), callers still waiting on it are released
 /// with an error, and the next caller starts a new worker.
-struct Stopped(Arc<State>);
+pub(super) struct Stopped(pub(super) Arc<State>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        self.0.answer(Status::Failed {
-            error: TokenError::with_detail(
-                TokenErrorKind::Internal,
-                "the token worker stopped before it finished (is the runtime shutting down?)",
-            ),
-            retry_at: None,
-            generation: u64::MAX,
-        });
+        {
+            let mut mail = self.0.mail();
+            mail.worker_running = false;
+            mail.set_answer(
+                Status::Failed {
+                    error: TokenError::with_detail(
+                        TokenErrorKind::Internal,
+                        "the token worker stopped before it finished (is the runtime shutting down?)",
+                    ),
+                    retry_at: None,
+                    generation: u64::MAX,
+                },
+                true,
+            );
+        }
+        self.0.answered.notify_waiters();
     }
 }
 
@@ -225,6 +250,18 @@ struct Worker<S> {
     pacing: Pacing,
     /// Declared last: dropped after the rest of the worker.
     _stopped: Stopped,
+}
+
+/// How an attempt ended, for [`Worker::renew`].
+enum Concluded {
+    /// The last handle is gone.
+    Closed,
+    /// The credentials changed during the attempt.
+    Again,
+    Stored,
+    Failed {
+        retry_at: Option<Instant>,
+    },
 }
 
 /// Whether the worker goes on.
@@ -285,47 +322,77 @@ where
             let requested_at = Instant::now();
             let result = self.attempt().await;
             let elapsed = requested_at.elapsed();
-            let credentials_changed = match self.read_mail() {
-                Flow::Break(()) => return Flow::Break(()),
-                Flow::Continue(changed) => changed,
+            let retry_at = match self.conclude(result, requested_at, elapsed) {
+                Concluded::Closed => return Flow::Break(()),
+                Concluded::Again => continue,
+                Concluded::Stored => return Flow::Continue(()),
+                Concluded::Failed { retry_at } => retry_at,
             };
-            if credentials_changed {
-                // Its result is for the old credentials: try again at once.
-                continue;
-            }
-            let error = match result.and_then(|token| self.store(&token, requested_at)) {
-                Ok(cached) => {
-                    tracing::debug!(
-                        duration_ms = elapsed.as_millis() as u64,
-                        fresh_for_secs = cached
-                            .fresh_until
-                            .saturating_duration_since(requested_at)
-                            .as_secs(),
-                        refresh_in_secs = cached
-                            .refresh_at
-                            .saturating_duration_since(Instant::now())
-                            .as_secs(),
-                        "token exchange succeeded"
-                    );
-                    self.failures = 0;
-                    self.state.answer(Status::Ready(cached));
-                    return Flow::Continue(());
-                }
-                Err(error) => error,
-            };
-            self.failures = self.failures.saturating_add(1);
-            self.state.stats.failures.fetch_add(1, Ordering::Relaxed);
-            let options = &self.state.options;
-            let delay = options.backoff(self.failures, error.retry_after(), random_unit());
-            let retry_at = Instant::now().checked_add(delay);
-            log_failure(&error, elapsed, self.failures, delay);
-            self.state.answer(Status::Failed {
-                error,
-                retry_at,
-                generation: self.generation,
-            });
             self.back_off(retry_at).await?;
         }
+    }
+
+    /// Stores the token or records the failure of an attempt and answers
+    /// the callers, in one critical section from the mail check to the
+    /// answer: new credentials can never slip in between and have a token
+    /// of the old ones stored after they were set.
+    fn conclude(
+        &mut self,
+        result: Result<Token, TokenError>,
+        requested_at: Instant,
+        elapsed: Duration,
+    ) -> Concluded {
+        let state = Arc::clone(&self.state);
+        let mut mail = state.mail();
+        if mail.closed {
+            return Concluded::Closed;
+        }
+        if self.read(&mut mail) {
+            // Its result is for the old credentials: try again at once.
+            return Concluded::Again;
+        }
+        let concluded = match result.and_then(|token| self.store(&token, requested_at)) {
+            Ok(cached) => {
+                self.failures = 0;
+                tracing::debug!(
+                    duration_ms = elapsed.as_millis() as u64,
+                    fresh_for_secs = cached
+                        .fresh_until
+                        .saturating_duration_since(requested_at)
+                        .as_secs(),
+                    refresh_in_secs = cached
+                        .refresh_at
+                        .saturating_duration_since(Instant::now())
+                        .as_secs(),
+                    "token exchange succeeded"
+                );
+                mail.set_answer(Status::Ready(cached), true);
+                Concluded::Stored
+            }
+            Err(error) => {
+                self.failures = self.failures.saturating_add(1);
+                state.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let delay =
+                    state
+                        .options
+                        .backoff(self.failures, error.retry_after(), random_unit());
+                let retry_at = Instant::now().checked_add(delay);
+                log_failure(&error, elapsed, self.failures, delay);
+                let generation = self.generation;
+                mail.set_answer(
+                    Status::Failed {
+                        error,
+                        retry_at,
+                        generation,
+                    },
+                    true,
+                );
+                Concluded::Failed { retry_at }
+            }
+        };
+        drop(mail);
+        state.answered.notify_waiters();
+        concluded
     }
 
     /// Waits until `retry_at`, or less if new credentials arrive.
