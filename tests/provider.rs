@@ -411,7 +411,7 @@ fn a_token_of_the_old_client_is_never_served_after_rotation() {
         Ok::<_, routera_auth::TokenError>(Token::new(format!("{client}-token"), HOUR))
     });
     for round in 0..3_000u32 {
-        let provider = TokenProvider::new(exchange.clone(), credentials());
+        let provider = TokenProvider::new(exchange, credentials());
         runtime.block_on(async {
             provider.token().await.unwrap();
             let refreshing = tokio::spawn({
