@@ -8,7 +8,6 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -120,19 +119,11 @@ pub struct TokenProvider {
 /// handle drops it, which tells the worker to end.
 struct Shared {
     state: Arc<State>,
-    worker: Mutex<WorkerSlot>,
     spawn: Box<SpawnWorker>,
 }
 
-/// Starts a worker on a runtime, for the given credentials and generation.
-type SpawnWorker = dyn Fn(&tokio::runtime::Handle, Stopped, ClientCredentials, u64) + Send + Sync;
-
-/// The credentials a new worker starts with.
-struct WorkerSlot {
-    credentials: ClientCredentials,
-    /// Bumped on every credential change.
-    generation: u64,
-}
+/// Starts a worker on a runtime.
+type SpawnWorker = dyn Fn(&tokio::runtime::Handle, Stopped) + Send + Sync;
 
 /// What a [`TokenProvider`] has done so far; from [`TokenProvider::stats`].
 ///
@@ -191,8 +182,8 @@ impl TokenTag {
         };
         let now = Instant::now();
         if now < cached.rejectable_from {
-            // Tokens rejected again and again (a wrong audience, an API
-            // that refuses fresh tokens): keep the token for now rather
+            // Rejected again soon after the last one (a wrong audience, an
+            // API that refuses fresh tokens): keep the token for now rather
             // than fetch one per request.
             tracing::debug!("token rejected again soon after the last one; not invalidated yet");
             return false;
@@ -251,22 +242,17 @@ impl TokenProvider {
     {
         // Each worker gets a clone of the service; this one is the template.
         let exchange = Mutex::new(builder.exchange);
-        let spawn = move |runtime: &tokio::runtime::Handle,
-                          stopped: Stopped,
-                          credentials: ClientCredentials,
-                          generation: u64| {
+        let spawn = move |runtime: &tokio::runtime::Handle, stopped: Stopped| {
             let exchange = lock(&exchange).clone();
             // Detached: the worker ends when the last handle is dropped.
-            drop(runtime.spawn(worker::run(stopped, exchange, credentials, generation)));
+            drop(runtime.spawn(worker::run(stopped, exchange)));
         };
+        let state = State::new(builder.options, builder.credentials);
+        let spawn = Box::new(spawn);
         Self {
             shared: Arc::new(Shared {
-                state: Arc::new(State::new(builder.options)),
-                worker: Mutex::new(WorkerSlot {
-                    credentials: builder.credentials,
-                    generation: 0,
-                }),
-                spawn: Box::new(spawn),
+                state: Arc::new(state),
+                spawn,
             }),
         }
     }
@@ -309,10 +295,10 @@ impl TokenProvider {
     /// one token causes one new exchange.
     pub fn invalidate(&self, token: &AccessToken) -> bool {
         let current = self.state().current.load();
-        current
+        let is_cached = current
             .as_ref()
-            .is_some_and(|cached| cached.token == *token)
-            && self.drop_token(&current)
+            .is_some_and(|cached| cached.token == *token);
+        is_cached && self.drop_token(&current)
     }
 
     /// Replaces the client credentials, for secret rotation. The next
@@ -324,21 +310,17 @@ impl TokenProvider {
     /// to another client.
     pub fn set_credentials(&self, credentials: ClientCredentials) {
         let state = self.state();
-        let mut slot = lock(&self.shared.worker);
-        let same_client = slot.credentials.client_id() == credentials.client_id();
-        slot.generation += 1;
-        slot.credentials = credentials.clone();
-        {
+        let mut mail = state.mail();
+        let same_client = mail.credentials.client_id() == credentials.client_id();
+        if !same_client {
             // Under the mail lock, which the worker holds from its check for
             // new credentials to storing a token.
-            let mut mail = state.mail();
-            if !same_client {
-                state.current.store(None);
-            }
-            mail.generation = slot.generation;
-            mail.credentials = Some((credentials, slot.generation));
+            state.current.store(None);
         }
-        drop(slot);
+        mail.credentials = credentials;
+        mail.generation += 1;
+        mail.credentials_changed = true;
+        drop(mail);
         tracing::info!(same_client, "client credentials replaced");
         // A worker waiting out a backoff retries now, with the new credentials.
         state.wake.notify_one();
@@ -346,19 +328,12 @@ impl TokenProvider {
 
     /// The client id this provider fetches tokens for.
     pub fn client_id(&self) -> String {
-        lock(&self.shared.worker).credentials.client_id().to_owned()
+        self.state().mail().credentials.client_id().to_owned()
     }
 
     /// Counters of what the provider has done so far.
     pub fn stats(&self) -> ProviderStats {
-        let stats = &self.state().stats;
-        ProviderStats {
-            exchanges: stats.exchanges.load(Ordering::Relaxed),
-            failures: stats.failures.load(Ordering::Relaxed),
-            waits: stats.waits.load(Ordering::Relaxed),
-            invalidations: stats.invalidations.load(Ordering::Relaxed),
-            background_refreshes: stats.background_refreshes.load(Ordering::Relaxed),
-        }
+        self.state().mail().stats
     }
 
     /// When the cached token was fetched, when its refresh is due and when
@@ -373,17 +348,26 @@ impl TokenProvider {
 
     /// The `Authorization` header value of the cached token if it may be
     /// served. This is the whole request path when the token is fresh.
-    #[inline(always)]
+    #[inline]
     pub(crate) fn fresh_header(&self, cache: &mut TokenCache) -> Option<(HeaderValue, TokenTag)> {
         let cached = cache.load().as_ref()?;
+        self.may_serve(cached)
+            .then(|| (cached.header.clone(), self.tag(cached)))
+    }
+
+    /// Whether `cached` may be served now; asks for its refresh if due.
+    #[inline]
+    fn may_serve(&self, cached: &CachedToken) -> bool {
         let now = Instant::now();
-        if now >= cached.refresh_at {
-            if !cached.is_fresh(now) {
-                return None;
-            }
-            self.refresh_ahead(cached);
+        if now < cached.refresh_at {
+            return true;
         }
-        Some((cached.header.clone(), self.tag(cached)))
+        let fresh = cached.is_fresh(now);
+        if fresh && cached.claim_refresh() && self.ask(Ask::Need).is_err() {
+            // No runtime here: let a later request on a runtime ask.
+            cached.unclaim_refresh();
+        }
+        fresh
     }
 
     /// A [`TokenCache`] of this provider's token, for a request path.
@@ -415,29 +399,11 @@ impl TokenProvider {
         }
     }
 
-    /// The cached token if it may be served, asking for its refresh if due.
     fn fresh(&self) -> Option<Arc<CachedToken>> {
-        let cached = self.state().current.load_full()?;
-        let now = Instant::now();
-        if now >= cached.refresh_at {
-            if !cached.is_fresh(now) {
-                return None;
-            }
-            self.refresh_ahead(&cached);
-        }
-        Some(cached)
-    }
-
-    /// Asks the worker to refresh `cached`, once per token.
-    #[cold]
-    fn refresh_ahead(&self, cached: &CachedToken) {
-        if cached.claim_refresh() {
-            if let Err(error) = self.ask(Ask::Need) {
-                // No runtime here: let a later request on a runtime ask.
-                cached.unclaim_refresh();
-                tracing::debug!(error = %error, "token refresh not started");
-            }
-        }
+        self.state()
+            .current
+            .load_full()
+            .filter(|cached| self.may_serve(cached))
     }
 
     /// Waits for the worker's answer to `ask`: joins the exchange under
@@ -445,14 +411,11 @@ impl TokenProvider {
     /// asks for a new exchange.
     async fn wait(&self, ask: Ask) -> Result<Arc<CachedToken>, TokenError> {
         let state = self.state();
-        let mut last_seen = None;
-        let mut answered_next = false;
-        let mut counted = false;
+        let (mut last_seen, mut answered_next, mut counted) = (None, false, false);
         loop {
             // Registered before the answer is read: an answer published
             // after the read wakes this caller.
-            let answered = state.answered.notified();
-            let mut answered = std::pin::pin!(answered);
+            let mut answered = std::pin::pin!(state.answered.notified());
             answered.as_mut().enable();
             if !answered_next && ask == Ask::Need {
                 if let Some(cached) = self.fresh() {
@@ -462,7 +425,7 @@ impl TokenProvider {
             let mut asked = false;
             {
                 // The answer is read and the request left in one critical
-                // section: the worker answers and clears requests in one too.
+                // section; the worker answers and clears requests in one too.
                 let mut mail = state.mail();
                 if last_seen != Some(mail.answer.0) {
                     last_seen = Some(mail.answer.0);
@@ -482,25 +445,24 @@ impl TokenProvider {
                         Status::Fetching => answered_next = true,
                         _ if !answered_next => {
                             mail.request(ask);
-                            answered_next = true;
-                            asked = true;
+                            (answered_next, asked) = (true, true);
                         }
                         _ => {}
                     }
+                }
+                if ask == Ask::Need && !counted {
+                    counted = true;
+                    mail.stats.waits += 1;
                 }
             }
             if asked {
                 self.wake_worker()?;
             }
-            if ask == Ask::Need && !counted {
-                counted = true;
-                state.stats.waits.fetch_add(1, Ordering::Relaxed);
-            }
             answered.await;
         }
     }
 
-    /// Leaves `ask` in the worker's mailbox, starting the worker if needed.
+    /// Leaves `ask` in the worker's mailbox and wakes the worker.
     fn ask(&self, ask: Ask) -> Result<(), TokenError> {
         self.state().mail().request(ask);
         self.wake_worker()
@@ -510,10 +472,6 @@ impl TokenProvider {
     /// unless it runs.
     fn wake_worker(&self) -> Result<(), TokenError> {
         let state = &self.shared.state;
-        let (credentials, generation) = {
-            let slot = lock(&self.shared.worker);
-            (slot.credentials.clone(), slot.generation)
-        };
         let mut mail = state.mail();
         if !mail.worker_running {
             let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -526,8 +484,7 @@ impl TokenProvider {
             drop(mail);
             // Spawned outside the lock: a task dropped at once (its runtime
             // is shutting down) takes the lock to say so.
-            let stopped = Stopped(Arc::clone(state));
-            (self.shared.spawn)(&runtime, stopped, credentials, generation);
+            (self.shared.spawn)(&runtime, Stopped(Arc::clone(state)));
         } else {
             drop(mail);
         }
@@ -545,7 +502,7 @@ impl TokenProvider {
             _ => false,
         };
         if dropped {
-            state.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+            state.mail().stats.invalidations += 1;
             tracing::debug!("cached token invalidated");
         }
         dropped

@@ -1,17 +1,17 @@
-//! The worker task of a provider: it owns the token's life.
+//! The worker task of a provider, which owns the token's life.
 //!
-//! Handles and worker share only [`State`]: the current token (read by
-//! every request), a mailbox (the requests to the worker, coalesced, and its
-//! last answer, which callers wait on) and the counters. Everything else (the exchange service, the credentials in
-//! use, failures and backoff, the pacing of invalidations) lives in the
-//! task and is touched by nothing else.
+//! Handles and worker share only [`State`]: the current token, read by
+//! every request, and a mailbox, which holds the callers' requests
+//! (coalesced: a thousand callers that need a token are one request) and
+//! the worker's last answer, which callers wait on. The exchange service,
+//! the credentials in use, failures, backoff and the pacing of
+//! invalidations live in the task alone.
 //!
-//! The worker runs one exchange at a time. It starts one when a caller
-//! needs a token or a request finds the refresh due; after a failure it
-//! retries with backoff until an exchange succeeds, then it sleeps until
-//! the mailbox has something for it. No timer of its decides whether a
-//! token may be served: the request path compares the clock with the
-//! token's deadline itself.
+//! The worker runs one exchange at a time: when a caller needs a token or a
+//! request finds the refresh due. After a failure it retries with backoff
+//! until an exchange succeeds; then it sleeps until it has mail. No timer of
+//! its decides whether a token is served: the request path compares the
+//! clock with the token's deadline itself.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -27,9 +27,9 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
-use super::Ask;
 use super::cached::CachedToken;
 use super::options::{Options, random_unit};
+use super::{Ask, ProviderStats};
 use crate::ClientCredentials;
 use crate::error::{BoxError, ErrorChain, TokenError, TokenErrorKind};
 use crate::token::{Token, TokenRequest};
@@ -38,31 +38,27 @@ use crate::token::{Token, TokenRequest};
 pub(super) struct State {
     /// The token requests are served, if any.
     pub(super) current: ArcSwapOption<CachedToken>,
-    /// Requests to the worker and its last answer.
     pub(super) mail: Mutex<Mail>,
-    /// Wakes the worker when there is mail.
+    /// Wakes the worker when it has mail.
     pub(super) wake: Notify,
     /// Wakes the callers waiting for an answer when there is a new one.
     pub(super) answered: Notify,
-    pub(super) stats: Counters,
     pub(super) options: Options,
     /// The `seq` of the next token stored, whichever worker stores it.
     next_seq: AtomicU64,
 }
 
-/// What the worker last did, as callers see it.
-#[derive(Clone, Default)]
+/// The worker's last answer, as callers see it.
+#[derive(Clone)]
 pub(super) enum Status {
-    /// Nothing yet.
-    #[default]
     Idle,
     /// An exchange is under way.
     Fetching,
     /// This token was stored.
     Ready(Arc<CachedToken>),
-    /// The last exchange failed; the next one starts at `retry_at` (`None`:
-    /// when asked). `generation` counts credential changes: an error for
-    /// older credentials is not served to callers.
+    /// The last exchange failed; the next starts at `retry_at` (`None`: when
+    /// asked). An error for credentials older than `generation` is not
+    /// served to callers.
     Failed {
         error: TokenError,
         retry_at: Option<Instant>,
@@ -70,32 +66,29 @@ pub(super) enum Status {
     },
 }
 
-/// The mailbox. Requests are coalesced: a thousand callers that need a
-/// token are one request.
-#[derive(Default)]
 pub(super) struct Mail {
-    /// The worker's last answer, and how many answers came before it.
+    /// The worker's last answer, numbered.
     pub(super) answer: (u64, Status),
     /// A caller has no token to serve, or a request found the refresh due.
     pub(super) need: bool,
-    /// [`TokenProvider::refresh`](super::TokenProvider::refresh): a new
-    /// token even if the current one is fresh.
+    /// A new token is asked for even if the current one is fresh.
     pub(super) refresh: bool,
     /// When a response last invalidated a token (for pacing).
     pub(super) rejected_at: Option<Instant>,
-    /// New credentials and their generation.
-    pub(super) credentials: Option<(ClientCredentials, u64)>,
-    /// The generation of the latest credentials, bumped by every change.
+    /// The latest credentials, and how many changes came before them.
+    pub(super) credentials: ClientCredentials,
     pub(super) generation: u64,
+    /// The worker has not taken the latest credentials yet.
+    pub(super) credentials_changed: bool,
     /// The last handle is gone.
     pub(super) closed: bool,
-    /// A worker is running or about to: set by the handle that starts it,
-    /// cleared when its task ends.
+    /// Set by the handle that starts a worker, cleared when its task ends.
     pub(super) worker_running: bool,
+    /// Counted on the slow path only.
+    pub(super) stats: ProviderStats,
 }
 
 impl Mail {
-    /// Leaves a caller's request.
     pub(super) fn request(&mut self, ask: Ask) {
         match ask {
             Ask::Need => self.need = true,
@@ -103,11 +96,11 @@ impl Mail {
         }
     }
 
-    /// Records the worker's answer `status`. With `clears`, it answers the
-    /// requests in the mailbox, which are cleared in the same step: a caller
-    /// reads the answer and leaves its request under the same lock, so it
-    /// either sees this answer or leaves its request for the next round.
-    /// Callers are woken by [`State::answered`] once the lock is released.
+    /// Records an answer. With `clears`, it answers the pending requests,
+    /// which are cleared in the same step: a caller reads the answer and
+    /// leaves its request under this lock, so it either sees this answer or
+    /// leaves its request for the next round. Wake the callers with
+    /// [`State::answered`] once the lock is released.
     fn set_answer(&mut self, status: Status, clears: bool) {
         if clears {
             self.need = false;
@@ -117,24 +110,25 @@ impl Mail {
     }
 }
 
-/// Counters of the slow path. The fresh-token path never touches them.
-#[derive(Default)]
-pub(super) struct Counters {
-    pub(super) exchanges: AtomicU64,
-    pub(super) failures: AtomicU64,
-    pub(super) waits: AtomicU64,
-    pub(super) invalidations: AtomicU64,
-    pub(super) background_refreshes: AtomicU64,
-}
-
 impl State {
-    pub(super) fn new(options: Options) -> Self {
+    pub(super) fn new(options: Options, credentials: ClientCredentials) -> Self {
+        let mail = Mail {
+            answer: (0, Status::Idle),
+            need: false,
+            refresh: false,
+            rejected_at: None,
+            credentials,
+            generation: 0,
+            credentials_changed: false,
+            closed: false,
+            worker_running: false,
+            stats: ProviderStats::default(),
+        };
         Self {
             current: ArcSwapOption::empty(),
-            mail: Mutex::default(),
+            mail: Mutex::new(mail),
             wake: Notify::new(),
             answered: Notify::new(),
-            stats: Counters::default(),
             options,
             next_seq: AtomicU64::new(1),
         }
@@ -144,55 +138,87 @@ impl State {
         lock(&self.mail)
     }
 
-    /// Publishes `status` (see [`Mail::set_answer`]) and wakes the callers
-    /// waiting for it.
     fn publish(&self, status: Status, clears: bool) {
         self.mail().set_answer(status, clears);
         self.answered.notify_waiters();
     }
 }
 
-/// Runs the worker of `state` until the last handle is dropped. `stopped`
-/// is made before the task is spawned, so that even a task dropped before
-/// it first ran says so.
-pub(super) async fn run<S>(
-    stopped: Stopped,
-    exchange: S,
-    credentials: ClientCredentials,
-    generation: u64,
-) where
+/// Ends the worker's part when its task ends, however it ends (the last
+/// handle dropped, its runtime shut down, even before it first ran): the
+/// callers waiting on it get an error, and the next caller starts a new
+/// worker. Made before the task is spawned.
+pub(super) struct Stopped(pub(super) Arc<State>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let error = TokenError::with_detail(
+            TokenErrorKind::Internal,
+            "the token worker stopped before it finished (is the runtime shutting down?)",
+        );
+        {
+            let mut mail = self.0.mail();
+            mail.worker_running = false;
+            let status = Status::Failed {
+                error,
+                retry_at: None,
+                generation: u64::MAX,
+            };
+            mail.set_answer(status, true);
+        }
+        self.0.answered.notify_waiters();
+    }
+}
+
+/// Runs a provider's worker until the last handle is dropped.
+pub(super) async fn run<S>(stopped: Stopped, exchange: S)
+where
     S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    // Boxed, as the exchange below: the task itself stays small whatever
-    // the exchange service is.
+    // Boxed, as the exchange is: the task stays small whatever the service.
+    let (credentials, generation) = {
+        let mut mail = stopped.0.mail();
+        mail.credentials_changed = false;
+        (mail.credentials.clone(), mail.generation)
+    };
     let mut worker = Box::new(Worker {
         state: Arc::clone(&stopped.0),
-        _stopped: stopped,
         exchange,
         credentials,
         generation,
         failures: 0,
         pacing: Pacing::default(),
+        _stopped: stopped,
     });
     loop {
-        let wanted = {
-            let state = Arc::clone(&worker.state);
+        let state = Arc::clone(&worker.state);
+        let background = {
             let mut mail = state.mail();
             if mail.closed {
                 return;
             }
             worker.read(&mut mail);
-            worker.wanted(&mail)
+            let now = Instant::now();
+            match state.current.load_full() {
+                _ if mail.refresh => Some(false),
+                _ if !mail.need => None,
+                // A caller raced with this token's arrival: answer again.
+                Some(cached) if now < cached.refresh_at => {
+                    mail.set_answer(Status::Ready(cached), true);
+                    state.answered.notify_waiters();
+                    continue;
+                }
+                Some(cached) => Some(cached.is_fresh(now)),
+                None => Some(false),
+            }
         };
-        match wanted {
-            Wanted::Nothing => worker.state.wake.notified().await,
-            Wanted::Republish(cached) => worker.state.publish(Status::Ready(cached), true),
-            Wanted::Exchange { background } => {
+        match background {
+            None => state.wake.notified().await,
+            Some(background) => {
                 if background {
-                    let stats = &worker.state.stats;
-                    stats.background_refreshes.fetch_add(1, Ordering::Relaxed);
+                    lock(&state.mail).stats.background_refreshes += 1;
                     tracing::debug!("token refresh started ahead of expiry");
                 }
                 // Boxed: an idle worker keeps only what waiting needs.
@@ -204,42 +230,6 @@ pub(super) async fn run<S>(
     }
 }
 
-/// When the worker task ends, however it ends (its runtime shut down, or
-/// the last handle was dropped), callers still waiting on it are released
-/// with an error, and the next caller starts a new worker.
-pub(super) struct Stopped(pub(super) Arc<State>);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        {
-            let mut mail = self.0.mail();
-            mail.worker_running = false;
-            mail.set_answer(
-                Status::Failed {
-                    error: TokenError::with_detail(
-                        TokenErrorKind::Internal,
-                        "the token worker stopped before it finished (is the runtime shutting down?)",
-                    ),
-                    retry_at: None,
-                    generation: u64::MAX,
-                },
-                true,
-            );
-        }
-        self.0.answered.notify_waiters();
-    }
-}
-
-enum Wanted {
-    Nothing,
-    /// A caller asked while the current token is fresh: it raced with the
-    /// token's arrival, and gets it again.
-    Republish(Arc<CachedToken>),
-    Exchange {
-        background: bool,
-    },
-}
-
 struct Worker<S> {
     state: Arc<State>,
     exchange: S,
@@ -248,24 +238,12 @@ struct Worker<S> {
     /// Failed exchanges in a row.
     failures: u32,
     pacing: Pacing,
-    /// Declared last: dropped after the rest of the worker.
+    /// Dropped last.
     _stopped: Stopped,
 }
 
-/// How an attempt ended, for [`Worker::renew`].
-enum Concluded {
-    /// The last handle is gone.
-    Closed,
-    /// The credentials changed during the attempt.
-    Again,
-    Stored,
-    Failed {
-        retry_at: Option<Instant>,
-    },
-}
-
-/// Whether the worker goes on.
-type Flow<T = ()> = std::ops::ControlFlow<(), T>;
+/// `Break` once the last handle is gone.
+type Flow = std::ops::ControlFlow<()>;
 
 impl<S> Worker<S>
 where
@@ -273,46 +251,19 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    /// Takes the messages that need no answer: new credentials, rejections.
-    /// Returns whether the credentials changed.
+    /// Takes the mail that needs no answer (new credentials, rejections);
+    /// returns whether the credentials changed.
     fn read(&mut self, mail: &mut Mail) -> bool {
         if let Some(at) = mail.rejected_at.take() {
             self.pacing.record(at, &self.state.options);
         }
-        let Some((credentials, generation)) = mail.credentials.take() else {
+        if !mail.credentials_changed {
             return false;
-        };
-        self.credentials = credentials;
-        self.generation = generation;
-        self.failures = 0;
-        tracing::debug!("the token worker took the new credentials");
+        }
+        mail.credentials_changed = false;
+        self.credentials = mail.credentials.clone();
+        (self.generation, self.failures) = (mail.generation, 0);
         true
-    }
-
-    /// Reads the mail during an exchange or a backoff: stops if the last
-    /// handle is gone, else says whether the credentials changed.
-    fn read_mail(&mut self) -> Flow<bool> {
-        let state = Arc::clone(&self.state);
-        let mut mail = state.mail();
-        if mail.closed {
-            return Flow::Break(());
-        }
-        Flow::Continue(self.read(&mut mail))
-    }
-
-    fn wanted(&self, mail: &Mail) -> Wanted {
-        if mail.refresh {
-            return Wanted::Exchange { background: false };
-        }
-        if !mail.need {
-            return Wanted::Nothing;
-        }
-        let now = Instant::now();
-        match self.state.current.load_full() {
-            Some(cached) if now < cached.refresh_at => Wanted::Republish(cached),
-            Some(cached) if cached.is_fresh(now) => Wanted::Exchange { background: true },
-            _ => Wanted::Exchange { background: false },
-        }
     }
 
     /// Exchanges until a token is stored, backing off between failures.
@@ -321,129 +272,107 @@ where
             self.state.publish(Status::Fetching, false);
             let requested_at = Instant::now();
             let result = self.attempt().await;
-            let elapsed = requested_at.elapsed();
-            let retry_at = match self.conclude(result, requested_at, elapsed) {
-                Concluded::Closed => return Flow::Break(()),
-                Concluded::Again => continue,
-                Concluded::Stored => return Flow::Continue(()),
-                Concluded::Failed { retry_at } => retry_at,
+            let state = Arc::clone(&self.state);
+            // From the mail check to the answer in one critical section:
+            // new credentials can never slip in between and see a token of
+            // the old ones stored after them.
+            let retry_at = {
+                let mut mail = state.mail();
+                if mail.closed {
+                    return Flow::Break(());
+                }
+                if self.read(&mut mail) {
+                    continue; // A result for the old credentials.
+                }
+                let elapsed = requested_at.elapsed();
+                match result.and_then(|token| self.store(&token, requested_at)) {
+                    Ok(cached) => {
+                        self.failures = 0;
+                        tracing::debug!(
+                            duration_ms = elapsed.as_millis() as u64,
+                            refresh_in_secs = (cached.refresh_at - requested_at).as_secs(),
+                            "token exchange succeeded"
+                        );
+                        mail.set_answer(Status::Ready(cached), true);
+                        None
+                    }
+                    Err(error) => {
+                        self.failures = self.failures.saturating_add(1);
+                        mail.stats.failures += 1;
+                        let options = &state.options;
+                        let delay =
+                            options.backoff(self.failures, error.retry_after(), random_unit());
+                        log_failure(&error, elapsed, self.failures, delay);
+                        let retry_at = Instant::now().checked_add(delay);
+                        let generation = self.generation;
+                        mail.set_answer(
+                            Status::Failed {
+                                error,
+                                retry_at,
+                                generation,
+                            },
+                            true,
+                        );
+                        Some(retry_at)
+                    }
+                }
             };
-            self.back_off(retry_at).await?;
+            state.answered.notify_waiters();
+            match retry_at {
+                None => return Flow::Continue(()),
+                Some(retry_at) => self.back_off(retry_at).await?,
+            }
         }
     }
 
-    /// Stores the token or records the failure of an attempt and answers
-    /// the callers, in one critical section from the mail check to the
-    /// answer: new credentials can never slip in between and have a token
-    /// of the old ones stored after they were set.
-    fn conclude(
-        &mut self,
-        result: Result<Token, TokenError>,
-        requested_at: Instant,
-        elapsed: Duration,
-    ) -> Concluded {
-        let state = Arc::clone(&self.state);
-        let mut mail = state.mail();
-        if mail.closed {
-            return Concluded::Closed;
-        }
-        if self.read(&mut mail) {
-            // Its result is for the old credentials: try again at once.
-            return Concluded::Again;
-        }
-        let concluded = match result.and_then(|token| self.store(&token, requested_at)) {
-            Ok(cached) => {
-                self.failures = 0;
-                tracing::debug!(
-                    duration_ms = elapsed.as_millis() as u64,
-                    fresh_for_secs = cached
-                        .fresh_until
-                        .saturating_duration_since(requested_at)
-                        .as_secs(),
-                    refresh_in_secs = cached
-                        .refresh_at
-                        .saturating_duration_since(Instant::now())
-                        .as_secs(),
-                    "token exchange succeeded"
-                );
-                mail.set_answer(Status::Ready(cached), true);
-                Concluded::Stored
-            }
-            Err(error) => {
-                self.failures = self.failures.saturating_add(1);
-                state.stats.failures.fetch_add(1, Ordering::Relaxed);
-                let delay =
-                    state
-                        .options
-                        .backoff(self.failures, error.retry_after(), random_unit());
-                let retry_at = Instant::now().checked_add(delay);
-                log_failure(&error, elapsed, self.failures, delay);
-                let generation = self.generation;
-                mail.set_answer(
-                    Status::Failed {
-                        error,
-                        retry_at,
-                        generation,
-                    },
-                    true,
-                );
-                Concluded::Failed { retry_at }
-            }
-        };
-        drop(mail);
-        state.answered.notify_waiters();
-        concluded
-    }
-
-    /// Waits until `retry_at`, or less if new credentials arrive.
+    /// Waits until `retry_at`, or less if new credentials arrive. Callers
+    /// that ask meanwhile get the last error.
     async fn back_off(&mut self, retry_at: Option<Instant>) -> Flow {
         let Some(retry_at) = retry_at else {
             return Flow::Continue(());
         };
-        loop {
-            let woken = tokio::time::timeout_at(retry_at, self.state.wake.notified()).await;
-            if woken.is_err() {
-                return Flow::Continue(());
+        while tokio::time::timeout_at(retry_at, self.state.wake.notified())
+            .await
+            .is_ok()
+        {
+            let state = Arc::clone(&self.state);
+            let mut mail = state.mail();
+            if mail.closed {
+                return Flow::Break(());
             }
-            let credentials_changed = match self.read_mail() {
-                Flow::Break(()) => return Flow::Break(()),
-                Flow::Continue(changed) => changed,
-            };
-            if credentials_changed || Instant::now() >= retry_at {
-                return Flow::Continue(());
+            if self.read(&mut mail) || Instant::now() >= retry_at {
+                break;
             }
-            // Callers that ask meanwhile get the last error until `retry_at`.
         }
+        Flow::Continue(())
     }
 
-    /// One exchange, bounded by the exchange timeout, with a panic of the
-    /// service turned into an error.
+    /// One exchange, bounded by the exchange timeout; a panic of the
+    /// service is one more failure, not the end of the worker.
     async fn attempt(&mut self) -> Result<Token, TokenError> {
-        self.state.stats.exchanges.fetch_add(1, Ordering::Relaxed);
+        lock(&self.state.mail).stats.exchanges += 1;
         let timeout = self.state.options.exchange_timeout;
         let request = TokenRequest::new(self.credentials.clone());
-        let exchange = Box::pin(self.exchange.clone().oneshot(request));
+        let exchange = CatchUnwind(Box::pin(self.exchange.clone().oneshot(request)));
         let span = tracing::debug_span!(
             "token_exchange",
             client_id = %self.credentials.client_id(),
             failures = self.failures,
         );
-        async {
-            tracing::debug!("token exchange attempt started");
-            match tokio::time::timeout(timeout, CatchUnwind(exchange)).await {
-                Ok(Ok(result)) => result.map_err(|err| TokenError::from_service_error(err.into())),
-                Ok(Err(Panicked)) => Err(TokenError::with_detail(
-                    TokenErrorKind::Internal,
-                    "the token exchange service panicked",
-                )),
-                Err(_) => Err(TokenError::with_detail(
-                    TokenErrorKind::Timeout,
-                    format!("no answer within {} ms", timeout.as_millis()),
-                )),
-            }
+        let result = tokio::time::timeout(timeout, exchange)
+            .instrument(span)
+            .await;
+        match result {
+            Ok(Ok(result)) => result.map_err(|err| TokenError::from_service_error(err.into())),
+            Ok(Err(Panicked)) => Err(TokenError::with_detail(
+                TokenErrorKind::Internal,
+                "the token exchange service panicked",
+            )),
+            Err(_) => Err(TokenError::with_detail(
+                TokenErrorKind::Timeout,
+                format!("no answer within {} ms", timeout.as_millis()),
+            )),
         }
-        .instrument(span)
-        .await
     }
 
     /// Makes `token` the current token.
@@ -456,19 +385,23 @@ where
         let schedule = options.schedule(token, random_unit());
         let rejectable_from = self.pacing.next(options).unwrap_or(requested_at);
         let seq = self.state.next_seq.fetch_add(1, Ordering::Relaxed);
-        let cached = CachedToken::new(seq, token, requested_at, schedule, rejectable_from)?;
-        let cached = Arc::new(cached);
+        let cached = Arc::new(CachedToken::new(
+            seq,
+            token,
+            requested_at,
+            schedule,
+            rejectable_from,
+        )?);
         self.state.current.store(Some(Arc::clone(&cached)));
         Ok(cached)
     }
 }
 
 /// Paces the invalidations that responses cause (401, gRPC
-/// UNAUTHENTICATED): the first one after a quiet period goes through at
-/// once; one following soon after another waits out a delay that doubles
-/// like the exchange backoff. A burst of rejections for one token costs one
-/// exchange, and an API that rejects every token costs a trickle of
-/// exchanges, never one per request.
+/// UNAUTHENTICATED): the first after a quiet period goes through at once;
+/// one soon after another waits out a delay that doubles like the exchange
+/// backoff. An API that rejects every token gets a trickle of exchanges,
+/// never one per request.
 #[derive(Default)]
 struct Pacing {
     last: Option<Instant>,
@@ -490,16 +423,14 @@ impl Pacing {
 
     /// From when a rejection may invalidate the next token, if not at once.
     fn next(&self, options: &Options) -> Option<Instant> {
-        let last = self.last?;
-        last.checked_add(options.backoff(self.streak, None, 0.0))
+        self.last?
+            .checked_add(options.backoff(self.streak, None, 0.0))
     }
 }
 
-/// A panic in the exchange service, caught so the worker survives it.
 struct Panicked;
 
-/// Polls the exchange, turning a panic into [`Panicked`]: a panicking
-/// exchange service is one more failed attempt, not the end of the worker.
+/// Polls the exchange, turning a panic into [`Panicked`].
 struct CatchUnwind<F>(F);
 
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
@@ -508,40 +439,28 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let future = &mut self.0;
         match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(future).poll(cx))) {
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(poll) => poll.map(Ok),
             Err(_) => Poll::Ready(Err(Panicked)),
         }
     }
 }
 
+/// Permanent errors (bad credentials, bad request) at `error`, transient
+/// ones at `warn`; never the token or the secret.
 fn log_failure(error: &TokenError, elapsed: Duration, failures: u32, delay: Duration) {
-    let status = error.status().map(|status| status.as_u16());
-    let duration_ms = elapsed.as_millis() as u64;
-    if error.is_retryable() {
-        tracing::warn!(
-            error = %ErrorChain(error),
-            status,
-            error_code = error.error_code(),
-            retryable = true,
-            duration_ms,
-            "token exchange failed"
-        );
-    } else {
-        tracing::error!(
-            error = %ErrorChain(error),
-            status,
-            error_code = error.error_code(),
-            retryable = false,
-            duration_ms,
-            "token exchange failed"
-        );
-    }
-    tracing::info!(
-        failures,
-        retry_in_ms = delay.as_millis() as u64,
-        "token exchange backing off"
+    let (status, code) = (error.status().map(|s| s.as_u16()), error.error_code());
+    let (error, duration_ms, retryable) = (
+        ErrorChain(error),
+        elapsed.as_millis() as u64,
+        error.is_retryable(),
     );
+    if retryable {
+        tracing::warn!(%error, status, error_code = code, retryable, duration_ms, "token exchange failed");
+    } else {
+        tracing::error!(%error, status, error_code = code, retryable, duration_ms, "token exchange failed");
+    }
+    let retry_in_ms = delay.as_millis() as u64;
+    tracing::info!(failures, retry_in_ms, "token exchange backing off");
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
