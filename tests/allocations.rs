@@ -9,9 +9,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use common::MockExchange;
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
+use routera_auth::test_util::MockExchange;
 use routera_auth::{RouteraAuthLayer, TokenProvider};
 use tower::{Layer, Service, service_fn};
 

@@ -5,7 +5,8 @@ mod common;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use common::{Answer, MockExchange, credentials, status_error};
+use common::{credentials, status_error};
+use routera_auth::test_util::{MockAnswer, MockExchange};
 use routera_auth::{
     AccessToken, DEFAULT_EXPIRY_SKEW, MAX_TOKEN_LIFETIME, Token, TokenErrorKind, TokenProvider,
 };
@@ -102,7 +103,7 @@ async fn lifetime_is_counted_from_the_request_not_the_response() {
 #[tokio::test(start_paused = true)]
 async fn an_unknown_lifetime_is_assumed_short_and_a_huge_one_is_capped() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.then(Answer::Token(Token::with_unknown_lifetime("no-expiry")));
+    exchange.then(MockAnswer::Token(Token::with_unknown_lifetime("no-expiry")));
     let provider = TokenProvider::builder(exchange.clone(), credentials())
         .refresh_ahead(Duration::ZERO)
         .assumed_lifetime(Duration::from_secs(120))
@@ -114,7 +115,7 @@ async fn an_unknown_lifetime_is_assumed_short_and_a_huge_one_is_capped() {
     assert_ne!(provider.token().await.unwrap().secret(), "no-expiry");
 
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.then(Answer::Token(Token::new(
+    exchange.then(MockAnswer::Token(Token::new(
         "ten-years",
         Duration::from_secs(10 * 365 * 86_400),
     )));
@@ -278,7 +279,7 @@ async fn invalidate_drops_only_the_cached_token() {
 #[tokio::test(start_paused = true)]
 async fn a_token_that_cannot_be_a_header_is_an_error() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.then(Answer::Token(Token::new("bad\ntoken", HOUR)));
+    exchange.then(MockAnswer::Token(Token::new("bad\ntoken", HOUR)));
     let provider = expiry_only(&exchange);
     let err = provider.token().await.unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::InvalidResponse);
@@ -362,7 +363,7 @@ async fn debug_shows_no_token_and_no_secret() {
     let debug = format!("{provider:?} {token:?}");
     assert!(!debug.contains(token.secret()), "{debug}");
     assert!(!debug.contains(credentials().client_secret()), "{debug}");
-    assert!(debug.contains("test-client"), "{debug}");
+    assert!(debug.contains("mock-client"), "{debug}");
 }
 
 #[test]

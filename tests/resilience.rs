@@ -8,7 +8,8 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use common::{MockExchange, credentials, status_error};
+use common::{credentials, status_error};
+use routera_auth::test_util::MockExchange;
 use routera_auth::{AccessToken, ClientCredentials, ProviderStats, TokenErrorKind, TokenProvider};
 use tokio::time::{Instant, advance};
 use tower::Layer as _;
@@ -103,7 +104,7 @@ async fn a_ten_minute_outage_with_a_valid_token_fails_no_request() {
     // The endpoint goes down for 10 minutes just before the refresh window.
     advance(HOUR - 21 * MINUTE).await;
     let outage_start = Instant::now();
-    exchange.outage(outage_start + 10 * MINUTE, status_error(503, "").await);
+    exchange.fail_until(outage_start + 10 * MINUTE, status_error(503, "").await);
 
     let mut failed = 0;
     for _ in 0..600 {
@@ -142,7 +143,7 @@ async fn an_outage_longer_than_the_lifetime_fails_fast_with_the_last_error_then_
     let provider = exchange.provider();
     provider.token().await.unwrap();
     let outage_end = Instant::now() + 40 * MINUTE;
-    exchange.outage(
+    exchange.fail_until(
         outage_end,
         status_error(502, "<html>bad gateway</html>").await,
     );
@@ -231,7 +232,7 @@ async fn the_background_task_survives_any_number_of_failures() {
 #[tokio::test(start_paused = true)]
 async fn backoff_doubles_and_permanent_errors_back_off_too() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.outage(
+    exchange.fail_until(
         Instant::now() + HOUR,
         status_error(401, r#"{"error":"invalid_client"}"#).await,
     );
@@ -374,7 +375,7 @@ async fn new_credentials_are_used_and_an_old_exchange_never_overwrites_their_tok
         "an exchange with the old credentials is in flight"
     );
 
-    let rotated = ClientCredentials::new("test-client", "rotated-secret");
+    let rotated = ClientCredentials::new("mock-client", "rotated-secret");
     provider.set_credentials(rotated.clone());
     exchange.open_gate();
 
@@ -384,7 +385,7 @@ async fn new_credentials_are_used_and_an_old_exchange_never_overwrites_their_tok
         "token-2",
         "the token of the new credentials"
     );
-    let seen = exchange.seen();
+    let seen = exchange.credentials_seen();
     assert_eq!(seen[0], credentials());
     assert_eq!(seen[1], rotated);
     assert_eq!(provider.token().await.unwrap(), token);
@@ -397,21 +398,21 @@ async fn rotation_keeps_the_token_for_the_same_client_and_drops_it_for_another()
     let provider = exchange.provider();
     let first = provider.token().await.unwrap();
 
-    provider.set_credentials(ClientCredentials::new("test-client", "new-secret"));
+    provider.set_credentials(ClientCredentials::new("mock-client", "new-secret"));
     assert_eq!(provider.token().await.unwrap(), first);
     assert_eq!(exchange.calls(), 1);
 
     provider.set_credentials(ClientCredentials::new("other-client", "other-secret"));
     let second = provider.token().await.unwrap();
     assert_ne!(second, first);
-    assert_eq!(exchange.seen()[1].client_id(), "other-client");
+    assert_eq!(exchange.credentials_seen()[1].client_id(), "other-client");
     assert_eq!(provider.client_id(), "other-client");
 }
 
 #[tokio::test(start_paused = true)]
 async fn new_credentials_cut_a_backoff_short() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.outage(Instant::now() + HOUR, status_error(401, "").await);
+    exchange.fail_until(Instant::now() + HOUR, status_error(401, "").await);
     let provider = exchange.provider();
     provider.token().await.unwrap_err();
     for _ in 0..6 {
@@ -419,12 +420,12 @@ async fn new_credentials_cut_a_backoff_short() {
         settle().await;
     }
     let before = exchange.calls();
-    exchange.outage(Instant::now(), status_error(401, "").await);
-    provider.set_credentials(ClientCredentials::new("test-client", "fixed-secret"));
+    exchange.fail_until(Instant::now(), status_error(401, "").await);
+    provider.set_credentials(ClientCredentials::new("mock-client", "fixed-secret"));
     let token = provider.token().await.unwrap();
     assert_eq!(exchange.calls(), before + 1, "one attempt, right away");
     assert_eq!(
-        exchange.seen().last().unwrap().client_secret(),
+        exchange.credentials_seen().last().unwrap().client_secret(),
         "fixed-secret"
     );
     assert_eq!(provider.token().await.unwrap(), token);
@@ -434,7 +435,7 @@ async fn new_credentials_cut_a_backoff_short() {
 async fn dropping_the_last_handle_ends_the_background_task() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.outage(Instant::now() + HOUR, status_error(503, "").await);
+    exchange.fail_until(Instant::now() + HOUR, status_error(503, "").await);
     let provider = exchange.provider();
     provider.token().await.unwrap_err();
     settle().await;

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use common::{MockExchange, credentials};
+use common::credentials;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
+use routera_auth::test_util::MockExchange;
 use routera_auth::{RouteraAuthLayer, TokenProvider};
 use tokio::time::{Instant, advance};
 use tokio_test::{assert_pending, assert_ready, task};

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::MockExchange;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use routera_auth::test_util::MockExchange;
 use routera_auth::test_util::{Emulator, Fault};
 use routera_auth::{
     HttpTokenExchange, RetryOnUnauthorized, RouteraAuthLayer, Token, TokenError, TokenProvider,

@@ -36,5 +36,7 @@
 //! This module is for tests: the emulator is not a hardened server.
 
 mod emulator;
+mod mock;
 
 pub use emulator::{Emulator, EmulatorBuilder, Fault, RecordedRequest, TokenValidator};
+pub use mock::{MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockAnswer, MockExchange};
