@@ -1,0 +1,207 @@
+//! Connection plumbing: the accept loop, routing, the body of every
+//! response and the JSON answers both endpoints build on.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::resource::{self, RESOURCE_PATH};
+use super::state::State;
+use super::token_endpoint::{self, TOKEN_PATH};
+
+/// The body of every emulator response: a [`Full`] one, or one of the
+/// bodies of [`Fault`](super::Fault) that stream or break.
+pub(super) type Body = BoxBody<Bytes, Aborted>;
+
+/// A body sent whole, in one frame.
+pub(super) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Why the emulator cut a connection: a hung request released, or a
+/// response aborted on purpose.
+#[derive(Debug)]
+pub(super) struct Aborted(pub(super) &'static str);
+
+impl fmt::Display for Aborted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl StdError for Aborted {}
+
+/// Accepts connections until the task is aborted, one task per connection.
+pub(super) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "routera emulator: accept failed");
+                // Out of file descriptors and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { route(&state, request).await }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "routera emulator: connection error");
+            }
+        });
+    }
+}
+
+/// Dispatches on the path. An error closes the connection without an answer.
+async fn route(state: &State, request: Request<Incoming>) -> Result<Response<Body>, Aborted> {
+    match request.uri().path() {
+        TOKEN_PATH => token_endpoint::serve(state, request).await,
+        RESOURCE_PATH => Ok(resource::serve(state, request.headers())),
+        _ => Ok(json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": "not_found" }),
+        )),
+    }
+}
+
+/// A JSON response that must not be cached.
+pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request, StatusCode, header};
+    use http_body_util::Full;
+
+    use super::super::test_client::{
+        connect, eventually, exchange_request, host, issue_token, ping, send,
+    };
+    use super::super::{Emulator, Fault};
+    use super::*;
+
+    #[tokio::test]
+    async fn wrong_method_and_unknown_path() {
+        let emulator = Emulator::start().await.unwrap();
+        let get = Request::get(TOKEN_PATH)
+            .header(header::HOST, host(&emulator))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = send(&emulator, get).await;
+        assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(answer.header(header::ALLOW), Some("POST"));
+        assert_eq!(emulator.last_token_request().unwrap().method, Method::GET);
+
+        let other = Request::post("/oauth2/token/extra")
+            .header(header::HOST, host(&emulator))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = send(&emulator, other).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+
+        assert_eq!(emulator.token_requests(), 1);
+        assert_eq!(emulator.resource_requests(), 0);
+        assert_eq!(emulator.exchange_count(), 0);
+    }
+
+    #[test]
+    fn full_bodies_announce_their_length() {
+        use http_body::Body as _;
+
+        let body = full("four");
+        assert_eq!(body.size_hint().exact(), Some(4));
+        let empty = full(Bytes::new());
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn hang_never_answers_and_is_released_by_drop() {
+        let emulator = Emulator::start().await.unwrap();
+        let token = issue_token(&emulator).await;
+        emulator.inject(Fault::Hang);
+
+        let (mut sender, _connection) = connect(&emulator).await;
+        let request = exchange_request(&emulator);
+        let mut pending = tokio::spawn(async move { sender.send_request(request).await });
+        let waited = tokio::time::timeout(Duration::from_millis(200), &mut pending).await;
+        assert!(waited.is_err(), "a hung request got an answer: {waited:?}");
+
+        // The request was read, counted and recorded, but no token issued.
+        assert_eq!(emulator.token_requests(), 2);
+        assert_eq!(emulator.exchange_count(), 1);
+        let recorded = emulator.last_token_request().unwrap();
+        assert_eq!(recorded.form()[0].1, "client_credentials");
+
+        // Other connections and the protected resource still work.
+        let answer = ping(&emulator, Some(&format!("Bearer {token}"))).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        emulator.clear_fault();
+        issue_token(&emulator).await;
+        assert!(!pending.is_finished());
+
+        // Dropping the emulator closes the hung connection without an
+        // answer, and every task holding the state ends.
+        let state = Arc::downgrade(&emulator.state);
+        drop(emulator);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), pending)
+            .await
+            .expect("the hung request outlived the emulator")
+            .unwrap();
+        let error = outcome.expect_err("a hung request got an answer");
+        assert!(error.is_incomplete_message(), "{error:?}");
+        eventually("the emulator's tasks end", || state.strong_count() == 0).await;
+    }
+
+    #[tokio::test]
+    async fn hang_ends_when_the_client_gives_up() {
+        let emulator = Emulator::start().await.unwrap();
+        emulator.inject(Fault::Hang);
+        let idle = Arc::strong_count(&emulator.state);
+
+        let (mut sender, connection) = connect(&emulator).await;
+        let request = exchange_request(&emulator);
+        let pending = tokio::spawn(async move { sender.send_request(request).await });
+        eventually("the request is hanging", || emulator.token_requests() == 1).await;
+        assert!(Arc::strong_count(&emulator.state) > idle);
+
+        // The client gives up: its connection closes, the server's
+        // connection task and the hung request with it.
+        pending.abort();
+        connection.abort();
+        eventually("the hung connection is closed", || {
+            Arc::strong_count(&emulator.state) == idle
+        })
+        .await;
+        assert_eq!(emulator.exchange_count(), 0);
+    }
+}
