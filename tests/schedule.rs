@@ -5,8 +5,6 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
 use common::credentials;
@@ -18,33 +16,17 @@ use tokio::time::{Instant, advance};
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-/// A service that answers with the `Authorization` header it was sent, and
-/// remembers every one.
-#[derive(Clone, Default)]
-struct Echo {
-    seen: Arc<Mutex<Vec<HeaderValue>>>,
-}
-
-impl Echo {
-    fn seen(&self) -> Vec<HeaderValue> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Service<Request<()>> for Echo {
-    type Response = Response<HeaderValue>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<HeaderValue>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<()>) -> Self::Future {
+/// An inner service that answers with the `Authorization` header it got.
+fn echo() -> impl Service<
+    Request<()>,
+    Response = Response<HeaderValue>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<HeaderValue>, Infallible>>,
+> + Clone {
+    service_fn(|request: Request<()>| {
         let header = request.headers()[AUTHORIZATION].clone();
-        self.seen.lock().unwrap().push(header.clone());
         std::future::ready(Ok(Response::new(header)))
-    }
+    })
 }
 
 /// The runtime's only worker thread is stuck in a blocking call past the
@@ -85,8 +67,9 @@ fn a_busy_runtime_never_lets_a_request_carry_a_token_past_its_deadline() {
     }
 
     let _context = runtime.enter();
-    let echo = Echo::default();
-    let mut service = RouteraAuthLayer::new(provider.clone()).layer(echo.clone());
+    let (inner, mut api) = tower_test::mock::pair::<Request<()>, Response<()>>();
+    api.allow(2);
+    let mut service = RouteraAuthLayer::new(provider.clone()).layer(inner);
     let mut ready = task::spawn(service.ready());
     assert_ready!(ready.poll()).unwrap();
     drop(ready);
@@ -94,10 +77,8 @@ fn a_busy_runtime_never_lets_a_request_carry_a_token_past_its_deadline() {
     assert_pending!(request.poll(), "the request waits for a new token");
     let mut token = task::spawn(provider.token());
     assert_pending!(token.poll(), "so does the provider's own caller");
-    assert!(
-        echo.seen().is_empty(),
-        "no request went out with the old token"
-    );
+    let mut sent = task::spawn(api.next_request());
+    assert_pending!(sent.poll(), "no request went out with the old token");
     assert_eq!(
         exchange.calls(),
         1,
@@ -105,10 +86,15 @@ fn a_busy_runtime_never_lets_a_request_carry_a_token_past_its_deadline() {
     );
 
     release.send(()).unwrap();
-    let response = runtime.block_on(request).unwrap();
-    assert_eq!(response.body(), "Bearer token-2");
-    assert_eq!(echo.seen(), ["Bearer token-2"]);
     assert_eq!(runtime.block_on(token).unwrap().secret(), "token-2");
+    assert_pending!(
+        request.poll(),
+        "sent with the new token, awaiting the answer"
+    );
+    let (sent, respond) = runtime.block_on(sent).unwrap();
+    assert_eq!(sent.headers()[AUTHORIZATION], "Bearer token-2");
+    respond.send_response(Response::new(()));
+    assert_ready!(request.poll()).unwrap();
 }
 
 /// With default options and a request every 1/50 of the lifetime for ten
@@ -121,8 +107,7 @@ async fn steady_traffic_renews_at_most_once_per_half_lifetime_without_waiting() 
         let lifetime = Duration::from_secs(secs);
         let exchange = MockExchange::new(lifetime).with_delay(Duration::from_millis(20));
         let provider = exchange.provider();
-        let echo = Echo::default();
-        let service = RouteraAuthLayer::new(provider.clone()).layer(echo.clone());
+        let service = RouteraAuthLayer::new(provider.clone()).layer(echo());
         service.clone().oneshot(Request::new(())).await.unwrap();
 
         let start = Instant::now();
