@@ -45,6 +45,9 @@
 //!   appear in `Debug`, `Display`, errors or logs; the header is marked
 //!   sensitive; the exchange never follows redirects and refuses plain-http
 //!   token URLs except on loopback.
+//! - **Never an expired token**: whether a token may be sent is decided on
+//!   every request by comparing the clock with the token's deadline, never
+//!   by a timer, so a busy runtime cannot make a request carry it late.
 //! - **Time is tokio's**: expiry uses `tokio::time::Instant`, so tests run on
 //!   paused time.
 //!
