@@ -80,12 +80,6 @@ pub fn api_client(provider: TokenProvider) -> ApiClient {
     )
 }
 
-/// A provider fetching tokens from `emulator` for its default client.
-pub fn emulator_provider(emulator: &Emulator) -> Result<TokenProvider, BoxError> {
-    let exchange = HttpTokenExchange::reqwest()?.with_token_url(&emulator.token_url())?;
-    Ok(TokenProvider::new(exchange, emulator.credentials()))
-}
-
 /// The gateway's state: the upstream URL and the shared client.
 #[derive(Clone)]
 struct Gateway {
@@ -205,8 +199,7 @@ async fn call(client: &reqwest::Client, url: &str) -> Result<(StatusCode, String
 async fn against_emulator() -> Result<(), BoxError> {
     println!("No {CLIENT_ID_ENV}/{CLIENT_SECRET_ENV} set: starting the local Routera emulator.");
     let emulator = Emulator::start().await?;
-    let provider = emulator_provider(&emulator)?;
-    let app = app(emulator.resource_url(), api_client(provider));
+    let app = app(emulator.resource_url(), api_client(emulator.provider()));
 
     let (stop, stopped) = oneshot::channel::<()>();
     let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;

@@ -91,8 +91,7 @@ async fn against_emulator() -> Result<(), BoxError> {
         .expires_in(Duration::from_secs(2))
         .start()
         .await?;
-    let exchange = HttpTokenExchange::reqwest()?.with_token_url(&emulator.token_url())?;
-    let provider = TokenProvider::new(exchange, emulator.credentials());
+    let provider = emulator.provider();
     let api = api_client(&provider);
     let url = emulator.resource_url();
 

@@ -38,25 +38,21 @@ async fn run() -> Result<(), BoxError> {
     } else {
         Some(Emulator::start().await?)
     };
-    let (token_url, credentials, api_url) = match &emulator {
-        Some(emulator) => (
-            emulator.token_url(),
-            emulator.credentials(),
-            emulator.resource_url(),
-        ),
-        None => (
-            std::env::var("ROUTERA_TOKEN_URL").unwrap_or_else(|_| DEFAULT_TOKEN_URL.to_owned()),
-            ClientCredentials::from_env()?,
-            std::env::var("ROUTERA_API_URL")
-                .map_err(|_| "set ROUTERA_API_URL to the URL to GET")?,
-        ),
-    };
-
     // The setup: one provider, one client stack, cloned wherever needed.
-    let provider = TokenProvider::new(
-        HttpTokenExchange::reqwest()?.with_token_url(&token_url)?,
-        credentials,
-    );
+    let (provider, api_url) = match &emulator {
+        Some(emulator) => (emulator.provider(), emulator.resource_url()),
+        None => {
+            let token_url =
+                std::env::var("ROUTERA_TOKEN_URL").unwrap_or_else(|_| DEFAULT_TOKEN_URL.to_owned());
+            let provider = TokenProvider::new(
+                HttpTokenExchange::reqwest()?.with_token_url(&token_url)?,
+                ClientCredentials::from_env()?,
+            );
+            let api_url = std::env::var("ROUTERA_API_URL")
+                .map_err(|_| "set ROUTERA_API_URL to the URL to GET")?;
+            (provider, api_url)
+        }
+    };
     let api = ServiceBuilder::new()
         .retry(RetryOnUnauthorized::new()) // outside the auth layer: a retry gets a fresh token
         .layer(RouteraAuthLayer::new(provider.clone()))

@@ -1,7 +1,7 @@
 //! Calls a gRPC service through `RouteraAuthLayer` on a tonic `Channel`.
 //!
-//! The whole setup is in [`health_client`]: a token provider, a channel, the
-//! auth layer around the channel, and the generated client on top.
+//! The whole setup is in [`health_client`]: a channel, the auth layer with
+//! its token provider around the channel, and the generated client on top.
 //!
 //! With no credentials in the environment it starts the in-process Routera
 //! emulator and a local gRPC health server that accepts only the emulator's
@@ -74,14 +74,11 @@ async fn run() -> Result<(), BoxError> {
     }
 }
 
-/// The setup: tokens from `token_url`, attached to every RPC on `grpc_url`.
+/// The setup: tokens from `provider`, attached to every RPC on `grpc_url`.
 async fn health_client(
-    token_url: &str,
-    credentials: ClientCredentials,
+    provider: TokenProvider,
     grpc_url: &str,
 ) -> Result<AuthenticatedHealthClient, BoxError> {
-    let exchange = HttpTokenExchange::reqwest()?.with_token_url(token_url)?;
-    let provider = TokenProvider::new(exchange, credentials);
     let channel = Endpoint::from_shared(grpc_url.to_owned())?
         .connect()
         .await?;
@@ -110,8 +107,7 @@ async fn against_emulator() -> Result<(), BoxError> {
     let grpc_url = start_health_server(emulator.token_validator()).await?;
     println!("gRPC health server at {grpc_url}, accepting only the emulator's tokens.");
 
-    let mut client =
-        health_client(&emulator.token_url(), emulator.credentials(), &grpc_url).await?;
+    let mut client = health_client(emulator.provider(), &grpc_url).await?;
     for i in 1..=3 {
         println!("call {i}: Health/Check -> {:?}", check(&mut client).await?);
     }
@@ -153,7 +149,9 @@ async fn against_real_endpoint() -> Result<(), BoxError> {
         "client {} -> token URL {token_url}, gRPC {grpc_url}",
         credentials.client_id()
     );
-    let mut client = health_client(&token_url, credentials, &grpc_url).await?;
+    let exchange = HttpTokenExchange::reqwest()?.with_token_url(&token_url)?;
+    let provider = TokenProvider::new(exchange, credentials);
+    let mut client = health_client(provider, &grpc_url).await?;
     for i in 1..=3 {
         println!("call {i}: Health/Check -> {:?}", check(&mut client).await?);
     }

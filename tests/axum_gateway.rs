@@ -31,7 +31,7 @@ struct Running {
 impl Running {
     async fn start() -> Self {
         let emulator = Emulator::start().await.expect("the emulator starts");
-        let provider = gateway::emulator_provider(&emulator).expect("a provider");
+        let provider = emulator.provider();
         let app = gateway::app(emulator.resource_url(), gateway::api_client(provider));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, server) = gateway::spawn_server(listener, app, std::future::pending()).unwrap();

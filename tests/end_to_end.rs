@@ -26,16 +26,6 @@ where
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-fn exchange_for(
-    emulator: &Emulator,
-    method: AuthMethod,
-) -> HttpTokenExchange<Client<HttpConnector, Full<Bytes>>> {
-    HttpTokenExchange::new(hyper_client())
-        .with_token_url(&emulator.token_url())
-        .unwrap()
-        .with_auth_method(method)
-}
-
 #[tokio::test]
 async fn both_auth_methods_work_with_a_secret_full_of_special_characters() {
     let emulator = Emulator::builder()
@@ -44,7 +34,9 @@ async fn both_auth_methods_work_with_a_secret_full_of_special_characters() {
         .await
         .unwrap();
     for method in [AuthMethod::RequestBody, AuthMethod::BasicAuth] {
-        let token = exchange_for(&emulator, method)
+        let token = emulator
+            .exchange()
+            .with_auth_method(method)
             .oneshot(TokenRequest::new(emulator.credentials()))
             .await
             .unwrap_or_else(|err| panic!("{method:?}: {err}"));
@@ -88,7 +80,9 @@ async fn wrong_credentials_are_an_invalid_client_error_without_the_secret() {
     for method in [AuthMethod::RequestBody, AuthMethod::BasicAuth] {
         let credentials =
             ClientCredentials::new(emulator.credentials().client_id(), "wrong-secret-123");
-        let err = exchange_for(&emulator, method)
+        let err = emulator
+            .exchange()
+            .with_auth_method(method)
             .oneshot(TokenRequest::new(credentials))
             .await
             .unwrap_err();
@@ -123,10 +117,7 @@ async fn a_refused_connection_is_a_retryable_transport_error() {
 #[tokio::test]
 async fn a_hyper_client_behind_the_layer_calls_the_protected_api_with_one_exchange() {
     let emulator = Emulator::start().await.unwrap();
-    let provider = TokenProvider::new(
-        exchange_for(&emulator, AuthMethod::RequestBody),
-        emulator.credentials(),
-    );
+    let provider = emulator.provider();
     let api = ServiceBuilder::new()
         .layer(RouteraAuthLayer::new(provider))
         .service(hyper_client::<Empty<Bytes>>());
@@ -169,7 +160,7 @@ async fn the_emulator_rejects_requests_without_a_valid_token() {
 async fn the_layer_fails_closed_against_a_real_server() {
     let emulator = Emulator::start().await.unwrap();
     let provider = TokenProvider::new(
-        exchange_for(&emulator, AuthMethod::RequestBody),
+        emulator.exchange(),
         ClientCredentials::new("unknown-client", "nope"),
     );
     let api = ServiceBuilder::new()
@@ -196,7 +187,7 @@ async fn a_renewed_token_is_accepted_after_the_first_expires() {
         .await
         .unwrap();
     let provider = TokenProvider::new(
-        exchange_for(&emulator, AuthMethod::BasicAuth),
+        emulator.exchange().with_auth_method(AuthMethod::BasicAuth),
         emulator.credentials(),
     );
     let first = provider.token().await.unwrap();

@@ -1,22 +1,40 @@
 //! The fault matrix: a token endpoint that fails in every way real servers
-//! and proxies do, on real loopback HTTP through the reqwest exchange.
+//! and proxies do, on real loopback HTTP, through each HTTP client under the
+//! exchange: the emulator's own (hyper-util) and, with the `reqwest`
+//! feature, reqwest.
 //!
 //! For each fault: the typed error, `is_retryable()`, an answer in bounded
 //! time, no panic, and the valid cached token still served. These run on
 //! real time (paused time would fire the exchange timeout while sockets are
 //! busy); every wait is bounded by a `timeout`.
 
-#![cfg(feature = "reqwest")]
-
 use std::time::Duration;
 
 use routera_auth::test_util::{Emulator, Fault};
-use routera_auth::{
-    AccessToken, HttpTokenExchange, ReqwestService, TokenError, TokenErrorKind, TokenProvider,
-};
+use routera_auth::{AccessToken, TokenError, TokenErrorKind, TokenProvider};
 
 /// Longest any single check may take before the test fails.
 const BOUND: Duration = Duration::from_secs(10);
+/// The providers' exchange timeout.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// An HTTP client under the exchange. Neither keeps idle connections, so
+/// every exchange opens a new one, and neither follows redirects.
+#[derive(Debug, Clone, Copy)]
+enum ExchangeClient {
+    /// `Emulator::exchange`: hyper-util's legacy client.
+    Hyper,
+    /// reqwest, configured as above.
+    #[cfg(feature = "reqwest")]
+    Reqwest,
+}
+
+/// Every client the matrix runs on.
+const CLIENTS: &[ExchangeClient] = &[
+    ExchangeClient::Hyper,
+    #[cfg(feature = "reqwest")]
+    ExchangeClient::Reqwest,
+];
 
 struct Setup {
     emulator: Emulator,
@@ -24,22 +42,32 @@ struct Setup {
     valid: AccessToken,
 }
 
-/// A provider with a valid cached token from a healthy emulator, over a
-/// reqwest client that keeps no idle connections (so that every exchange
-/// opens a new one) and never follows redirects.
-async fn setup() -> Setup {
+/// A provider over `client` with a valid cached token from a healthy
+/// emulator.
+async fn setup(client: ExchangeClient) -> Setup {
     let emulator = Emulator::start().await.unwrap();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let exchange = HttpTokenExchange::new(ReqwestService::new(client))
-        .with_token_url(&emulator.token_url())
-        .unwrap();
-    let provider = TokenProvider::builder(exchange, emulator.credentials())
-        .exchange_timeout(Duration::from_millis(500))
-        .build();
+    let provider = match client {
+        ExchangeClient::Hyper => {
+            TokenProvider::builder(emulator.exchange(), emulator.credentials())
+                .exchange_timeout(EXCHANGE_TIMEOUT)
+                .build()
+        }
+        #[cfg(feature = "reqwest")]
+        ExchangeClient::Reqwest => {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap();
+            let exchange =
+                routera_auth::HttpTokenExchange::new(routera_auth::ReqwestService::new(client))
+                    .with_token_url(&emulator.token_url())
+                    .unwrap();
+            TokenProvider::builder(exchange, emulator.credentials())
+                .exchange_timeout(EXCHANGE_TIMEOUT)
+                .build()
+        }
+    };
     let valid = provider.token().await.unwrap();
     Setup {
         emulator,
@@ -48,44 +76,52 @@ async fn setup() -> Setup {
     }
 }
 
-/// Injects `fault`, forces a refresh, and checks what the refresh gives and
-/// that the valid token is still served.
-async fn refresh_fails(fault: Fault, kind: TokenErrorKind, retryable: bool) -> TokenError {
-    let Setup {
-        emulator,
-        provider,
-        valid,
-    } = setup().await;
-    emulator.inject(fault);
-    let err = tokio::time::timeout(BOUND, provider.refresh())
+/// A provider over `client` with a valid token, `fault` injected, and what
+/// a forced refresh then gives, in bounded time.
+async fn refresh_under(
+    client: ExchangeClient,
+    fault: Fault,
+) -> (Setup, Result<AccessToken, TokenError>) {
+    let setup = setup(client).await;
+    setup.emulator.inject(fault);
+    let refreshed = tokio::time::timeout(BOUND, setup.provider.refresh())
         .await
-        .expect("the refresh answered in bounded time")
-        .expect_err("the refresh failed");
-    assert_eq!(err.kind(), kind, "{err}");
-    assert_eq!(err.is_retryable(), retryable, "{err}");
-    let served = tokio::time::timeout(BOUND, provider.token())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(served, valid, "the valid cached token is still served");
-    assert_eq!(emulator.exchange_count(), 1);
-    err
+        .expect("the refresh answered in bounded time");
+    (setup, refreshed)
 }
 
-/// Injects `fault` and checks that the response is accepted as a token.
+/// On every client: checks that a refresh under `fault` fails as said and
+/// that the valid token is still served. The errors, one per client.
+async fn refresh_fails(fault: Fault, kind: TokenErrorKind, retryable: bool) -> Vec<TokenError> {
+    let mut errors = Vec::new();
+    for &client in CLIENTS {
+        let (setup, refreshed) = refresh_under(client, fault.clone()).await;
+        let err = refreshed.expect_err("the refresh failed");
+        assert_eq!(err.kind(), kind, "{client:?}: {err}");
+        assert_eq!(err.is_retryable(), retryable, "{client:?}: {err}");
+        let served = tokio::time::timeout(BOUND, setup.provider.token())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            served, setup.valid,
+            "{client:?}: the valid token is still served"
+        );
+        assert_eq!(setup.emulator.exchange_count(), 1);
+        errors.push(err);
+    }
+    errors
+}
+
+/// On every client: checks that the answer under `fault` is accepted as a
+/// token.
 async fn refresh_accepts(fault: Fault) {
-    let Setup {
-        emulator,
-        provider,
-        valid,
-    } = setup().await;
-    emulator.inject(fault);
-    let token = tokio::time::timeout(BOUND, provider.refresh())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_ne!(token, valid);
-    assert_eq!(provider.token().await.unwrap(), token);
+    for &client in CLIENTS {
+        let (setup, refreshed) = refresh_under(client, fault.clone()).await;
+        let token = refreshed.unwrap_or_else(|err| panic!("{client:?}: {err}"));
+        assert_ne!(token, setup.valid);
+        assert_eq!(setup.provider.token().await.unwrap(), token);
+    }
 }
 
 fn token_body(fields: &str) -> Fault {
@@ -94,19 +130,21 @@ fn token_body(fields: &str) -> Fault {
 
 #[tokio::test]
 async fn connection_refused() {
-    let Setup {
-        emulator,
-        provider,
-        valid,
-    } = setup().await;
-    drop(emulator);
-    let err = tokio::time::timeout(BOUND, provider.refresh())
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(err.kind(), TokenErrorKind::Transport, "{err}");
-    assert!(err.is_retryable());
-    assert_eq!(provider.token().await.unwrap(), valid);
+    for &client in CLIENTS {
+        let Setup {
+            emulator,
+            provider,
+            valid,
+        } = setup(client).await;
+        drop(emulator);
+        let err = tokio::time::timeout(BOUND, provider.refresh())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), TokenErrorKind::Transport, "{client:?}: {err}");
+        assert!(err.is_retryable());
+        assert_eq!(provider.token().await.unwrap(), valid);
+    }
 }
 
 #[tokio::test]
@@ -116,70 +154,75 @@ async fn connection_reset_mid_response() {
 
 #[tokio::test]
 async fn endpoint_hangs() {
-    let err = refresh_fails(Fault::Hang, TokenErrorKind::Timeout, true).await;
-    assert!(err.to_string().contains("500 ms"), "{err}");
+    for err in refresh_fails(Fault::Hang, TokenErrorKind::Timeout, true).await {
+        assert!(err.to_string().contains("500 ms"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn slower_than_the_exchange_timeout() {
+    let slow = Fault::slow(EXCHANGE_TIMEOUT * 4);
+    for err in refresh_fails(slow, TokenErrorKind::Timeout, true).await {
+        assert!(err.to_string().contains("500 ms"), "{err}");
+    }
 }
 
 #[tokio::test]
 async fn status_500() {
-    let err = refresh_fails(Fault::status(500), TokenErrorKind::ServerError, true).await;
-    assert_eq!(err.status().map(|s| s.as_u16()), Some(500));
+    for err in refresh_fails(Fault::status(500), TokenErrorKind::ServerError, true).await {
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(500));
+    }
 }
 
 #[tokio::test]
 async fn status_502() {
-    let err = refresh_fails(Fault::status(502), TokenErrorKind::ServerError, true).await;
-    assert_eq!(err.status().map(|s| s.as_u16()), Some(502));
+    for err in refresh_fails(Fault::status(502), TokenErrorKind::ServerError, true).await {
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(502));
+    }
 }
 
 #[tokio::test]
 async fn status_503_with_retry_after() {
-    let err = refresh_fails(
-        Fault::retry_after(503, 7),
-        TokenErrorKind::ServerError,
-        true,
-    )
-    .await;
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    let fault = Fault::retry_after(503, 7);
+    for err in refresh_fails(fault, TokenErrorKind::ServerError, true).await {
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)));
+    }
 }
 
 #[tokio::test]
 async fn status_429_with_retry_after() {
-    let err = refresh_fails(
-        Fault::retry_after(429, 30),
-        TokenErrorKind::RateLimited,
-        true,
-    )
-    .await;
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
-    assert_eq!(err.status().map(|s| s.as_u16()), Some(429));
+    let fault = Fault::retry_after(429, 30);
+    for err in refresh_fails(fault, TokenErrorKind::RateLimited, true).await {
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(429));
+    }
 }
 
 #[tokio::test]
 async fn html_error_page() {
-    let err = refresh_fails(Fault::html(503), TokenErrorKind::ServerError, true).await;
-    assert!(err.to_string().contains("text/html"), "{err}");
+    for err in refresh_fails(Fault::html(503), TokenErrorKind::ServerError, true).await {
+        assert!(err.to_string().contains("text/html"), "{err}");
+    }
     // An HTML page with a success status is an unusable token response.
     refresh_fails(Fault::html(200), TokenErrorKind::InvalidResponse, false).await;
 }
 
 #[tokio::test]
 async fn empty_body() {
-    let err = refresh_fails(Fault::status(200), TokenErrorKind::InvalidResponse, false).await;
-    assert!(err.to_string().contains("empty"), "{err}");
-    let err = refresh_fails(Fault::status(503), TokenErrorKind::ServerError, true).await;
-    assert!(err.to_string().contains("empty"), "{err}");
+    for err in refresh_fails(Fault::status(200), TokenErrorKind::InvalidResponse, false).await {
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
+    for err in refresh_fails(Fault::status(503), TokenErrorKind::ServerError, true).await {
+        assert!(err.to_string().contains("empty"), "{err}");
+    }
 }
 
 #[tokio::test]
 async fn malformed_json() {
-    let err = refresh_fails(
-        Fault::json(200, r#"{"access_token":"abc","#),
-        TokenErrorKind::InvalidResponse,
-        false,
-    )
-    .await;
-    assert!(err.to_string().contains("not valid JSON"), "{err}");
+    let fault = Fault::json(200, r#"{"access_token":"abc","#);
+    for err in refresh_fails(fault, TokenErrorKind::InvalidResponse, false).await {
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+    }
 }
 
 #[tokio::test]
@@ -204,13 +247,10 @@ async fn token_type_other_than_bearer() {
 
 #[tokio::test]
 async fn negative_expires_in() {
-    let err = refresh_fails(
-        token_body(r#""access_token":"neg","expires_in":-60,"token_type":"Bearer""#),
-        TokenErrorKind::InvalidResponse,
-        false,
-    )
-    .await;
-    assert!(err.to_string().contains("negative"), "{err}");
+    let fault = token_body(r#""access_token":"neg","expires_in":-60,"token_type":"Bearer""#);
+    for err in refresh_fails(fault, TokenErrorKind::InvalidResponse, false).await {
+        assert!(err.to_string().contains("negative"), "{err}");
+    }
 }
 
 // Missing, zero, huge and string `expires_in` are accepted: missing and 0
@@ -253,16 +293,13 @@ async fn string_expires_in_is_accepted() {
 #[tokio::test]
 async fn ten_mib_body() {
     for declare_length in [true, false] {
-        let err = refresh_fails(
-            Fault::Oversized {
-                len: 10 * 1024 * 1024,
-                declare_length,
-            },
-            TokenErrorKind::InvalidResponse,
-            false,
-        )
-        .await;
-        assert!(err.to_string().contains("larger than 65536 bytes"), "{err}");
+        let fault = Fault::Oversized {
+            len: 10 * 1024 * 1024,
+            declare_length,
+        };
+        for err in refresh_fails(fault, TokenErrorKind::InvalidResponse, false).await {
+            assert!(err.to_string().contains("larger than 65536 bytes"), "{err}");
+        }
     }
 }
 
@@ -270,13 +307,10 @@ async fn ten_mib_body() {
 async fn redirects_to_another_listener_are_not_followed() {
     let elsewhere = Emulator::start().await.unwrap();
     for status in [302, 307] {
-        let err = refresh_fails(
-            Fault::redirect(status, &elsewhere.token_url()),
-            TokenErrorKind::UnexpectedStatus,
-            false,
-        )
-        .await;
-        assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
+        let fault = Fault::redirect(status, &elsewhere.token_url());
+        for err in refresh_fails(fault, TokenErrorKind::UnexpectedStatus, false).await {
+            assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
+        }
     }
     assert_eq!(
         elsewhere.token_requests(),
@@ -285,12 +319,13 @@ async fn redirects_to_another_listener_are_not_followed() {
     );
 }
 
+#[cfg(feature = "reqwest")]
 #[tokio::test]
 async fn the_default_reqwest_exchange_does_not_follow_redirects_either() {
     let elsewhere = Emulator::start().await.unwrap();
     let endpoint = Emulator::start().await.unwrap();
     endpoint.inject(Fault::redirect(307, &elsewhere.token_url()));
-    let exchange = HttpTokenExchange::reqwest()
+    let exchange = routera_auth::HttpTokenExchange::reqwest()
         .unwrap()
         .with_token_url(&endpoint.token_url())
         .unwrap();

@@ -1,51 +1,38 @@
 //! Property tests: the response parser never panics, and Basic client
 //! authentication round-trips through RFC 6749 §2.3.1 decoding.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+mod common;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use http_body_util::Full;
 use proptest::prelude::*;
-use routera_auth::{
-    AuthMethod, ClientCredentials, HttpTokenExchange, Token, TokenError, TokenRequest,
-};
-use tower::ServiceExt;
+use routera_auth::{AuthMethod, ClientCredentials, Token, TokenError, TokenRequest};
 
-/// Runs an exchange whose HTTP service answers at once; no runtime needed.
-fn run<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the mocked exchange did not complete at once"),
-    }
-}
-
+/// The result of an exchange whose HTTP client (a `tower_test` mock)
+/// answers `status`, `headers` and `body`. Each case runs on its own
+/// current-thread runtime.
 fn exchange_answering(
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 ) -> Result<Token, TokenError> {
-    let http = tower::service_fn(move |_: Request<Full<Bytes>>| {
-        let mut response = Response::builder().status(status);
-        for (name, value) in &headers {
-            response = response.header(name.as_str(), value.as_str());
-        }
-        let response = response
-            .body(Full::new(Bytes::from(body.clone())))
-            .unwrap_or_else(|_| Response::new(Full::new(Bytes::from(body.clone()))));
-        std::future::ready(Ok::<_, Infallible>(response))
-    });
-    run(HttpTokenExchange::new(http)
-        .oneshot(TokenRequest::new(ClientCredentials::new("id", "secret"))))
+    let mut response = Response::builder().status(status);
+    for (name, value) in &headers {
+        response = response.header(name.as_str(), value.as_str());
+    }
+    let body = Bytes::from(body);
+    let response = response
+        .body(Full::new(body.clone()))
+        .unwrap_or_else(|_| Response::new(Full::new(body)));
+    let request = TokenRequest::new(ClientCredentials::new("id", "secret"));
+    tokio_test::block_on(common::exchange_once(
+        |exchange| exchange,
+        request,
+        Ok(response),
+    ))
+    .0
 }
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
@@ -104,19 +91,18 @@ proptest! {
 
     #[test]
     fn basic_credentials_round_trip_through_rfc_6749_decoding(id in ".*", secret in ".*") {
-        let seen: Arc<Mutex<Option<http::HeaderValue>>> = Arc::default();
-        let record = seen.clone();
-        let http = tower::service_fn(move |request: Request<Full<Bytes>>| {
-            *record.lock().unwrap() = request.headers().get(http::header::AUTHORIZATION).cloned();
-            std::future::ready(Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                br#"{"access_token":"t","expires_in":60,"token_type":"Bearer"}"#,
-            )))))
-        });
-        let exchange = HttpTokenExchange::new(http).with_auth_method(AuthMethod::BasicAuth);
-        let token = run(exchange.oneshot(TokenRequest::new(ClientCredentials::new(id.clone(), secret.clone()))));
+        let response = Response::new(Full::new(Bytes::from_static(
+            br#"{"access_token":"t","expires_in":60,"token_type":"Bearer"}"#,
+        )));
+        let request = TokenRequest::new(ClientCredentials::new(id.clone(), secret.clone()));
+        let (token, sent) = tokio_test::block_on(common::exchange_once(
+            |exchange| exchange.with_auth_method(AuthMethod::BasicAuth),
+            request,
+            Ok(response),
+        ));
         prop_assert!(token.is_ok());
 
-        let header = seen.lock().unwrap().clone().expect("an Authorization header");
+        let header = sent.headers().get(http::header::AUTHORIZATION).expect("an Authorization header");
         prop_assert!(header.is_sensitive());
         let encoded = header.to_str().unwrap().strip_prefix("Basic ").unwrap().to_owned();
         let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap()).unwrap();

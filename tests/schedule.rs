@@ -112,22 +112,38 @@ async fn steady_traffic_renews_at_most_once_per_half_lifetime_without_waiting() 
 
         let start = Instant::now();
         let mut fetches = vec![provider.timing().unwrap()];
+        let mut record = |timing: routera_auth::TokenTiming| {
+            if fetches.last() != Some(&timing) {
+                fetches.push(timing);
+            }
+        };
         while Instant::now() < start + 10 * lifetime {
             advance(lifetime / 50).await;
             let timing = provider.timing().unwrap();
+            record(timing);
             assert!(
                 Instant::now() < timing.served_until,
                 "{secs} s: a token is fresh"
             );
+            // The current token is the last one an exchange answered with.
+            let current = format!("Bearer token-{}", exchange.finished());
             let mut request = task::spawn(service.clone().oneshot(Request::new(())));
             let response = assert_ready!(request.poll(), "{secs} s: a request waited").unwrap();
-            assert_eq!(response.body(), &format!("Bearer token-{}", fetches.len()));
-            // The background refresh, if one started, completes.
+            assert_eq!(response.body().to_str().unwrap(), current, "{secs} s");
+            // Lets a background refresh, if one started, complete.
             advance(Duration::from_millis(21)).await;
-            if provider.timing().unwrap() != *fetches.last().unwrap() {
-                fetches.push(provider.timing().unwrap());
-            }
+            record(provider.timing().unwrap());
         }
+        // The last refresh, if one is under way, completes.
+        for _ in 0..3 {
+            advance(Duration::from_millis(21)).await;
+        }
+        record(provider.timing().unwrap());
+        assert_eq!(
+            exchange.finished(),
+            exchange.calls(),
+            "{secs} s: none in flight"
+        );
 
         for pair in fetches.windows(2) {
             let gap = pair[1].fetched_at - pair[0].fetched_at;

@@ -69,20 +69,39 @@ fn assert_clean(what: &str, text: &str, tokens: &[String]) {
     }
 }
 
-fn provider_for(emulator: &Emulator, method: AuthMethod) -> TokenProvider {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let exchange = HttpTokenExchange::new(ReqwestService::new(client))
-        .with_token_url(&emulator.token_url())
-        .unwrap()
-        .with_auth_method(method);
-    TokenProvider::builder(exchange, emulator.credentials())
-        .exchange_timeout(Duration::from_millis(300))
-        .backoff(Duration::from_millis(10), Duration::from_millis(20))
-        .build()
+/// The HTTP client under the exchange.
+#[derive(Debug, Clone, Copy)]
+enum ExchangeClient {
+    /// `Emulator::exchange`: hyper-util's legacy client.
+    Hyper,
+    /// `HttpTokenExchange::reqwest`, the default.
+    Reqwest,
+}
+
+/// A provider over `client`, authenticating with `method`, with short
+/// timeouts and backoff.
+fn provider_for(emulator: &Emulator, client: ExchangeClient, method: AuthMethod) -> TokenProvider {
+    let (timeout, backoff) = (Duration::from_millis(300), Duration::from_millis(10));
+    match client {
+        ExchangeClient::Hyper => {
+            let exchange = emulator.exchange().with_auth_method(method);
+            TokenProvider::builder(exchange, emulator.credentials())
+                .exchange_timeout(timeout)
+                .backoff(backoff, 2 * backoff)
+                .build()
+        }
+        ExchangeClient::Reqwest => {
+            let exchange = HttpTokenExchange::reqwest()
+                .unwrap()
+                .with_token_url(&emulator.token_url())
+                .unwrap()
+                .with_auth_method(method);
+            TokenProvider::builder(exchange, emulator.credentials())
+                .exchange_timeout(timeout)
+                .backoff(backoff, 2 * backoff)
+                .build()
+        }
+    }
 }
 
 #[tokio::test]
@@ -104,8 +123,10 @@ async fn no_secret_or_token_in_logs_debug_or_display() {
         .await
         .unwrap();
 
-    for method in [AuthMethod::RequestBody, AuthMethod::BasicAuth] {
-        let provider = provider_for(&emulator, method);
+    let clients = [ExchangeClient::Hyper, ExchangeClient::Reqwest];
+    let methods = [AuthMethod::RequestBody, AuthMethod::BasicAuth];
+    for (exchange_client, method) in clients.into_iter().flat_map(|c| methods.map(|m| (c, m))) {
+        let provider = provider_for(&emulator, exchange_client, method);
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
         let api = ServiceBuilder::new()
             .layer(RouteraAuthLayer::new(provider.clone()))
@@ -148,10 +169,11 @@ async fn no_secret_or_token_in_logs_debug_or_display() {
                 declare_length: false,
             },
             Fault::ResetMidResponse,
+            Fault::slow(Duration::from_secs(1)),
             Fault::Hang,
         ] {
             // A provider of its own for each fault, with a valid token.
-            let provider = provider_for(&emulator, method);
+            let provider = provider_for(&emulator, exchange_client, method);
             provider.token().await.unwrap();
             emulator.inject(fault.clone());
             let err = provider.refresh().await.unwrap_err();

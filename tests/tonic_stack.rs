@@ -5,7 +5,6 @@
 //!
 //! Everything listens on `127.0.0.1:0`; nothing sleeps. Each test is bounded
 //! by a timeout so that a deadlock fails instead of hanging.
-#![cfg(feature = "reqwest")]
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use routera_auth::test_util::{Emulator, TokenValidator};
-use routera_auth::{BoxError, HttpTokenExchange, RouteraAuthLayer, TokenProvider};
+use routera_auth::{BoxError, RouteraAuthLayer};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -86,11 +85,6 @@ async fn connect(addr: SocketAddr) -> Result<Channel, BoxError> {
         .await?)
 }
 
-fn provider_for(emulator: &Emulator) -> Result<TokenProvider, BoxError> {
-    let exchange = HttpTokenExchange::reqwest()?.with_token_url(&emulator.token_url())?;
-    Ok(TokenProvider::new(exchange, emulator.credentials()))
-}
-
 fn overall_health() -> HealthCheckRequest {
     // The empty service name is the server as a whole, SERVING by default.
     HealthCheckRequest {
@@ -117,7 +111,7 @@ async fn concurrent_rpcs_share_one_token() -> Result<(), BoxError> {
         const RPCS: usize = 2_000;
         let emulator = Emulator::start().await?;
         let (addr, verdicts) = start_health_server(emulator.token_validator()).await?;
-        let provider = provider_for(&emulator)?;
+        let provider = emulator.provider();
         let channel = connect(addr).await?;
         let authenticated = ServiceBuilder::new()
             .layer(RouteraAuthLayer::new(provider.clone()))
@@ -195,7 +189,7 @@ async fn a_revoked_token_fails_one_call_and_the_next_gets_a_new_token() -> Resul
     bounded(async {
         let emulator = Emulator::start().await?;
         let (addr, verdicts) = start_health_server(emulator.token_validator()).await?;
-        let provider = provider_for(&emulator)?;
+        let provider = emulator.provider();
 
         // Records the HTTP status and `grpc-status` header of each response,
         // as the auth layer sees them (this sits just inside it).

@@ -19,8 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use routera_auth::test_util::MockExchange;
 use routera_auth::test_util::{Emulator, Fault};
 use routera_auth::{
-    HttpTokenExchange, RetryOnUnauthorized, RouteraAuthLayer, Token, TokenError, TokenProvider,
-    TokenRequest,
+    RetryOnUnauthorized, RouteraAuthLayer, Token, TokenError, TokenProvider, TokenRequest,
 };
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_test::mock;
@@ -33,17 +32,10 @@ where
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-fn provider_for(emulator: &Emulator) -> TokenProvider {
-    let exchange = HttpTokenExchange::new(client::<Full<Bytes>>())
-        .with_token_url(&emulator.token_url())
-        .unwrap();
-    TokenProvider::new(exchange, emulator.credentials())
-}
-
 #[tokio::test]
 async fn revoked_tokens_recover_with_one_exchange_for_500_concurrent_requests() {
     let emulator = Emulator::start().await.unwrap();
-    let provider = provider_for(&emulator);
+    let provider = emulator.provider();
     let api = ServiceBuilder::new()
         .retry(RetryOnUnauthorized::new())
         .layer(RouteraAuthLayer::new(provider.clone()))
@@ -90,7 +82,7 @@ async fn revoked_tokens_recover_with_one_exchange_for_500_concurrent_requests() 
 #[tokio::test]
 async fn a_request_whose_body_cannot_be_cloned_gets_the_401_unchanged() {
     let emulator = Emulator::start().await.unwrap();
-    let provider = provider_for(&emulator);
+    let provider = emulator.provider();
     let api = ServiceBuilder::new()
         .retry(RetryOnUnauthorized::new())
         .layer(RouteraAuthLayer::new(provider.clone()))
@@ -272,8 +264,8 @@ async fn two_providers_never_see_each_others_tokens() {
         .start()
         .await
         .unwrap();
-    let alpha_provider = provider_for(&alpha);
-    let beta_provider = provider_for(&beta);
+    let alpha_provider = alpha.provider();
+    let beta_provider = beta.provider();
 
     for (emulator, provider) in [(&alpha, &alpha_provider), (&beta, &beta_provider)] {
         let api = ServiceBuilder::new()
@@ -344,11 +336,7 @@ async fn the_exchange_composes_with_timeout_concurrency_limit_and_retry_layers()
         .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(5)))
         .layer(tower::limit::ConcurrencyLimitLayer::new(1))
         .layer(tower::retry::RetryLayer::new(RetryTransient(2)))
-        .service(
-            HttpTokenExchange::new(client::<Full<Bytes>>())
-                .with_token_url(&emulator.token_url())
-                .unwrap(),
-        );
+        .service(emulator.exchange());
     let provider = TokenProvider::new(exchange, emulator.credentials());
 
     // Two 503s in a row are absorbed by the retry layer inside one exchange.
@@ -363,11 +351,7 @@ async fn the_exchange_composes_with_timeout_concurrency_limit_and_retry_layers()
         ServiceBuilder::new()
             .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(5)))
             .layer(tower::retry::RetryLayer::new(RetryTransient(2)))
-            .service(
-                HttpTokenExchange::new(client::<Full<Bytes>>())
-                    .with_token_url(&emulator.token_url())
-                    .unwrap(),
-            ),
+            .service(emulator.exchange()),
         routera_auth::ClientCredentials::new("stranger", "nope"),
     );
     let err = stranger.token().await.unwrap_err();
@@ -384,11 +368,7 @@ async fn a_tower_timeout_around_the_exchange_is_a_timeout_error() {
         .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(
             200,
         )))
-        .service(
-            HttpTokenExchange::new(client::<Full<Bytes>>())
-                .with_token_url(&emulator.token_url())
-                .unwrap(),
-        );
+        .service(emulator.exchange());
     let provider = TokenProvider::new(exchange, emulator.credentials());
     let err = provider.token().await.unwrap_err();
     assert_eq!(err.kind(), routera_auth::TokenErrorKind::Timeout);

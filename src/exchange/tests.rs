@@ -1,11 +1,10 @@
-//! The exchange against a mocked HTTP service: wire format, parsing, error
-//! mapping, body limits.
+//! The exchange against a `tower_test` mock HTTP client: wire format,
+//! parsing, error mapping, body limits.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
@@ -13,66 +12,69 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
-use tower::{ServiceExt, service_fn};
+use tower::ServiceExt;
+use tower_test::mock;
 
 use super::*;
 use crate::error::TokenErrorKind;
 
 const WEIRD_SECRET: &str = "p: a+b/c&d%e=f g é";
 
+/// The HTTP client under the exchange: a `tower_test` mock that answers
+/// with `Response<B>`.
+type MockHttp<B = Full<Bytes>> = mock::Mock<Request<Full<Bytes>>, Response<B>>;
+
+/// What the mock answers a request with: a response, or a transport error.
+type Answer<B = Full<Bytes>> = Result<Response<B>, BoxError>;
+
+/// An HTTP request as the exchange sent it.
 #[derive(Debug)]
-struct Recorded {
+struct Sent {
     method: http::Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 }
 
-type Log = Arc<Mutex<Vec<Recorded>>>;
-
-/// An HTTP service that records each request and answers with the next
-/// response of `responses`.
-fn mock_http(
-    responses: Vec<Response<Full<Bytes>>>,
-) -> (
-    impl Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future: Send,
-    > + Clone
-    + Send
-    + 'static,
-    Log,
-) {
-    let log: Log = Arc::default();
-    let responses = Arc::new(Mutex::new(VecDeque::from(responses)));
-    let service_log = log.clone();
-    let service = service_fn(move |request: Request<Full<Bytes>>| {
-        let log = service_log.clone();
-        let responses = responses.clone();
-        async move {
-            let (parts, body) = request.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            log.lock().unwrap().push(Recorded {
-                method: parts.method,
-                uri: parts.uri,
-                headers: parts.headers,
-                body,
-            });
-            let response = responses
-                .lock()
-                .unwrap()
-                .pop_front()
-                .expect("no response left");
-            Ok::<_, Infallible>(response)
+/// Runs one exchange of `request` through `configure(HttpTokenExchange::new(mock))`,
+/// answering its HTTP request with `answer`: the result, and the request it
+/// sent, checked to be the only one (no retry, no redirect followed).
+async fn exchange_with<B>(
+    configure: impl FnOnce(HttpTokenExchange<MockHttp<B>>) -> HttpTokenExchange<MockHttp<B>>,
+    request: TokenRequest,
+    answer: Answer<B>,
+) -> (Result<Token, TokenError>, Sent)
+where
+    B: http_body::Body,
+    B::Error: Into<BoxError>,
+{
+    let (http, mut handle) = mock::pair();
+    let exchange = configure(HttpTokenExchange::new(http));
+    let respond = async {
+        let (sent, respond) = handle
+            .next_request()
+            .await
+            .expect("the exchange sends a request");
+        match answer {
+            Ok(response) => respond.send_response(response),
+            Err(err) => respond.send_error(err),
         }
-    });
-    (service, log)
+        let (parts, body) = sent.into_parts();
+        let Ok(body) = body.collect().await;
+        Sent {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body: body.to_bytes(),
+        }
+    };
+    let (result, sent) = tokio::join!(exchange.oneshot(request), respond);
+    // Every clone of the mock is dropped and nothing more was queued.
+    assert!(
+        matches!(handle.poll_request(), Poll::Ready(None)),
+        "the exchange sent more than one HTTP request"
+    );
+    (result, sent)
 }
 
 fn response(status: u16, content_type: Option<&str>, body: &str) -> Response<Full<Bytes>> {
@@ -85,12 +87,12 @@ fn response(status: u16, content_type: Option<&str>, body: &str) -> Response<Ful
         .unwrap()
 }
 
-fn ok_response() -> Response<Full<Bytes>> {
-    response(
+fn ok_response() -> Answer {
+    Ok(response(
         200,
         Some("application/json"),
         r#"{"access_token":"tok-1","expires_in":3600,"token_type":"Bearer"}"#,
-    )
+    ))
 }
 
 fn request(secret: &str) -> TokenRequest {
@@ -102,10 +104,10 @@ async fn exchange_once(
     content_type: Option<&str>,
     body: &str,
 ) -> Result<Token, TokenError> {
-    let (http, _) = mock_http(vec![response(status, content_type, body)]);
-    HttpTokenExchange::new(http)
-        .oneshot(request("secret"))
+    let answer = Ok(response(status, content_type, body));
+    exchange_with(|exchange| exchange, request("secret"), answer)
         .await
+        .0
 }
 
 fn form(body: &[u8]) -> Vec<(String, String)> {
@@ -114,19 +116,15 @@ fn form(body: &[u8]) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn request_body_auth_sends_the_contract_request() {
-    let (http, log) = mock_http(vec![ok_response()]);
-    let token = HttpTokenExchange::new(http)
-        .oneshot(request(WEIRD_SECRET))
-        .await
-        .unwrap();
+    let (token, sent) =
+        exchange_with(|exchange| exchange, request(WEIRD_SECRET), ok_response()).await;
+    let token = token.unwrap();
     assert_eq!(token.access_token().secret(), "tok-1");
     assert_eq!(
         token.expires_in(),
         Some(std::time::Duration::from_secs(3600))
     );
 
-    let log = log.lock().unwrap();
-    let sent = &log[0];
     assert_eq!(sent.method, http::Method::POST);
     assert_eq!(sent.uri, DEFAULT_TOKEN_URL);
     assert_eq!(
@@ -157,12 +155,14 @@ async fn request_body_auth_sends_the_contract_request() {
 
 #[tokio::test]
 async fn basic_auth_urlencodes_each_part_before_base64() {
-    let (http, log) = mock_http(vec![ok_response()]);
-    let exchange = HttpTokenExchange::new(http).with_auth_method(AuthMethod::BasicAuth);
-    exchange.oneshot(request(WEIRD_SECRET)).await.unwrap();
+    let (token, sent) = exchange_with(
+        |exchange| exchange.with_auth_method(AuthMethod::BasicAuth),
+        request(WEIRD_SECRET),
+        ok_response(),
+    )
+    .await;
+    token.unwrap();
 
-    let log = log.lock().unwrap();
-    let sent = &log[0];
     assert_eq!(&sent.body[..], b"grant_type=client_credentials");
     let authorization = &sent.headers[header::AUTHORIZATION];
     assert!(authorization.is_sensitive());
@@ -191,17 +191,20 @@ async fn basic_auth_urlencodes_each_part_before_base64() {
 
 #[tokio::test]
 async fn token_url_can_be_changed_and_is_validated() {
-    let (http, log) = mock_http(vec![ok_response()]);
-    let exchange = HttpTokenExchange::new(http)
-        .with_token_url("http://127.0.0.1:8080/oauth2/token")
-        .unwrap();
-    exchange.oneshot(request("s")).await.unwrap();
-    assert_eq!(
-        log.lock().unwrap()[0].uri,
-        "http://127.0.0.1:8080/oauth2/token"
-    );
+    let (token, sent) = exchange_with(
+        |exchange| {
+            exchange
+                .with_token_url("http://127.0.0.1:8080/oauth2/token")
+                .unwrap()
+        },
+        request("s"),
+        ok_response(),
+    )
+    .await;
+    token.unwrap();
+    assert_eq!(sent.uri, "http://127.0.0.1:8080/oauth2/token");
 
-    let (http, _) = mock_http(vec![]);
+    let (http, _): (MockHttp, _) = mock::pair();
     let exchange = HttpTokenExchange::new(http);
     for accepted in [
         "https://auth.example.com/oauth2/token",
@@ -344,32 +347,22 @@ async fn redirects_are_not_followed() {
         .header(header::LOCATION, "http://127.0.0.1:1/steal")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let (http, log) = mock_http(vec![redirect]);
-    let err = HttpTokenExchange::new(http)
-        .oneshot(request("s"))
-        .await
-        .unwrap_err();
+    // `exchange_with` checks that this is the only request.
+    let (result, sent) = exchange_with(|exchange| exchange, request("s"), Ok(redirect)).await;
+    let err = result.unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::UnexpectedStatus);
     assert_eq!(err.status(), Some(StatusCode::FOUND));
-    assert_eq!(
-        log.lock().unwrap().len(),
-        1,
-        "exactly one request, to the token URL"
-    );
+    assert_eq!(sent.uri, DEFAULT_TOKEN_URL, "one request, to the token URL");
 }
 
 #[tokio::test]
 async fn transport_errors_are_retryable() {
-    let http = service_fn(|_: Request<Full<Bytes>>| async {
-        Err::<Response<Full<Bytes>>, _>(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "connection refused",
-        ))
-    });
-    let err = HttpTokenExchange::new(http)
-        .oneshot(request("s"))
-        .await
-        .unwrap_err();
+    let refused: Answer = Err(Box::new(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "connection refused",
+    )));
+    let (result, _) = exchange_with(|exchange| exchange, request("s"), refused).await;
+    let err = result.unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::Transport);
     assert!(err.is_retryable());
     assert!(std::error::Error::source(&err).is_some());
@@ -395,43 +388,29 @@ impl http_body::Body for EndlessBody {
     }
 }
 
-/// An HTTP service answering `status` with an [`EndlessBody`], declaring
+/// A response of `status` with an [`EndlessBody`], declaring
 /// `content_length` if given; and the count of bytes the body gave out.
-fn endless_http(
+fn endless_response(
     status: u16,
     content_length: Option<usize>,
-) -> (
-    impl Service<
-        Request<Full<Bytes>>,
-        Response = Response<EndlessBody>,
-        Error = Infallible,
-        Future: Send,
-    > + Clone,
-    Arc<AtomicUsize>,
-) {
+) -> (Answer<EndlessBody>, Arc<AtomicUsize>) {
     let pulled = Arc::new(AtomicUsize::new(0));
-    let body_pulled = pulled.clone();
-    let http = service_fn(move |_: Request<Full<Bytes>>| {
-        let mut response = Response::builder().status(status);
-        if let Some(length) = content_length {
-            response = response.header(header::CONTENT_LENGTH, length);
-        }
-        let body = EndlessBody {
-            pulled: body_pulled.clone(),
-        };
-        std::future::ready(Ok::<_, Infallible>(response.body(body).unwrap()))
-    });
-    (http, pulled)
+    let mut response = Response::builder().status(status);
+    if let Some(length) = content_length {
+        response = response.header(header::CONTENT_LENGTH, length);
+    }
+    let body = EndlessBody {
+        pulled: pulled.clone(),
+    };
+    (Ok(response.body(body).unwrap()), pulled)
 }
 
 #[tokio::test]
 async fn bodies_over_64_kib_are_not_read_past_the_limit() {
     for status in [200, 500] {
-        let (http, pulled) = endless_http(status, None);
-        let err = HttpTokenExchange::new(http)
-            .oneshot(request("s"))
-            .await
-            .unwrap_err();
+        let (answer, pulled) = endless_response(status, None);
+        let (result, _) = exchange_with(|exchange| exchange, request("s"), answer).await;
+        let err = result.unwrap_err();
         let expected = if status == 200 {
             TokenErrorKind::InvalidResponse
         } else {
@@ -452,11 +431,9 @@ async fn bodies_over_64_kib_are_not_read_past_the_limit() {
 
 #[tokio::test]
 async fn a_declared_oversized_body_is_not_read_at_all() {
-    let (http, pulled) = endless_http(200, Some(10 * 1024 * 1024));
-    let err = HttpTokenExchange::new(http)
-        .oneshot(request("s"))
-        .await
-        .unwrap_err();
+    let (answer, pulled) = endless_response(200, Some(10 * 1024 * 1024));
+    let (result, _) = exchange_with(|exchange| exchange, request("s"), answer).await;
+    let err = result.unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::InvalidResponse);
     assert_eq!(pulled.load(Ordering::SeqCst), 0);
 }
@@ -473,10 +450,16 @@ async fn a_body_of_exactly_the_limit_is_read() {
 async fn the_secret_never_reaches_errors_or_debug() {
     let echo =
         format!(r#"{{"error":"invalid_client","error_description":"bad secret {WEIRD_SECRET}"}}"#);
-    let (http, _) = mock_http(vec![response(401, None, &echo)]);
-    let exchange = HttpTokenExchange::new(http);
-    assert!(!format!("{exchange:?}").contains(WEIRD_SECRET));
-    let err = exchange.oneshot(request(WEIRD_SECRET)).await.unwrap_err();
+    let (result, _) = exchange_with(
+        |exchange| {
+            assert!(!format!("{exchange:?}").contains(WEIRD_SECRET));
+            exchange
+        },
+        request(WEIRD_SECRET),
+        Ok(response(401, None, &echo)),
+    )
+    .await;
+    let err = result.unwrap_err();
     for text in [err.to_string(), format!("{err:?}")] {
         assert!(!text.contains(WEIRD_SECRET), "{text}");
         assert!(text.contains("[redacted]"), "{text}");

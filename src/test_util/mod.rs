@@ -1,18 +1,132 @@
-//! Test helpers: an in-process Routera emulator (feature `test-util`).
+//! Test doubles for code built on this crate (feature `test-util`), one
+//! for each seam of the stack:
 //!
-//! [`Emulator`] serves the token endpoint (`POST /oauth2/token`, as the
+//! | what is tested | double | in place of |
+//! |---|---|---|
+//! | a [`TokenProvider`](crate::TokenProvider) and what uses it | [`MockExchange`] | the token exchange |
+//! | a stack with [`RouteraAuthLayer`](crate::RouteraAuthLayer) | `tower_test::mock` | the inner HTTP service |
+//! | the whole flow, over real HTTP | [`Emulator`] | the Routera server |
+//!
+//! (The fourth seam, the HTTP client under
+//! [`HttpTokenExchange`](crate::HttpTokenExchange), takes any
+//! `tower::Service<http::Request<Full<Bytes>>>`, a `service_fn` included.)
+//!
+//! # The exchange under the provider: [`MockExchange`]
+//!
+//! No socket: the mock answers each exchange with a new token, or from a
+//! script, and counts what it was asked. With paused Tokio time, expiry,
+//! refresh and backoff run without waiting.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use routera_auth::test_util::MockExchange;
+//!
+//! let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::from_secs(1));
+//! let provider = exchange.provider();
+//!
+//! // A hundred concurrent callers wait on one exchange.
+//! let callers: Vec<_> = (0..100)
+//!     .map(|_| {
+//!         let provider = provider.clone();
+//!         tokio::spawn(async move { provider.token().await })
+//!     })
+//!     .collect();
+//! for caller in callers {
+//!     assert_eq!(caller.await??.secret(), "token-1");
+//! }
+//! assert_eq!(exchange.calls(), 1);
+//!
+//! // An hour later the token has been renewed, once.
+//! tokio::time::sleep(Duration::from_secs(3600)).await;
+//! assert_eq!(provider.token().await?.secret(), "token-2");
+//! assert_eq!(exchange.calls(), 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The service under the layer: `tower_test`
+//!
+//! `tower_test::mock::pair` hands the test every request the layer lets
+//! through, headers included, and lets it choose the response. A clone of
+//! the mock starts not ready and panics if called unready, so it also
+//! catches a stack that skips `poll_ready`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use http::{Request, Response, header::AUTHORIZATION};
+//! use routera_auth::RouteraAuthLayer;
+//! use routera_auth::test_util::MockExchange;
+//! use tower::{Layer, ServiceExt};
+//!
+//! let provider = MockExchange::new(Duration::from_secs(3600)).provider();
+//! let (inner, mut handle) = tower_test::mock::pair::<Request<String>, Response<String>>();
+//! let service = RouteraAuthLayer::new(provider).layer(inner);
+//!
+//! handle.allow(1);
+//! let call = tokio::spawn(service.oneshot(Request::new(String::from("hello"))));
+//! let (request, respond) = handle.next_request().await.ok_or("no request reached the mock")?;
+//! let authorization = &request.headers()[AUTHORIZATION];
+//! assert_eq!(authorization, "Bearer token-1");
+//! assert!(authorization.is_sensitive());
+//! assert_eq!(request.body(), "hello");
+//!
+//! respond.send_response(Response::new(String::from("world")));
+//! assert_eq!(call.await??.into_body(), "world");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # End to end: [`Emulator`]
+//!
+//! The emulator serves the token endpoint (`POST /oauth2/token`, as the
 //! Routera contract and RFC 6749 describe it) and one protected resource
-//! (`/v1/ping`) over plain HTTP/1.1 on `127.0.0.1`, so tests and examples can
-//! exercise the whole client-credentials flow without the network. It counts
-//! requests, records the last token request for wire-format assertions, and
-//! can revoke tokens or shorten their lifetime. Token expiry follows
-//! [`tokio::time::Instant`], so it obeys paused time in tests.
+//! (`/v1/ping`, which accepts only the tokens it issued) over plain
+//! HTTP/1.1 on `127.0.0.1`, so the whole client-credentials flow runs
+//! without the network. [`Emulator::provider`] is a provider wired to it;
+//! [`Emulator::exchange`] the exchange under it, for providers with other
+//! options. Token expiry follows [`tokio::time::Instant`], so it obeys
+//! paused time.
 //!
-//! To test how a client survives a failing token endpoint, inject a
-//! [`Fault`]: error statuses, HTML pages, `Retry-After`, redirects, a request
-//! that never gets an answer, a connection reset in the middle of the body, or
-//! a body too large to accept. [`Emulator::issued_tokens`] lists every token
-//! issued, for asserting that none leaks into logs or errors.
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # use bytes::Bytes;
+//! # use http_body_util::Empty;
+//! # use hyper_util::client::legacy::Client;
+//! # use hyper_util::rt::TokioExecutor;
+//! use http::{Request, StatusCode};
+//! use routera_auth::RouteraAuthLayer;
+//! use routera_auth::test_util::Emulator;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let emulator = Emulator::start().await?;
+//! let api = ServiceBuilder::new()
+//!     .layer(RouteraAuthLayer::new(emulator.provider()))
+//!     .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
+//!
+//! for _ in 0..3 {
+//!     let request = Request::get(emulator.resource_url()).body(Empty::new())?;
+//!     assert_eq!(api.clone().oneshot(request).await?.status(), StatusCode::OK);
+//! }
+//! assert_eq!(emulator.exchange_count(), 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! While it runs, a test can make the token endpoint misbehave with a
+//! [`Fault`] ([`Emulator::inject`], [`Emulator::inject_times`]): error
+//! statuses, HTML pages, `Retry-After`, redirects, a slow answer, a request
+//! that never gets an answer, a connection reset in the middle of the body,
+//! or a body too large to accept. It can also rotate a client's secret
+//! ([`Emulator::set_client`]), revoke every token, or shorten their
+//! lifetime. It counts requests, records the last token request for
+//! wire-format assertions, and lists every token issued
+//! ([`Emulator::issued_tokens`]), for asserting that none leaks into logs
+//! or errors.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -25,7 +139,6 @@
 //!     .await?;
 //! assert!(emulator.token_url().ends_with("/oauth2/token"));
 //! assert_eq!(emulator.credentials().client_id(), "my-service");
-//! assert_eq!(emulator.exchange_count(), 0);
 //!
 //! // The next two token requests get a 503, then the endpoint recovers.
 //! emulator.inject_times(Fault::retry_after(503, 1), 2);
@@ -38,5 +151,7 @@
 mod emulator;
 mod mock;
 
-pub use emulator::{Emulator, EmulatorBuilder, Fault, RecordedRequest, TokenValidator};
+pub use emulator::{
+    Emulator, EmulatorBuilder, EmulatorExchange, Fault, RecordedRequest, TokenValidator,
+};
 pub use mock::{MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockAnswer, MockExchange};

@@ -1,38 +1,75 @@
 //! Test doubles shared by the integration tests.
 #![allow(dead_code)]
 
+use std::task::Poll;
+
+use bytes::Bytes;
+use http_body_util::Full;
 use routera_auth::test_util::MockExchange;
-use routera_auth::{ClientCredentials, TokenError, TokenRequest};
+use routera_auth::{
+    BoxError, ClientCredentials, HttpTokenExchange, Token, TokenError, TokenRequest,
+};
+use tower::ServiceExt;
+use tower_test::mock;
 
 /// The credentials of `MockExchange::provider`.
 pub fn credentials() -> ClientCredentials {
     MockExchange::credentials()
 }
 
+/// The HTTP client under an `HttpTokenExchange` in these tests: a
+/// `tower_test` mock.
+pub type MockHttp = mock::Mock<http::Request<Full<Bytes>>, http::Response<Full<Bytes>>>;
+
+/// Runs one exchange of `request` through `configure(HttpTokenExchange::new(mock))`,
+/// answering its HTTP request with `answer` (a response, or a transport
+/// error): the result, and the request it sent, checked to be the only one.
+pub async fn exchange_once(
+    configure: impl FnOnce(HttpTokenExchange<MockHttp>) -> HttpTokenExchange<MockHttp>,
+    request: TokenRequest,
+    answer: Result<http::Response<Full<Bytes>>, BoxError>,
+) -> (Result<Token, TokenError>, http::Request<Full<Bytes>>) {
+    let (http, mut handle) = mock::pair();
+    let exchange = configure(HttpTokenExchange::new(http));
+    let respond = async {
+        let (sent, respond) = handle
+            .next_request()
+            .await
+            .expect("the exchange sends a request");
+        match answer {
+            Ok(response) => respond.send_response(response),
+            Err(err) => respond.send_error(err),
+        }
+        sent
+    };
+    let (result, sent) = tokio::join!(exchange.oneshot(request), respond);
+    assert!(
+        matches!(handle.poll_request(), Poll::Ready(None)),
+        "the exchange sent more than one HTTP request"
+    );
+    (result, sent)
+}
+
 /// The error a real `HttpTokenExchange` makes of one canned HTTP answer
 /// (a response, or a transport error).
-pub async fn exchange_error(
-    answer: Result<http::Response<bytes::Bytes>, std::io::Error>,
-) -> TokenError {
-    use http_body_util::Full;
-    use tower::ServiceExt;
-
-    let answer = std::sync::Arc::new(std::sync::Mutex::new(Some(answer)));
-    let http = tower::service_fn(move |_: http::Request<Full<bytes::Bytes>>| {
-        let answer = answer.lock().unwrap().take().expect("one request");
-        std::future::ready(answer.map(|response| response.map(Full::new)))
-    });
-    routera_auth::HttpTokenExchange::new(http)
-        .oneshot(TokenRequest::new(credentials()))
-        .await
-        .unwrap_err()
+pub async fn exchange_error(answer: Result<http::Response<Bytes>, std::io::Error>) -> TokenError {
+    let answer = answer
+        .map(|response| response.map(Full::new))
+        .map_err(BoxError::from);
+    let (result, _) = exchange_once(
+        |exchange| exchange,
+        TokenRequest::new(credentials()),
+        answer,
+    )
+    .await;
+    result.unwrap_err()
 }
 
 /// A `TokenError` of the given status, as the HTTP exchange makes it.
 pub async fn status_error(status: u16, body: &str) -> TokenError {
     let response = http::Response::builder()
         .status(status)
-        .body(bytes::Bytes::from(body.to_owned()))
+        .body(Bytes::from(body.to_owned()))
         .unwrap();
     exchange_error(Ok(response)).await
 }

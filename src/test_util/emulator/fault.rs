@@ -1,31 +1,16 @@
-//! [`Fault`], and the answers the token endpoint gives under one, including
-//! the two bodies no `http-body-util` type produces: one that breaks in the
-//! middle, one that streams a large size in chunks.
+//! [`Fault`], and the answers the token endpoint gives under one.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
-use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use serde_json::json;
 
+use super::fault_body::{OversizedBody, RESET_DECLARED_LENGTH, ResetBody};
 use super::server::{Aborted, Body, full};
 use super::state::State;
-
-/// What [`Fault::ResetMidResponse`] sends of its body before aborting.
-const RESET_PREFIX: &[u8] = br#"{"access_token":""#;
-/// `Content-Length` that [`Fault::ResetMidResponse`] declares.
-const RESET_DECLARED_LENGTH: usize = 1000;
-/// Size of the chunks of a [`Fault::Oversized`] body.
-const OVERSIZED_CHUNK: usize = 16 * 1024;
-/// Start of an [`Fault::Oversized`] body of at least
-/// `OVERSIZED_PREFIX.len() + OVERSIZED_SUFFIX.len()` bytes.
-const OVERSIZED_PREFIX: &[u8] = br#"{"padding":""#;
-/// End of such a body.
-const OVERSIZED_SUFFIX: &[u8] = br#""}"#;
 
 /// A way for the token endpoint to misbehave; see
 /// [`Emulator::inject`](super::Emulator::inject).
@@ -35,8 +20,8 @@ const OVERSIZED_SUFFIX: &[u8] = br#""}"#;
 /// it for [`Emulator::last_token_request`](super::Emulator::last_token_request),
 /// but issues no token, whatever the credentials:
 /// [`Emulator::exchange_count`](super::Emulator::exchange_count) does not
-/// move. Faults apply to every request to `/oauth2/token`, whatever its
-/// method.
+/// move. The exception is [`Fault::Slow`], a normal answer that comes late.
+/// Faults apply to every request to `/oauth2/token`, whatever its method.
 ///
 /// The constructors take the status as a number; a number that is not a
 /// valid HTTP status (outside `100..=999`) becomes 500. 1xx statuses cannot
@@ -51,7 +36,8 @@ const OVERSIZED_SUFFIX: &[u8] = br#""}"#;
 /// let unavailable = Fault::retry_after(503, 30);
 /// let gateway_page = Fault::html(502);
 /// let huge = Fault::Oversized { len: 1 << 20, declare_length: false };
-/// # let _ = (unavailable, gateway_page, huge);
+/// let slow = Fault::slow(std::time::Duration::from_secs(5));
+/// # let _ = (unavailable, gateway_page, huge, slow);
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -94,6 +80,29 @@ pub enum Fault {
         /// reading it. `true`: `Content-Length: len` is sent, so a client can
         /// refuse the body before reading it.
         declare_length: bool,
+    },
+    /// Answer normally, but only `delay` after the request was read: the
+    /// request is counted and recorded at once; the credentials are checked
+    /// and the token is issued (its lifetime starting) when the delay is
+    /// over. Build it with [`Fault::slow`].
+    ///
+    /// The delay is a [`tokio::time::sleep`], so under paused Tokio time it
+    /// passes as soon as the runtime has nothing else to do, and a client's
+    /// own timeout, if shorter, fires first. Like [`Fault::Hang`], a slow
+    /// answer still waiting when the [`Emulator`](super::Emulator) is
+    /// dropped is never sent: the connection is closed.
+    ///
+    /// It is one fault among others, not a modifier: injecting it replaces
+    /// any other fault, and a slow error answer cannot be made.
+    /// [`Emulator::inject`](super::Emulator::inject) makes every token
+    /// request slow until [`Emulator::clear_fault`](super::Emulator::clear_fault);
+    /// [`Emulator::inject_times`](super::Emulator::inject_times) only the
+    /// next `n`. The delay is chosen when a request arrives: clearing the
+    /// fault does not hurry requests already waiting.
+    #[non_exhaustive]
+    Slow {
+        /// How long the answer waits.
+        delay: Duration,
     },
 }
 
@@ -156,6 +165,11 @@ impl Fault {
         Self::respond(status, headers, Bytes::new())
     }
 
+    /// [`Fault::Slow`]: the normal answer, `delay` late.
+    pub fn slow(delay: Duration) -> Self {
+        Self::Slow { delay }
+    }
+
     /// [`Fault::Respond`] with `status` read as [`status_code`] does.
     fn respond(status: u16, headers: HeaderMap, body: Bytes) -> Self {
         Self::Respond {
@@ -192,9 +206,22 @@ fn location_value(location: &str) -> HeaderValue {
     HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static("/"))
 }
 
-/// The answer of the token endpoint under `fault`. An error closes the
+/// Resolves once the [`Emulator`](super::Emulator) handle is dropped.
+async fn dropped(state: &State) {
+    // Nothing is ever sent on the channel: `changed` fails once the handle
+    // is dropped. If the client closes the connection first, hyper drops
+    // the future waiting on this.
+    let mut shutdown = state.shutdown.clone();
+    while shutdown.changed().await.is_ok() {}
+}
+
+/// The answer of the token endpoint under `fault`, or `None` for the normal
+/// answer (after the wait of a [`Fault::Slow`]). An error closes the
 /// connection without an answer.
-pub(super) async fn respond(state: &State, fault: Fault) -> Result<Response<Body>, Aborted> {
+pub(super) async fn respond(
+    state: &State,
+    fault: Fault,
+) -> Result<Option<Response<Body>>, Aborted> {
     let (status, headers, body) = match fault {
         Fault::Respond {
             status,
@@ -202,14 +229,18 @@ pub(super) async fn respond(state: &State, fault: Fault) -> Result<Response<Body
             body,
         } => (status, headers, full(body)),
         Fault::Hang => {
-            // Nothing is ever sent on the channel: `changed` fails once the
-            // handle is dropped. If the client closes the connection first,
-            // hyper drops this future.
-            let mut shutdown = state.shutdown.clone();
-            while shutdown.changed().await.is_ok() {}
+            dropped(state).await;
             return Err(Aborted(
                 "hung token request released by dropping the emulator",
             ));
+        }
+        Fault::Slow { delay } => {
+            return match tokio::time::timeout(delay, dropped(state)).await {
+                Err(_elapsed) => Ok(None),
+                Ok(()) => Err(Aborted(
+                    "slow token request released by dropping the emulator",
+                )),
+            };
         }
         Fault::ResetMidResponse => {
             let mut headers = content_type("application/json");
@@ -217,11 +248,7 @@ pub(super) async fn respond(state: &State, fault: Fault) -> Result<Response<Body
                 header::CONTENT_LENGTH,
                 HeaderValue::from(RESET_DECLARED_LENGTH),
             );
-            let body = ResetBody {
-                prefix: Some(Bytes::from_static(RESET_PREFIX)),
-                paused: false,
-            };
-            (StatusCode::OK, headers, body.boxed())
+            (StatusCode::OK, headers, ResetBody::new().boxed())
         }
         Fault::Oversized {
             len,
@@ -231,111 +258,14 @@ pub(super) async fn respond(state: &State, fault: Fault) -> Result<Response<Body
             if declare_length {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
-            let body = OversizedBody {
-                sent: 0,
-                len,
-                declare_length,
-            };
+            let body = OversizedBody::new(len, declare_length);
             (StatusCode::OK, headers, body.boxed())
         }
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    Ok(response)
-}
-
-/// The body of [`Fault::ResetMidResponse`]: `prefix`, then one `Pending` so
-/// that hyper flushes what it has, then an error, on which hyper drops the
-/// connection. Its size is unknown and it never reports its end in advance.
-struct ResetBody {
-    prefix: Option<Bytes>,
-    paused: bool,
-}
-
-impl http_body::Body for ResetBody {
-    type Data = Bytes;
-    type Error = Aborted;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
-        let this = self.get_mut();
-        if let Some(prefix) = this.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
-        }
-        if !this.paused {
-            this.paused = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        Poll::Ready(Some(Err(Aborted(
-            "response aborted mid-body by fault injection",
-        ))))
-    }
-}
-
-/// The body of [`Fault::Oversized`]: `len` bytes in chunks, `sent` so far.
-/// It never reports its end in advance: a chunked body stays chunked even
-/// when empty.
-struct OversizedBody {
-    sent: usize,
-    len: usize,
-    declare_length: bool,
-}
-
-impl http_body::Body for OversizedBody {
-    type Data = Bytes;
-    type Error = Aborted;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Aborted>>> {
-        let this = self.get_mut();
-        if this.sent >= this.len {
-            return Poll::Ready(None);
-        }
-        let end = this.len.saturating_sub(this.sent).min(OVERSIZED_CHUNK) + this.sent;
-        let chunk: Vec<u8> = (this.sent..end)
-            .map(|at| oversized_byte(at, this.len))
-            .collect();
-        this.sent = end;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let remaining = u64::try_from(self.len.saturating_sub(self.sent)).unwrap_or(u64::MAX);
-        if self.declare_length {
-            SizeHint::with_exact(remaining)
-        } else {
-            // No upper bound, or hyper would send a Content-Length.
-            let mut hint = SizeHint::new();
-            hint.set_lower(remaining);
-            hint
-        }
-    }
-}
-
-/// Byte `at` of an oversized body of `len` bytes: `{"padding":"aaa…a"}`, or
-/// spaces when that does not fit.
-fn oversized_byte(at: usize, len: usize) -> u8 {
-    let frame = OVERSIZED_PREFIX.len() + OVERSIZED_SUFFIX.len();
-    if len < frame {
-        return b' ';
-    }
-    let suffix_start = len - OVERSIZED_SUFFIX.len();
-    if let Some(&byte) = OVERSIZED_PREFIX.get(at) {
-        byte
-    } else if at >= suffix_start {
-        OVERSIZED_SUFFIX
-            .get(at - suffix_start)
-            .copied()
-            .unwrap_or(b' ')
-    } else {
-        b'a'
-    }
+    Ok(Some(response))
 }
 
 #[cfg(test)]
@@ -347,8 +277,10 @@ mod tests {
     use serde_json::Value;
 
     use super::super::Emulator;
+    use super::super::fault_body::RESET_PREFIX;
     use super::super::test_client::{
-        exchange_body, exchange_response, host, issue_token, ping, read_frames, send,
+        body_auth, connect, exchange_body, exchange_request, exchange_response, host, issue_token,
+        ping, read_frames, send, token_request,
     };
     use super::*;
 
@@ -540,21 +472,65 @@ mod tests {
         assert_eq!(emulator.exchange_count(), 0);
     }
 
-    #[test]
-    fn oversized_bodies_are_valid_json_when_they_can_be() {
-        let body = |len| {
-            (0..len)
-                .map(|at| oversized_byte(at, len))
-                .collect::<Vec<u8>>()
-        };
-        assert_eq!(body(14), br#"{"padding":""}"#);
-        assert_eq!(body(15), br#"{"padding":"a"}"#);
-        assert_eq!(body(13), b"             ");
-        assert!(body(0).is_empty());
-        let fault = Fault::Oversized {
-            len: 3,
-            declare_length: true,
-        };
-        assert!(format!("{:?}", fault.clone()).contains("Oversized"));
+    #[tokio::test(start_paused = true)]
+    async fn slow_answers_normally_once_the_delay_has_passed_on_tokio_time() {
+        let emulator = Emulator::start().await.unwrap();
+        emulator.set_expires_in(Duration::from_secs(60));
+        let delay = Duration::from_secs(30);
+        emulator.inject_times(Fault::slow(delay), 1);
+
+        let start = tokio::time::Instant::now();
+        let answer = exchange_body(&emulator).await;
+        let waited = start.elapsed();
+        assert!(
+            delay <= waited && waited < delay + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.json()["expires_in"], 60);
+        let token = answer.json()["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(emulator.issued_tokens(), std::slice::from_ref(&token));
+        assert_eq!(emulator.token_requests(), 1);
+
+        // The token's lifetime started when it was issued, after the delay.
+        let validator = emulator.token_validator();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(validator.is_valid(&token));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!validator.is_valid(&token));
+
+        // Injected once: the next answer comes at once.
+        let start = tokio::time::Instant::now();
+        issue_token(&emulator).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        // Still a normal answer: wrong credentials are refused, late.
+        emulator.inject(Fault::slow(delay));
+        let wrong = body_auth("routera-test-client", "wrong");
+        let start = tokio::time::Instant::now();
+        let request = token_request(&emulator, None, &wrong);
+        let answer = send(&emulator, request).await;
+        assert!(start.elapsed() >= delay);
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(emulator.exchange_count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_answer_is_never_sent_once_the_emulator_is_dropped() {
+        let emulator = Emulator::start().await.unwrap();
+        emulator.inject(Fault::slow(Duration::from_secs(3600)));
+        let (mut sender, _connection) = connect(&emulator).await;
+        let request = exchange_request(&emulator);
+        let pending = tokio::spawn(async move { sender.send_request(request).await });
+        // Yielding lets the I/O run without moving the paused clock.
+        while emulator.token_requests() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(emulator);
+        // Were the answer not released, the clock would jump an hour and
+        // the answer would be a 200.
+        let outcome = pending.await.unwrap();
+        let error = outcome.expect_err("a slow answer outlived the emulator");
+        assert!(error.is_incomplete_message(), "{error:?}");
     }
 }

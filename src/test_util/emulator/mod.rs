@@ -6,9 +6,14 @@
 //! * `server`: the accept loop, routing, and the body of every response;
 //! * `token_endpoint`: `POST /oauth2/token`;
 //! * `resource`: the protected resource and [`TokenValidator`];
-//! * `fault`: [`Fault`] and the answers given under one.
+//! * `fault`: [`Fault`] and the answers given under one;
+//! * `fault_body`: the bodies of the faults that stream or break;
+//! * `exchange`: the client side, [`EmulatorExchange`],
+//!   [`Emulator::exchange`] and [`Emulator::provider`].
 
+mod exchange;
 mod fault;
+mod fault_body;
 mod resource;
 mod server;
 mod state;
@@ -16,6 +21,7 @@ mod state;
 mod test_client;
 mod token_endpoint;
 
+pub use exchange::EmulatorExchange;
 pub use fault::Fault;
 pub use resource::TokenValidator;
 pub use state::RecordedRequest;
@@ -31,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::resource::RESOURCE_PATH;
-use self::state::{ArmedFault, State, lock};
+use self::state::{ArmedFault, State, lock, set_client};
 use self::token_endpoint::TOKEN_PATH;
 
 /// Client registered when the builder is given none.
@@ -63,10 +69,13 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 /// endpoint misbehave (see [`Fault`]); the protected resource is never
 /// affected.
 ///
+/// [`Emulator::provider`] and [`Emulator::exchange`] give the client side,
+/// wired to it.
+///
 /// Dropping the handle stops accepting connections and closes, without an
-/// answer, every connection held by a [`Fault::Hang`]; other connections
-/// already open may finish. `Debug` shows the address and the counters, never
-/// a secret or a token.
+/// answer, every connection held by a [`Fault::Hang`] or waiting on a
+/// [`Fault::Slow`]; other connections already open may finish. `Debug`
+/// shows the address and the counters, never a secret or a token.
 pub struct Emulator {
     addr: SocketAddr,
     state: Arc<State>,
@@ -119,9 +128,10 @@ impl Emulator {
         format!("http://{}{RESOURCE_PATH}", self.addr)
     }
 
-    /// The credentials of the first registered client.
+    /// The credentials of the first registered client, with its current
+    /// secret (see [`Emulator::set_client`]).
     pub fn credentials(&self) -> crate::ClientCredentials {
-        match self.state.clients.first() {
+        match lock(&self.state.clients).first() {
             Some((id, secret)) => crate::ClientCredentials::new(id.as_str(), secret.as_str()),
             // The builder always registers at least one client.
             None => crate::ClientCredentials::new(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
@@ -142,6 +152,45 @@ impl Emulator {
     /// How many requests reached the protected resource, accepted or not.
     pub fn resource_requests(&self) -> u64 {
         self.state.resource_requests.load(Ordering::SeqCst)
+    }
+
+    /// Registers a client while the emulator runs, or replaces the secret of
+    /// a registered one: for secret-rotation tests.
+    ///
+    /// From now on the token endpoint accepts `id` only with `secret`; the
+    /// old secret gets a 401 `invalid_client`. Tokens already issued, to this
+    /// client or another, stay valid until they expire or
+    /// [`Emulator::revoke_all`] is called, as with a real authorization
+    /// server. A request is checked against the clients registered when its
+    /// answer is built (after the delay of a [`Fault::Slow`]).
+    ///
+    /// A new client is registered after the others, so
+    /// [`Emulator::credentials`] changes only when `id` is the first client,
+    /// and then returns the new secret. Providers already built keep the
+    /// credentials they were given: hand them the new ones with
+    /// [`TokenProvider::set_credentials`](crate::TokenProvider::set_credentials).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use routera_auth::test_util::Emulator;
+    ///
+    /// let emulator = Emulator::start().await?;
+    /// let provider = emulator.provider();
+    /// let before = provider.token().await?;
+    ///
+    /// let id = emulator.credentials().client_id().to_owned();
+    /// emulator.set_client(id.as_str(), "rotated-secret");
+    /// assert!(provider.refresh().await.is_err(), "the old secret is refused");
+    /// assert!(emulator.token_validator().is_valid(before.secret()), "old tokens still work");
+    ///
+    /// provider.set_credentials(emulator.credentials());
+    /// assert_ne!(provider.refresh().await?, before);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_client(&self, id: impl Into<String>, secret: impl Into<String>) {
+        set_client(&mut lock(&self.state.clients), id.into(), secret.into());
     }
 
     /// Revokes every token issued so far: the protected resource rejects them
@@ -170,8 +219,9 @@ impl Emulator {
     }
 
     /// From now on, every request to the token endpoint gets `fault`
-    /// instead of its normal answer, until [`Emulator::clear_fault`] or
-    /// another `inject`. Replaces any fault injected before.
+    /// instead of its normal answer (for [`Fault::Slow`], its normal answer
+    /// late), until [`Emulator::clear_fault`] or another `inject`. Replaces
+    /// any fault injected before.
     ///
     /// The request is still read, counted in [`Emulator::token_requests`]
     /// and recorded for [`Emulator::last_token_request`];
@@ -225,12 +275,8 @@ impl Drop for Emulator {
 
 impl fmt::Debug for Emulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let client_ids: Vec<&str> = self
-            .state
-            .clients
-            .iter()
-            .map(|(id, _)| id.as_str())
-            .collect();
+        let clients = lock(&self.state.clients);
+        let client_ids: Vec<&str> = clients.iter().map(|(id, _)| id.as_str()).collect();
         f.debug_struct("Emulator")
             .field("addr", &self.addr)
             .field("client_ids", &client_ids)
@@ -253,11 +299,7 @@ impl EmulatorBuilder {
     /// `routera-test-client` / `routera-test-secret` is registered.
     /// [`Emulator::credentials`] returns the first client registered.
     pub fn client(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
-        let (id, secret) = (id.into(), secret.into());
-        match self.clients.iter_mut().find(|(known, _)| *known == id) {
-            Some(entry) => entry.1 = secret,
-            None => self.clients.push((id, secret)),
-        }
+        set_client(&mut self.clients, id.into(), secret.into());
         self
     }
 
@@ -413,6 +455,39 @@ mod tests {
         let debug = format!("{emulator:?}");
         for token in &issued {
             assert!(!debug.contains(token.as_str()), "{debug}");
+        }
+    }
+
+    #[tokio::test]
+    async fn set_client_rotates_a_secret_or_adds_a_client_at_run_time() {
+        let emulator = Emulator::start().await.unwrap();
+        let before = issue_token(&emulator).await;
+        let id = emulator.credentials().client_id().to_owned();
+        let old = body_auth(&id, "routera-test-secret");
+
+        emulator.set_client(id.as_str(), "rotated");
+        let answer = send(&emulator, token_request(&emulator, None, &old)).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(emulator.credentials().client_secret(), "rotated");
+        let after = issue_token(&emulator).await;
+        // Tokens issued before the rotation are still accepted.
+        for token in [&before, &after] {
+            let answer = ping(&emulator, Some(&format!("Bearer {token}"))).await;
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+
+        // A new client goes after the others: the first one stays first.
+        emulator.set_client("late-client", "late-secret");
+        let late = body_auth("late-client", "late-secret");
+        let answer = send(&emulator, token_request(&emulator, None, &late)).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(emulator.credentials().client_id(), id);
+        assert_eq!(emulator.exchange_count(), 3);
+
+        let debug = format!("{emulator:?}");
+        assert!(debug.contains("late-client"), "{debug}");
+        for secret in ["late-secret", "rotated", "routera-test-secret"] {
+            assert!(!debug.contains(secret), "{debug}");
         }
     }
 

@@ -44,7 +44,7 @@ impl RecordedRequest {
 /// State shared between the handle and the server tasks.
 pub(super) struct State {
     /// Registered clients, in registration order, ids unique.
-    pub(super) clients: Vec<(String, String)>,
+    pub(super) clients: Mutex<Vec<(String, String)>>,
     /// Lifetime of tokens issued from now on.
     pub(super) expires_in: Mutex<Duration>,
     /// Every token issued.
@@ -86,7 +86,7 @@ impl State {
         shutdown: watch::Receiver<()>,
     ) -> Self {
         Self {
-            clients,
+            clients: Mutex::new(clients),
             expires_in: Mutex::new(expires_in),
             tokens: Mutex::new(Tokens::default()),
             exchange_count: AtomicU64::new(0),
@@ -111,6 +111,15 @@ impl State {
             }
         }
         Some(fault)
+    }
+}
+
+/// Registers `id` with `secret` in `clients`: replaces the secret if `id`
+/// is known, appends the client otherwise.
+pub(super) fn set_client(clients: &mut Vec<(String, String)>, id: String, secret: String) {
+    match clients.iter_mut().find(|(known, _)| *known == id) {
+        Some(entry) => entry.1 = secret,
+        None => clients.push((id, secret)),
     }
 }
 

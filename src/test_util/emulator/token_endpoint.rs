@@ -27,7 +27,7 @@ const BASIC_CHALLENGE: &str = r#"Basic realm="routera""#;
 
 /// `/oauth2/token`: counts, reads and records the request, then answers it
 /// with the injected fault if there is one, with [`token_response`]
-/// otherwise.
+/// otherwise (or after a [`Fault::Slow`](super::Fault::Slow) delay).
 pub(super) async fn serve(
     state: &State,
     request: Request<Incoming>,
@@ -49,7 +49,9 @@ pub(super) async fn serve(
         Err(error) => Err(error),
     };
     if let Some(fault) = fault {
-        return fault::respond(state, fault).await;
+        if let Some(response) = fault::respond(state, fault).await? {
+            return Ok(response);
+        }
     }
     Ok(match recorded {
         Ok(recorded) => token_response(state, &recorded),
@@ -142,8 +144,7 @@ fn token_response(state: &State, request: &RecordedRequest) -> Response<Body> {
             }
         },
     };
-    let known = state
-        .clients
+    let known = lock(&state.clients)
         .iter()
         .any(|(known_id, known_secret)| *known_id == id && *known_secret == secret);
     if !known {
