@@ -9,25 +9,12 @@ use std::time::Duration;
 
 use common::credentials;
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use routera_auth::test_util::MockExchange;
 use routera_auth::{RouteraAuthLayer, TokenProvider};
 use tokio::time::{Instant, advance};
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt, service_fn};
-
-/// An inner service that answers with the `Authorization` header it got.
-fn echo() -> impl Service<
-    Request<()>,
-    Response = Response<HeaderValue>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Response<HeaderValue>, Infallible>>,
-> + Clone {
-    service_fn(|request: Request<()>| {
-        let header = request.headers()[AUTHORIZATION].clone();
-        std::future::ready(Ok(Response::new(header)))
-    })
-}
 
 /// The runtime's only worker thread is stuck in a blocking call past the
 /// token's deadline: a request from another thread must not carry the
@@ -107,7 +94,12 @@ async fn steady_traffic_renews_at_most_once_per_half_lifetime_without_waiting() 
         let lifetime = Duration::from_secs(secs);
         let exchange = MockExchange::new(lifetime).with_delay(Duration::from_millis(20));
         let provider = exchange.provider();
-        let service = RouteraAuthLayer::new(provider.clone()).layer(echo());
+        // The inner service answers with the `Authorization` header it got.
+        let service =
+            RouteraAuthLayer::new(provider.clone()).layer(service_fn(|request: Request<()>| {
+                let header = request.headers()[AUTHORIZATION].clone();
+                std::future::ready(Ok::<_, Infallible>(Response::new(header)))
+            }));
         service.clone().oneshot(Request::new(())).await.unwrap();
 
         let start = Instant::now();
