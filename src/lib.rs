@@ -83,6 +83,13 @@ pub use provider::{
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, ProviderStats,
     TokenProvider, TokenProviderBuilder, TokenTiming,
 };
+/// The `reqwest` crate whose types [`ReqwestService`] and
+/// [`HttpTokenExchange::reqwest`] take (0.13): build clients with
+/// `routera_auth::reqwest::Client` when the application depends on another
+/// reqwest version.
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub use reqwest;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use reqwest_adapter::{ReqwestFuture, ReqwestService};

@@ -229,7 +229,8 @@ mod reqwest_backend {
         let provider = TokenProvider::new(exchange, emulator.credentials());
         let api = ServiceBuilder::new()
             .layer(RouteraAuthLayer::new(provider))
-            .service(ReqwestService::new(reqwest::Client::new()));
+            // The re-exported reqwest: the version the public API takes.
+            .service(ReqwestService::new(routera_auth::reqwest::Client::new()));
         for _ in 0..3 {
             let request = Request::get(emulator.resource_url())
                 .body(String::new())
