@@ -60,9 +60,16 @@ impl ClientCredentials {
     fn from_lookup(
         lookup: impl Fn(&'static str) -> Result<String, std::env::VarError>,
     ) -> Result<Self, ConfigError> {
-        let client_id = read_env(CLIENT_ID_ENV, &lookup)?;
-        let client_secret = read_env(CLIENT_SECRET_ENV, &lookup)?;
-        Ok(Self::new(client_id, client_secret))
+        match (
+            read_env(CLIENT_ID_ENV, &lookup),
+            read_env(CLIENT_SECRET_ENV, &lookup),
+        ) {
+            (Ok(client_id), Ok(client_secret)) => Ok(Self::new(client_id, client_secret)),
+            (Err(first), Err(second)) if first.is_env_missing() && second.is_env_missing() => Err(
+                ConfigError::env_both_missing(CLIENT_ID_ENV, CLIENT_SECRET_ENV),
+            ),
+            (Err(err), _) | (_, Err(err)) => Err(err),
+        }
     }
 
     /// The client id.
@@ -191,6 +198,11 @@ mod tests {
 
         let err = ClientCredentials::from_lookup(lookup(&[])).unwrap_err();
         assert!(err.to_string().contains(CLIENT_ID_ENV), "{err}");
+        assert!(
+            err.to_string().contains(CLIENT_SECRET_ENV),
+            "both are named: {err}"
+        );
+        assert_eq!(err.env_var(), Some(CLIENT_ID_ENV));
 
         let empty_secret = [(CLIENT_ID_ENV, "svc"), (CLIENT_SECRET_ENV, "")];
         let err = ClientCredentials::from_lookup(lookup(&empty_secret)).unwrap_err();

@@ -392,19 +392,27 @@ pub struct ConfigError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ConfigErrorKind {
-    EnvMissing(&'static str),
+    /// The first missing variable, and a second one missing as well.
+    EnvMissing(&'static str, Option<&'static str>),
     EnvEmpty(&'static str),
     EnvNotUnicode(&'static str),
     InvalidAuthMethod,
     InvalidTokenUrl(Cow<'static, str>),
-    InsecureTokenUrl,
+    /// The refused host.
+    InsecureTokenUrl(String),
     HttpClient(String),
 }
 
 impl ConfigError {
     pub(crate) fn env_missing(name: &'static str) -> Self {
         Self {
-            kind: ConfigErrorKind::EnvMissing(name),
+            kind: ConfigErrorKind::EnvMissing(name, None),
+        }
+    }
+
+    pub(crate) fn env_both_missing(first: &'static str, second: &'static str) -> Self {
+        Self {
+            kind: ConfigErrorKind::EnvMissing(first, Some(second)),
         }
     }
 
@@ -432,9 +440,9 @@ impl ConfigError {
         }
     }
 
-    pub(crate) fn insecure_token_url() -> Self {
+    pub(crate) fn insecure_token_url(host: &str) -> Self {
         Self {
-            kind: ConfigErrorKind::InsecureTokenUrl,
+            kind: ConfigErrorKind::InsecureTokenUrl(host.to_owned()),
         }
     }
 
@@ -445,10 +453,15 @@ impl ConfigError {
         }
     }
 
-    /// The environment variable this error is about, if it is about one.
+    pub(crate) fn is_env_missing(&self) -> bool {
+        matches!(self.kind, ConfigErrorKind::EnvMissing(..))
+    }
+
+    /// The environment variable this error is about, if it is about one
+    /// (the first, when two are missing).
     pub fn env_var(&self) -> Option<&'static str> {
         match self.kind {
-            ConfigErrorKind::EnvMissing(name)
+            ConfigErrorKind::EnvMissing(name, _)
             | ConfigErrorKind::EnvEmpty(name)
             | ConfigErrorKind::EnvNotUnicode(name) => Some(name),
             _ => None,
@@ -459,8 +472,14 @@ impl ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ConfigErrorKind::EnvMissing(name) => {
+            ConfigErrorKind::EnvMissing(name, None) => {
                 write!(f, "the environment variable {name} is not set")
+            }
+            ConfigErrorKind::EnvMissing(first, Some(second)) => {
+                write!(
+                    f,
+                    "the environment variables {first} and {second} are not set"
+                )
             }
             ConfigErrorKind::EnvEmpty(name) => {
                 write!(f, "the environment variable {name} is empty")
@@ -474,8 +493,10 @@ impl fmt::Display for ConfigError {
             ConfigErrorKind::InvalidTokenUrl(reason) => {
                 write!(f, "the token URL is not valid: {reason}")
             }
-            ConfigErrorKind::InsecureTokenUrl => f.write_str(
-                "the token URL must use https (plain http is accepted only for a loopback host)",
+            ConfigErrorKind::InsecureTokenUrl(host) => write!(
+                f,
+                "the token URL must use https: plain http is refused for host `{host}` \
+                 (it is accepted only for localhost, 127.0.0.0/8 and [::1])"
             ),
             ConfigErrorKind::HttpClient(reason) => {
                 write!(f, "the HTTP client could not be built: {reason}")

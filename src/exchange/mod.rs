@@ -100,6 +100,34 @@ pub type ExchangeBody = Full<Bytes>;
 ///
 /// `H` is any HTTP client service whose response is `http::Response<B>`
 /// with `B: http_body::Body`.
+///
+/// ```
+/// # #[cfg(feature = "test-util")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use http_body_util::Full;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use routera_auth::{AuthMethod, HttpTokenExchange, TokenRequest};
+/// use tower::ServiceExt;
+/// # let emulator = routera_auth::test_util::Emulator::start().await?;
+/// # let token_url = emulator.token_url();
+/// # let credentials = emulator.credentials();
+///
+/// // Any HTTP client service will do; here a hyper-util client (plain HTTP
+/// // is accepted for a loopback token URL only).
+/// let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+/// let exchange = HttpTokenExchange::new(client)
+///     .with_token_url(&token_url)?
+///     .with_auth_method(AuthMethod::BasicAuth);
+///
+/// let token = exchange.oneshot(TokenRequest::new(credentials)).await?;
+/// assert!(token.expires_in().is_some());
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "test-util"))]
+/// # fn main() {}
+/// ```
 #[derive(Clone)]
 pub struct HttpTokenExchange<H> {
     http: H,
@@ -249,7 +277,7 @@ fn validate_token_url(token_url: &str) -> Result<Uri, ConfigError> {
     match uri.scheme_str() {
         Some("https") => Ok(uri),
         Some("http") if is_loopback(host) => Ok(uri),
-        Some("http") => Err(ConfigError::insecure_token_url()),
+        Some("http") => Err(ConfigError::insecure_token_url(host)),
         _ => Err(ConfigError::invalid_token_url("the scheme must be https")),
     }
 }

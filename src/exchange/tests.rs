@@ -232,6 +232,10 @@ async fn token_url_can_be_changed_and_is_validated() {
     }
     let err = exchange.with_token_url("http://example.com/t").unwrap_err();
     assert!(err.to_string().contains("https"), "{err}");
+    assert!(
+        err.to_string().contains("`example.com`"),
+        "names the refused host: {err}"
+    );
 }
 
 #[tokio::test]

@@ -76,6 +76,27 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 /// answer, every connection held by a [`Fault::Hang`] or waiting on a
 /// [`Fault::Slow`]; other connections already open may finish. `Debug`
 /// shows the address and the counters, never a secret or a token.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use routera_auth::TokenErrorKind;
+/// use routera_auth::test_util::{Emulator, Fault};
+///
+/// let emulator = Emulator::builder().client("svc", "s3cr3t").start().await?;
+/// let provider = emulator.provider();
+///
+/// let token = provider.token().await?;
+/// assert!(emulator.token_validator().is_valid(token.secret()));
+///
+/// // The endpoint fails once; a new exchange meets the fault.
+/// emulator.inject_times(Fault::status(503), 1);
+/// let err = provider.refresh().await.unwrap_err();
+/// assert_eq!(err.kind(), TokenErrorKind::ServerError);
+/// assert_eq!(emulator.exchange_count(), 1, "only successful exchanges count");
+/// # Ok(())
+/// # }
+/// ```
 pub struct Emulator {
     addr: SocketAddr,
     state: Arc<State>,
