@@ -55,8 +55,11 @@
 //!
 //! - `reqwest` (default): [`HttpTokenExchange::reqwest`] and
 //!   [`ReqwestService`], over rustls.
-//! - `test-util`: [`test_util::Emulator`], an in-process Routera emulator
-//!   for tests and examples.
+//! - `test-util`: [`test_util::MockExchange`] and [`test_util::Emulator`],
+//!   an in-process Routera emulator, for tests and examples.
+//! - `metrics`: the provider's exchanges, failures, waits, invalidations,
+//!   refreshes, exchange latency and token expiry on the `metrics` facade
+//!   (see the `metrics` module).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -65,6 +68,11 @@ pub mod auth;
 mod credentials;
 pub mod error;
 pub mod exchange;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod provider;
 #[cfg(feature = "reqwest")]
 mod reqwest_adapter;

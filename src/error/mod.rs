@@ -53,6 +53,22 @@ pub enum TokenErrorKind {
 }
 
 impl TokenErrorKind {
+    /// A short snake-case name, as used in metric labels.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidClient => "invalid_client",
+            Self::RateLimited => "rate_limited",
+            Self::ServerError => "server_error",
+            Self::UnexpectedStatus => "unexpected_status",
+            Self::InvalidResponse => "invalid_response",
+            Self::Transport => "transport",
+            Self::Timeout => "timeout",
+            Self::Internal => "internal",
+        }
+    }
+
     fn summary(self) -> &'static str {
         match self {
             Self::InvalidRequest => "the token endpoint refused the token request",

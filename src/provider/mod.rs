@@ -26,6 +26,7 @@ pub use self::options::{
 use self::worker::{State, Status, Stopped, lock};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
+use crate::metrics::{self, Event};
 use crate::token::{AccessToken, Token, TokenRequest};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -453,6 +454,7 @@ impl TokenProvider {
                 if ask == Ask::Need && !counted {
                     counted = true;
                     mail.stats.waits += 1;
+                    metrics::record(mail.credentials.client_id(), Event::Wait);
                 }
             }
             if asked {
@@ -502,7 +504,9 @@ impl TokenProvider {
             _ => false,
         };
         if dropped {
-            state.mail().stats.invalidations += 1;
+            let mut mail = state.mail();
+            mail.stats.invalidations += 1;
+            metrics::record(mail.credentials.client_id(), Event::Invalidation);
             tracing::debug!("cached token invalidated");
         }
         dropped

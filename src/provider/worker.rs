@@ -32,6 +32,7 @@ use super::options::{Options, random_unit};
 use super::{Ask, ProviderStats};
 use crate::ClientCredentials;
 use crate::error::{BoxError, ErrorChain, TokenError, TokenErrorKind};
+use crate::metrics::{self, Event};
 use crate::token::{Token, TokenRequest};
 
 /// What handles and the worker share.
@@ -219,6 +220,8 @@ where
             Some(background) => {
                 if background {
                     lock(&state.mail).stats.background_refreshes += 1;
+                    let client_id = worker.credentials.client_id();
+                    metrics::record(client_id, Event::BackgroundRefresh);
                     tracing::debug!("token refresh started ahead of expiry");
                 }
                 // Boxed: an idle worker keeps only what waiting needs.
@@ -288,6 +291,9 @@ where
                 match result.and_then(|token| self.store(&token, requested_at)) {
                     Ok(cached) => {
                         self.failures = 0;
+                        let (took, served_until) = (elapsed, cached.fresh_until);
+                        let event = Event::ExchangeSucceeded { took, served_until };
+                        metrics::record(self.credentials.client_id(), event);
                         tracing::debug!(
                             duration_ms = elapsed.as_millis() as u64,
                             refresh_in_secs = (cached.refresh_at - requested_at).as_secs(),
@@ -299,6 +305,11 @@ where
                     Err(error) => {
                         self.failures = self.failures.saturating_add(1);
                         mail.stats.failures += 1;
+                        let event = Event::ExchangeFailed {
+                            took: elapsed,
+                            kind: error.kind(),
+                        };
+                        metrics::record(self.credentials.client_id(), event);
                         let options = &state.options;
                         let delay =
                             options.backoff(self.failures, error.retry_after(), random_unit());
@@ -351,6 +362,7 @@ where
     /// service is one more failure, not the end of the worker.
     async fn attempt(&mut self) -> Result<Token, TokenError> {
         lock(&self.state.mail).stats.exchanges += 1;
+        metrics::record(self.credentials.client_id(), Event::ExchangeStarted);
         let timeout = self.state.options.exchange_timeout;
         let request = TokenRequest::new(self.credentials.clone());
         let exchange = CatchUnwind(Box::pin(self.exchange.clone().oneshot(request)));
