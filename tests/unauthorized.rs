@@ -442,3 +442,69 @@ async fn an_api_that_rejects_every_token_gets_a_trickle_of_exchanges_not_one_per
         "{calls} exchanges for 6,000 rejected requests"
     );
 }
+
+/// An API that rejects `token-1` and accepts any other, counting requests.
+fn rejects_the_first_token<B>(
+    calls: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<B>,
+    Response = Response<()>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<()>, Infallible>>,
+> + Clone {
+    tower::service_fn(move |request: Request<B>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let mut response = Response::new(());
+        if request.headers()[header::AUTHORIZATION] == "Bearer token-1" {
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        std::future::ready(Ok(response))
+    })
+}
+
+/// A proxying stack with `axum::body::Body`: a request without a body is
+/// retried with a fresh token; one with a body gets the 401 unchanged.
+#[tokio::test(start_paused = true)]
+async fn any_body_type_retries_what_it_can_replay() {
+    use routera_auth::auth::empty_body_only;
+
+    for (body, status, sent) in [
+        (axum::body::Body::from("data"), StatusCode::UNAUTHORIZED, 1),
+        (axum::body::Body::empty(), StatusCode::OK, 2),
+    ] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let exchange = MockExchange::new(Duration::from_secs(3600));
+        let provider = exchange.provider();
+        let stack = ServiceBuilder::new()
+            .retry(RetryOnUnauthorized::new().with_body_clone(empty_body_only::<axum::body::Body>))
+            .layer(RouteraAuthLayer::new(provider.clone()))
+            .service(rejects_the_first_token(calls.clone()));
+        let response = stack.oneshot(Request::new(body)).await.unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(calls.load(Ordering::SeqCst), sent);
+        assert_eq!(provider.stats().invalidations, 1, "either way");
+        assert_eq!(exchange.calls(), sent, "a new token only for the retry");
+    }
+}
+
+/// Body types that can never be replayed still get a policy: it fits
+/// `hyper::body::Incoming` (and passes the 401 through), and
+/// `tonic::body::Body` (replaying empty bodies).
+#[test]
+fn the_policy_fits_incoming_and_tonic_bodies() {
+    use routera_auth::auth::{empty_body_only, never};
+
+    fn is_service<B, S: tower::Service<Request<B>>>(_: &S) {}
+    let provider = MockExchange::new(Duration::from_secs(3600)).provider();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let proxy = ServiceBuilder::new()
+        .retry(RetryOnUnauthorized::new().with_body_clone(never::<hyper::body::Incoming>))
+        .layer(RouteraAuthLayer::new(provider.clone()))
+        .service(rejects_the_first_token(calls.clone()));
+    is_service::<hyper::body::Incoming, _>(&proxy);
+    let grpc = ServiceBuilder::new()
+        .retry(RetryOnUnauthorized::new().with_body_clone(empty_body_only::<tonic::body::Body>))
+        .layer(RouteraAuthLayer::new(provider))
+        .service(rejects_the_first_token(calls));
+    is_service::<tonic::body::Body, _>(&grpc);
+}

@@ -37,5 +37,7 @@ mod service;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::RouteraAuthLayer;
-pub use self::retry::{RetryOnUnauthorized, TryCloneBody};
+pub use self::retry::{
+    ByTryCloneBody, CloneBody, RetryOnUnauthorized, TryCloneBody, empty_body_only, never,
+};
 pub use self::service::RouteraAuth;

@@ -38,19 +38,53 @@ use tower::retry::Policy;
 /// # }
 /// ```
 ///
-/// A request is retried at most once. Only a request whose body can be
-/// cloned ([`TryCloneBody`]) can be retried; for any other, such as a
-/// streaming body, the 401 response reaches the caller unchanged. Every
-/// other response and every error is passed through as it is.
+/// A request is retried at most once, and only if its body can be replayed:
+/// by default, a body whose type implements [`TryCloneBody`] (the buffered
+/// ones). For any other body type, such as `hyper::body::Incoming`,
+/// `axum::body::Body` or `tonic::body::Body` in a proxying stack, say how
+/// to replay it with [`with_body_clone`](Self::with_body_clone):
+/// [`empty_body_only`] replays requests without a body (GET, DELETE, …),
+/// [`never`] none. A request whose body cannot be replayed gets the 401
+/// response unchanged (its token is invalidated all the same). Every other
+/// response and every error is passed through as it is.
+///
+/// ```
+/// use routera_auth::RetryOnUnauthorized;
+/// use routera_auth::auth::{empty_body_only, never};
+///
+/// // An axum gateway forwarding `axum::body::Body` requests: retry those
+/// // without a body.
+/// let _policy = RetryOnUnauthorized::new().with_body_clone(empty_body_only::<axum::body::Body>);
+/// // A hyper proxy forwarding `Incoming` bodies, which cannot be replayed:
+/// // the policy compiles and passes the 401 through.
+/// let _policy = RetryOnUnauthorized::new().with_body_clone(never::<hyper::body::Incoming>);
+/// ```
 #[derive(Debug, Clone)]
-pub struct RetryOnUnauthorized {
+pub struct RetryOnUnauthorized<C = ByTryCloneBody> {
     retries_left: usize,
+    clone_body: C,
 }
 
 impl RetryOnUnauthorized {
-    /// A policy that retries each request at most once after a 401.
+    /// A policy that retries each request at most once after a 401, when
+    /// its body implements [`TryCloneBody`].
     pub fn new() -> Self {
-        Self { retries_left: 1 }
+        Self {
+            retries_left: 1,
+            clone_body: ByTryCloneBody,
+        }
+    }
+}
+
+impl<C> RetryOnUnauthorized<C> {
+    /// The same policy for any body type: `clone_body` returns a copy of a
+    /// request's body to resend it with, or `None` when it cannot be
+    /// replayed (then the 401 reaches the caller).
+    pub fn with_body_clone<F>(self, clone_body: F) -> RetryOnUnauthorized<F> {
+        RetryOnUnauthorized {
+            retries_left: self.retries_left,
+            clone_body,
+        }
     }
 }
 
@@ -60,9 +94,49 @@ impl Default for RetryOnUnauthorized {
     }
 }
 
-impl<B, ResBody, E> Policy<Request<B>, Response<ResBody>, E> for RetryOnUnauthorized
+/// Replays a body its type can clone ([`TryCloneBody`]); the default of
+/// [`RetryOnUnauthorized`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByTryCloneBody;
+
+/// How [`RetryOnUnauthorized`] replays a request body of type `B`.
+///
+/// Implemented by [`ByTryCloneBody`] for [`TryCloneBody`] types, and by
+/// every `FnMut(&B) -> Option<B>`, such as [`empty_body_only`] and
+/// [`never`].
+pub trait CloneBody<B> {
+    /// A copy of `body` to resend, or `None` if it cannot be replayed.
+    fn clone_body(&mut self, body: &B) -> Option<B>;
+}
+
+impl<B: TryCloneBody> CloneBody<B> for ByTryCloneBody {
+    fn clone_body(&mut self, body: &B) -> Option<B> {
+        body.try_clone_body()
+    }
+}
+
+impl<B, F: FnMut(&B) -> Option<B>> CloneBody<B> for F {
+    fn clone_body(&mut self, body: &B) -> Option<B> {
+        self(body)
+    }
+}
+
+/// Replays a body that is known to be empty (`is_end_stream()`) as a new
+/// empty one (`B::default()`); no other. For streaming body types that have
+/// an empty value, such as `axum::body::Body` and `tonic::body::Body`.
+pub fn empty_body_only<B: http_body::Body + Default>(body: &B) -> Option<B> {
+    body.is_end_stream().then(B::default)
+}
+
+/// Replays no body: for body types that can never be replayed, such as
+/// `hyper::body::Incoming`.
+pub fn never<B>(_body: &B) -> Option<B> {
+    None
+}
+
+impl<B, ResBody, E, C> Policy<Request<B>, Response<ResBody>, E> for RetryOnUnauthorized<C>
 where
-    B: TryCloneBody,
+    C: CloneBody<B>,
 {
     type Future = Ready<()>;
 
@@ -86,7 +160,7 @@ where
         if self.retries_left == 0 {
             return None;
         }
-        let mut clone = Request::new(request.body().try_clone_body()?);
+        let mut clone = Request::new(self.clone_body.clone_body(request.body())?);
         *clone.method_mut() = request.method().clone();
         *clone.uri_mut() = request.uri().clone();
         *clone.version_mut() = request.version();
