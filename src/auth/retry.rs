@@ -44,7 +44,7 @@ use tower::retry::Policy;
 /// `axum::body::Body` or `tonic::body::Body` in a proxying stack, say how
 /// to replay it with [`with_body_clone`](Self::with_body_clone):
 /// [`empty_body_only`] replays requests without a body (GET, DELETE, …),
-/// [`never`] none. A request whose body cannot be replayed gets the 401
+/// [`never`](fn@never) none. A request whose body cannot be replayed gets the 401
 /// response unchanged (its token is invalidated all the same). Every other
 /// response and every error is passed through as it is.
 ///
@@ -103,7 +103,7 @@ pub struct ByTryCloneBody;
 ///
 /// Implemented by [`ByTryCloneBody`] for [`TryCloneBody`] types, and by
 /// every `FnMut(&B) -> Option<B>`, such as [`empty_body_only`] and
-/// [`never`].
+/// [`never`](fn@never).
 pub trait CloneBody<B> {
     /// A copy of `body` to resend, or `None` if it cannot be replayed.
     fn clone_body(&mut self, body: &B) -> Option<B>;
