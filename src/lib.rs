@@ -57,6 +57,8 @@
 //!   [`ReqwestService`], over rustls.
 //! - `test-util`: [`test_util::MockExchange`] and [`test_util::Emulator`],
 //!   an in-process Routera emulator, for tests and examples.
+//! - `reqwest-middleware`: [`RouteraAuthMiddleware`] for reqwest-middleware
+//!   clients.
 //! - `metrics`: the provider's exchanges, failures, waits, invalidations,
 //!   refreshes, exchange latency and token expiry on the `metrics` facade
 //!   (see the `metrics` module).
@@ -73,6 +75,8 @@ pub mod exchange;
 pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
+#[cfg(feature = "reqwest-middleware")]
+mod middleware;
 mod provider;
 #[cfg(feature = "reqwest")]
 mod reqwest_adapter;
@@ -86,6 +90,9 @@ pub use auth::{RetryOnUnauthorized, RouteraAuth, RouteraAuthLayer, TryCloneBody}
 pub use credentials::{AuthMethod, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials};
 pub use error::{BoxError, ConfigError, OAuthError, TokenError, TokenErrorKind};
 pub use exchange::{DEFAULT_TOKEN_URL, HttpTokenExchange};
+#[cfg(feature = "reqwest-middleware")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
+pub use middleware::RouteraAuthMiddleware;
 pub use provider::{
     DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, ProviderStats,
