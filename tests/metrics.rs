@@ -28,10 +28,11 @@ fn a_scripted_run_records_exactly_what_happened() {
         runtime.block_on(async {
             let provider = exchange.provider();
             // 1: a failure; 2: the worker retries on its own after the
-            // backoff, so the next caller finds a token.
+            // backoff (at most 1 s, then the 40 ms exchange), so the next
+            // caller, 2 s later, finds a token.
             exchange.fail_next(TokenError::new(TokenErrorKind::ServerError));
             assert!(provider.token().await.is_err());
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
             let token = provider.token().await.unwrap();
             // 3: after an invalidation.
             assert!(provider.invalidate(&token));
