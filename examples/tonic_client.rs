@@ -11,20 +11,21 @@
 //! cargo run --example tonic_client
 //! ```
 //!
-//! Against a real endpoint (its `grpc.health.v1.Health/Check`):
+//! Against a real endpoint (its `grpc.health.v1.Health/Check`), over TLS:
 //!
 //! ```text
 //! ROUTERA_CLIENT_ID=… ROUTERA_CLIENT_SECRET=… \
-//! ROUTERA_GRPC_URL=http://host:port \
+//! ROUTERA_GRPC_URL=https://host:port \
 //! [ROUTERA_TOKEN_URL=https://api.routera.io/oauth2/token] \
 //! cargo run --example tonic_client
 //! ```
 //!
-//! The example's tonic is built without TLS, so `ROUTERA_GRPC_URL` must be
-//! `http://`. For `https://`, enable tonic's `tls-ring` and
-//! `tls-native-roots` features and add
-//! `.tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots())?`
-//! to the `Endpoint`.
+//! An `https://` URL gets a TLS channel: `ClientTlsConfig` with the
+//! platform's root certificates (tonic's features `tls-aws-lc` and
+//! `tls-native-roots`; `tls-ring` instead of `tls-aws-lc` for an
+//! application on ring, `tls-webpki-roots` and `with_webpki_roots()` for
+//! roots compiled in). An `http://` URL, as the emulator's health server
+//! has, stays plain text.
 //!
 //! Exits non-zero with a message on any failure, including a health check
 //! that is refused or not SERVING.
@@ -38,7 +39,7 @@ use routera_auth::{
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server};
 use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -79,13 +80,21 @@ async fn health_client(
     provider: TokenProvider,
     grpc_url: &str,
 ) -> Result<AuthenticatedHealthClient, BoxError> {
-    let channel = Endpoint::from_shared(grpc_url.to_owned())?
-        .connect()
-        .await?;
+    let channel = endpoint(grpc_url)?.connect().await?;
     let authenticated = ServiceBuilder::new()
         .layer(RouteraAuthLayer::new(provider))
         .service(channel);
     Ok(HealthClient::new(authenticated))
+}
+
+/// The endpoint for `grpc_url`: over TLS for `https://`, verified against
+/// the platform's root certificates; plain text for `http://`.
+fn endpoint(grpc_url: &str) -> Result<Endpoint, BoxError> {
+    let endpoint = Endpoint::from_shared(grpc_url.to_owned())?;
+    if endpoint.uri().scheme_str() == Some("https") {
+        return Ok(endpoint.tls_config(ClientTlsConfig::new().with_native_roots())?);
+    }
+    Ok(endpoint)
 }
 
 /// `grpc.health.v1.Health/Check` for the server as a whole; a refusal or
@@ -113,7 +122,7 @@ async fn against_emulator() -> Result<(), BoxError> {
     }
 
     // The same RPC on a bare channel, without the layer, is refused.
-    let mut bare = HealthClient::new(Endpoint::from_shared(grpc_url)?.connect().await?);
+    let mut bare = HealthClient::new(endpoint(&grpc_url)?.connect().await?);
     match bare.check(HealthCheckRequest::default()).await {
         Err(status) if status.code() == Code::Unauthenticated => {
             println!("without the layer: Health/Check -> {:?}", status.code());
@@ -136,15 +145,8 @@ async fn against_real_endpoint() -> Result<(), BoxError> {
     let token_url =
         std::env::var("ROUTERA_TOKEN_URL").unwrap_or_else(|_| DEFAULT_TOKEN_URL.to_owned());
     let grpc_url = std::env::var("ROUTERA_GRPC_URL").map_err(
-        |_| "ROUTERA_GRPC_URL is not set: set it to the gRPC endpoint (http://host:port)",
+        |_| "ROUTERA_GRPC_URL is not set: set it to the gRPC endpoint (https://host:port)",
     )?;
-    if grpc_url.starts_with("https://") {
-        return Err(
-            "ROUTERA_GRPC_URL is https, but this example's tonic is built without TLS \
-                    (see the comment at the top of examples/tonic_client.rs)"
-                .into(),
-        );
-    }
     println!(
         "client {} -> token URL {token_url}, gRPC {grpc_url}",
         credentials.client_id()

@@ -18,7 +18,7 @@
 //!   layers (timeout, retry, concurrency limit).
 //!
 //! ```no_run
-//! # #[cfg(feature = "reqwest")]
+//! # #[cfg(feature = "rustls")]
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use routera_auth::{ClientCredentials, HttpTokenExchange, ReqwestService, RouteraAuthLayer, TokenProvider};
 //! use tower::{ServiceBuilder, ServiceExt};
@@ -43,8 +43,15 @@
 //!   [`TokenError`] (inside the `BoxError`).
 //! - **Secrets stay secret**: the client secret and access tokens never
 //!   appear in `Debug`, `Display`, errors or logs; the header is marked
-//!   sensitive; the exchange never follows redirects and refuses plain-http
-//!   token URLs except on loopback.
+//!   sensitive; plain-http token URLs are refused except on loopback. A
+//!   token is never taken from a redirect: the exchange does not follow
+//!   redirects, nor does the client of [`HttpTokenExchange::reqwest`] or a
+//!   hyper-util client, so the credentials go to the token URL only. Over
+//!   a [`ReqwestService`] whose client follows redirects (reqwest's
+//!   default), an answer from another URL is refused with an error that
+//!   says how to fix the client; the follow-up request reqwest has sent by
+//!   then carries the credentials nowhere but to the token URL's own
+//!   origin (see [`ReqwestService`]).
 //! - **Never an expired token**: whether a token may be sent is decided on
 //!   every request by comparing the clock with the token's deadline, never
 //!   by a timer, so a busy runtime cannot make a request carry it late.
@@ -53,8 +60,19 @@
 //!
 //! # Features
 //!
-//! - `reqwest` (default): [`HttpTokenExchange::reqwest`] and
-//!   [`ReqwestService`], over rustls.
+//! - `rustls` (default): [`HttpTokenExchange::reqwest`] over rustls with
+//!   the aws-lc-rs crypto provider, as reqwest's own default. With either
+//!   rustls feature, the exchange's client is given its crypto provider
+//!   explicitly: it neither needs nor installs a process-wide default
+//!   `CryptoProvider`.
+//! - `rustls-ring`: [`HttpTokenExchange::reqwest`] over rustls with ring,
+//!   for applications on ring (with `default-features = false`): nothing in
+//!   the build depends on aws-lc-rs or aws-lc-sys.
+//! - `native-tls`: [`HttpTokenExchange::reqwest`] over the platform's TLS
+//!   library (OpenSSL on Linux).
+//! - `reqwest` (on with each of the three above): [`ReqwestService`], for a
+//!   `reqwest::Client` you build, and the `routera_auth::reqwest`
+//!   re-export, without choosing a TLS.
 //! - `test-util`: [`test_util::MockExchange`] and [`test_util::Emulator`],
 //!   an in-process Routera emulator, for tests and examples.
 //! - `reqwest-middleware`: [`RouteraAuthMiddleware`] for reqwest-middleware
@@ -80,6 +98,9 @@ mod middleware;
 mod provider;
 #[cfg(feature = "reqwest")]
 mod reqwest_adapter;
+#[cfg(feature = "shared-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
+pub mod store;
 mod token;
 
 #[cfg(feature = "test-util")]
@@ -111,6 +132,6 @@ pub use reqwest_adapter::{ReqwestFuture, ReqwestService};
 pub use token::{AccessToken, Token, TokenRequest};
 
 /// The README's examples, compiled as doctests.
-#[cfg(all(doctest, feature = "reqwest"))]
+#[cfg(all(doctest, feature = "rustls"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

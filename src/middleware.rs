@@ -23,6 +23,7 @@ use crate::TokenProvider;
 ///   header is marked sensitive.
 ///
 /// ```no_run
+/// # #[cfg(any(feature = "rustls", feature = "rustls-ring", feature = "native-tls"))]
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use routera_auth::{ClientCredentials, HttpTokenExchange, RouteraAuthMiddleware, TokenProvider};
 ///

@@ -1,7 +1,7 @@
 //! The `axum_gateway` example, run for real on 127.0.0.1: the emulator as
 //! upstream, the example's own router and client stack, inbound requests
 //! through a plain hyper-util client.
-#![cfg(feature = "reqwest")]
+#![cfg(feature = "rustls")]
 
 #[path = "../examples/axum_gateway.rs"]
 #[allow(dead_code)]

@@ -207,7 +207,7 @@ async fn a_renewed_token_is_accepted_after_the_first_expires() {
     assert_eq!(emulator.exchange_count(), 2);
 }
 
-#[cfg(feature = "reqwest")]
+#[cfg(feature = "rustls")]
 mod reqwest_backend {
     use super::*;
     use routera_auth::ReqwestService;

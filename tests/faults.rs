@@ -319,7 +319,7 @@ async fn redirects_to_another_listener_are_not_followed() {
     );
 }
 
-#[cfg(feature = "reqwest")]
+#[cfg(feature = "rustls")]
 #[tokio::test]
 async fn the_default_reqwest_exchange_does_not_follow_redirects_either() {
     let elsewhere = Emulator::start().await.unwrap();
@@ -336,4 +336,106 @@ async fn the_default_reqwest_exchange_does_not_follow_redirects_either() {
         .unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::UnexpectedStatus);
     assert_eq!(elsewhere.token_requests(), 0);
+}
+
+/// A reqwest client the user built, which follows redirects (reqwest's
+/// default): the exchange refuses the answer that came from elsewhere, and
+/// the credentials never reach the redirect target, in the body or in a
+/// Basic header.
+#[cfg(feature = "reqwest")]
+#[tokio::test]
+async fn a_user_built_reqwest_client_that_follows_a_redirect_gets_no_token() {
+    use routera_auth::{AuthMethod, HttpTokenExchange, ReqwestService};
+
+    const SECRET: &str = "the-secret-that-stays-home";
+    for method in [AuthMethod::RequestBody, AuthMethod::BasicAuth] {
+        for status in [301, 302, 303, 307, 308] {
+            let endpoint = Emulator::builder()
+                .client("client-id", SECRET)
+                .start()
+                .await
+                .unwrap();
+            let elsewhere = Emulator::builder()
+                .client("client-id", SECRET)
+                .start()
+                .await
+                .unwrap();
+            endpoint.inject(Fault::redirect(status, &elsewhere.token_url()));
+            let exchange = HttpTokenExchange::new(ReqwestService::new(reqwest::Client::new()))
+                .with_token_url(&endpoint.token_url())
+                .unwrap()
+                .with_auth_method(method);
+            let provider = TokenProvider::new(exchange, endpoint.credentials());
+            let err = tokio::time::timeout(BOUND, provider.token())
+                .await
+                .expect("answered in bounded time")
+                .expect_err("no token from a redirect");
+            let case = format!("{method:?} {status}: {err}");
+            assert_eq!(err.kind(), TokenErrorKind::UnexpectedStatus, "{case}");
+            assert!(!err.is_retryable(), "{case}");
+            if elsewhere.token_requests() > 0 {
+                // reqwest followed it: the answer is refused with the fix.
+                assert!(err.status().is_none(), "{case}");
+                assert!(err.to_string().contains("followed the redirect"), "{case}");
+                assert!(
+                    err.to_string()
+                        .contains(&format!("from http://{}", elsewhere.addr())),
+                    "{case}"
+                );
+                assert!(
+                    err.to_string()
+                        .contains("reqwest::redirect::Policy::none()"),
+                    "{case}"
+                );
+                let request = elsewhere.last_token_request().unwrap();
+                assert_eq!(request.method, http::Method::GET, "{case}");
+                assert!(
+                    request.headers.get(http::header::AUTHORIZATION).is_none(),
+                    "{case}: Authorization reached the redirect target"
+                );
+                assert!(
+                    !String::from_utf8_lossy(&request.body).contains(SECRET),
+                    "{case}: the secret reached the redirect target"
+                );
+            } else {
+                // reqwest did not follow it: the redirect status itself.
+                assert_eq!(err.status().map(|s| s.as_u16()), Some(status), "{case}");
+            }
+            assert_eq!(elsewhere.exchange_count(), 0, "{case}");
+            let expected_followed = matches!(status, 301..=303);
+            assert_eq!(
+                elsewhere.token_requests() > 0,
+                expected_followed,
+                "{case}: reqwest follows 301-303 (as a GET without the body) and \
+                 not 307/308 with a body it cannot replay"
+            );
+        }
+    }
+}
+
+/// Only the exchange's own requests are held to the token URL: the same
+/// `ReqwestService` follows redirects for any other request, as its client
+/// is configured to.
+#[cfg(feature = "reqwest")]
+#[tokio::test]
+async fn a_reqwest_service_follows_redirects_for_requests_that_are_not_token_requests() {
+    use http_body_util::Empty;
+    use routera_auth::ReqwestService;
+    use tower::ServiceExt as _;
+
+    let endpoint = Emulator::start().await.unwrap();
+    let elsewhere = Emulator::start().await.unwrap();
+    endpoint.inject(Fault::redirect(302, &elsewhere.token_url()));
+    let request = http::Request::get(endpoint.token_url())
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(
+        BOUND,
+        ReqwestService::new(reqwest::Client::new()).oneshot(request),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_ne!(response.status(), http::StatusCode::FOUND);
+    assert_eq!(elsewhere.token_requests(), 1);
 }

@@ -2,7 +2,7 @@
 //! tracing event and span at TRACE), `Debug` or `Display`, whatever path
 //! the crate takes.
 
-#![cfg(feature = "reqwest")]
+#![cfg(feature = "rustls")]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

@@ -66,7 +66,10 @@ impl ConfigError {
         }
     }
 
-    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "rustls", feature = "rustls-ring", feature = "native-tls")),
+        allow(dead_code)
+    )]
     pub(crate) fn http_client(reason: impl fmt::Display) -> Self {
         Self {
             kind: ConfigErrorKind::HttpClient(reason.to_string()),

@@ -35,8 +35,9 @@ pub enum TokenErrorKind {
     /// The token endpoint answered with a 5xx status. Transient.
     ServerError,
     /// The token endpoint answered with a status this crate does not expect:
-    /// a redirect (never followed, so credentials cannot be sent elsewhere),
-    /// a 403, a 404, …
+    /// a redirect (never followed to get a token; an answer that an HTTP
+    /// client under the exchange got by following one is refused too), a
+    /// 403, a 404, …
     UnexpectedStatus,
     /// The token endpoint answered with a success status, but the body is not
     /// a usable token response: not JSON, too large, no `access_token`, a

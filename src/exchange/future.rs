@@ -88,7 +88,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Sending { future } => {
                     let response = ready!(future.poll(cx)).map_err(|err| {
-                        let error = TokenError::transport(err);
+                        let error = http_error(err.into());
                         tracing::debug!(error = %crate::error::ErrorChain(&error), "token exchange failed");
                         error
                     })?;
@@ -142,6 +142,16 @@ where
                 }
             }
         }
+    }
+}
+
+/// The error of the HTTP client service: a [`TokenError`] it returned (such
+/// as `ReqwestService`'s for a followed redirect) as it is, anything else a
+/// transport failure.
+fn http_error(err: BoxError) -> TokenError {
+    match err.downcast::<TokenError>() {
+        Ok(error) => *error,
+        Err(err) => TokenError::transport(err),
     }
 }
 

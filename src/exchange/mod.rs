@@ -9,7 +9,7 @@
 //! [`TokenProvider`](crate::TokenProvider):
 //!
 //! ```
-//! # #[cfg(feature = "reqwest")]
+//! # #[cfg(any(feature = "rustls", feature = "rustls-ring", feature = "native-tls"))]
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use routera_auth::{ClientCredentials, HttpTokenExchange, Token, TokenError, TokenProvider, TokenRequest};
@@ -47,7 +47,7 @@
 //! # let _ = provider;
 //! # Ok(())
 //! # }
-//! # #[cfg(not(feature = "reqwest"))]
+//! # #[cfg(not(any(feature = "rustls", feature = "rustls-ring", feature = "native-tls")))]
 //! # fn main() {}
 //! ```
 //!
@@ -82,6 +82,12 @@ pub const DEFAULT_TOKEN_URL: &str = "https://api.routera.io/oauth2/token";
 /// The body type [`HttpTokenExchange`] sends.
 pub type ExchangeBody = Full<Bytes>;
 
+/// In the extensions of every request [`HttpTokenExchange`] sends: tells an
+/// HTTP client adapter that the answer must come from the request's URL
+/// itself (`ReqwestService` refuses one that came through a redirect).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenEndpointRequest;
+
 /// A token exchange over HTTP: a `Service<TokenRequest, Response = Token,
 /// Error = TokenError>` that posts client credentials to the token endpoint
 /// and parses the answer.
@@ -92,9 +98,14 @@ pub type ExchangeBody = Full<Bytes>;
 ///   credentials in the body or in a `Basic` header ([`AuthMethod`]).
 /// - The response body is read up to 64 KiB and no further; a larger body
 ///   is an error.
-/// - Redirects are errors: the credentials are only ever sent to the
-///   configured URL. (The inner client must not follow them either;
-///   [`HttpTokenExchange::reqwest`] builds one that does not.)
+/// - Redirects are never followed to get a token: a 3xx answer is an
+///   [`UnexpectedStatus`](crate::TokenErrorKind::UnexpectedStatus) error,
+///   and the credentials go to the token URL only, provided the HTTP client
+///   under the exchange does not follow redirects either: the client of
+///   `HttpTokenExchange::reqwest()` does not, nor does a hyper-util client.
+///   Over a `ReqwestService` whose client follows them, an answer that did
+///   not come from the token URL is refused with an error that says how to
+///   fix the client (see `ReqwestService` for what reqwest has sent by then).
 /// - Every failure is a [`TokenError`] that says what happened, with the
 ///   status and OAuth error code where there is one.
 ///
@@ -205,6 +216,7 @@ impl<H> HttpTokenExchange<H> {
         let mut builder = Request::builder()
             .method(Method::POST)
             .uri(self.config.token_url.clone())
+            .extension(TokenEndpointRequest)
             .header(
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/x-www-form-urlencoded"),

@@ -47,6 +47,9 @@ pub(super) struct State {
     pub(super) options: Options,
     /// The `seq` of the next token stored, whichever worker stores it.
     next_seq: AtomicU64,
+    /// The fleet's store, if tokens are shared.
+    #[cfg(feature = "shared-store")]
+    pub(super) shared: Option<Box<crate::store::SharedCache>>,
 }
 
 /// The worker's last answer, as callers see it.
@@ -76,6 +79,8 @@ pub(super) struct Mail {
     pub(super) refresh: bool,
     /// When a response last invalidated a token (for pacing).
     pub(super) rejected_at: Option<Instant>,
+    /// A token was invalidated, by a response or by a caller.
+    pub(super) invalidated: bool,
     /// The latest credentials, and how many changes came before them.
     pub(super) credentials: ClientCredentials,
     pub(super) generation: u64,
@@ -118,6 +123,7 @@ impl State {
             need: false,
             refresh: false,
             rejected_at: None,
+            invalidated: false,
             credentials,
             generation: 0,
             credentials_changed: false,
@@ -132,6 +138,8 @@ impl State {
             answered: Notify::new(),
             options,
             next_seq: AtomicU64::new(1),
+            #[cfg(feature = "shared-store")]
+            shared: None,
         }
     }
 
@@ -184,9 +192,14 @@ where
         mail.credentials_changed = false;
         (mail.credentials.clone(), mail.generation)
     };
+    #[cfg(feature = "shared-store")]
+    let fleet = (stopped.0.shared.clone())
+        .map(|cache| Box::new(super::fleet::Fleet::new(*cache, &credentials)));
     let mut worker = Box::new(Worker {
         state: Arc::clone(&stopped.0),
         exchange,
+        #[cfg(feature = "shared-store")]
+        fleet,
         credentials,
         generation,
         failures: 0,
@@ -236,6 +249,9 @@ where
 struct Worker<S> {
     state: Arc<State>,
     exchange: S,
+    /// Where the fleet's token is shared, if it is.
+    #[cfg(feature = "shared-store")]
+    fleet: Option<Box<super::fleet::Fleet>>,
     credentials: ClientCredentials,
     generation: u64,
     /// Failed exchanges in a row.
@@ -244,6 +260,23 @@ struct Worker<S> {
     /// Dropped last.
     _stopped: Stopped,
 }
+
+/// What [`Worker::obtain`] got, and what the fleet is owed for it.
+struct Obtained {
+    result: Result<Token, TokenError>,
+    /// When the token's lifetime started.
+    requested_at: Instant,
+    ticket: Ticket,
+    /// The token, or the error, came from the fleet's store.
+    from_store: bool,
+}
+
+/// With a shared store: the fleet's part of an exchange of this worker's
+/// (`None` for a token taken from the store).
+#[cfg(feature = "shared-store")]
+type Ticket = Option<super::fleet::Ticket>;
+#[cfg(not(feature = "shared-store"))]
+type Ticket = ();
 
 /// `Break` once the last handle is gone.
 type Flow = std::ops::ControlFlow<()>;
@@ -260,12 +293,22 @@ where
         if let Some(at) = mail.rejected_at.take() {
             self.pacing.record(at, &self.state.options);
         }
+        if std::mem::take(&mut mail.invalidated) {
+            #[cfg(feature = "shared-store")]
+            if let Some(fleet) = &mut self.fleet {
+                fleet.rejected();
+            }
+        }
         if !mail.credentials_changed {
             return false;
         }
         mail.credentials_changed = false;
         self.credentials = mail.credentials.clone();
         (self.generation, self.failures) = (mail.generation, 0);
+        #[cfg(feature = "shared-store")]
+        if let Some(fleet) = &mut self.fleet {
+            fleet.set_credentials(&self.credentials);
+        }
         true
     }
 
@@ -273,13 +316,22 @@ where
     async fn renew(&mut self) -> Flow {
         loop {
             self.state.publish(Status::Fetching, false);
-            let requested_at = Instant::now();
-            let result = self.attempt().await;
+            let Obtained {
+                result,
+                requested_at,
+                ticket,
+                from_store,
+            } = self.obtain().await;
+            let lifetime = result
+                .as_ref()
+                .ok()
+                .map(|token| self.state.options.lifetime(token));
+            let retry_after = result.as_ref().err().and_then(TokenError::retry_after);
             let state = Arc::clone(&self.state);
             // From the mail check to the answer in one critical section:
             // new credentials can never slip in between and see a token of
             // the old ones stored after them.
-            let retry_at = {
+            let outcome = {
                 let mut mail = state.mail();
                 if mail.closed {
                     return Flow::Break(());
@@ -287,29 +339,36 @@ where
                 if self.read(&mut mail) {
                     continue; // A result for the old credentials.
                 }
+                self.count_store(&mut mail);
                 let elapsed = requested_at.elapsed();
                 match result.and_then(|token| self.store(&token, requested_at)) {
                     Ok(cached) => {
                         self.failures = 0;
-                        let (took, served_until) = (elapsed, cached.fresh_until);
-                        let event = Event::ExchangeSucceeded { took, served_until };
-                        metrics::record(self.credentials.client_id(), event);
-                        tracing::debug!(
-                            duration_ms = elapsed.as_millis() as u64,
-                            refresh_in_secs = (cached.refresh_at - requested_at).as_secs(),
-                            "token exchange succeeded"
-                        );
-                        mail.set_answer(Status::Ready(cached), true);
-                        None
+                        if from_store {
+                            tracing::debug!("token taken from the shared store");
+                        } else {
+                            let (took, served_until) = (elapsed, cached.fresh_until);
+                            let event = Event::ExchangeSucceeded { took, served_until };
+                            metrics::record(self.credentials.client_id(), event);
+                            tracing::debug!(
+                                duration_ms = elapsed.as_millis() as u64,
+                                refresh_in_secs = (cached.refresh_at - requested_at).as_secs(),
+                                "token exchange succeeded"
+                            );
+                        }
+                        mail.set_answer(Status::Ready(Arc::clone(&cached)), true);
+                        Ok(cached)
                     }
                     Err(error) => {
                         self.failures = self.failures.saturating_add(1);
-                        mail.stats.failures += 1;
-                        let event = Event::ExchangeFailed {
-                            took: elapsed,
-                            kind: error.kind(),
-                        };
-                        metrics::record(self.credentials.client_id(), event);
+                        if !from_store {
+                            mail.stats.failures += 1;
+                            let event = Event::ExchangeFailed {
+                                took: elapsed,
+                                kind: error.kind(),
+                            };
+                            metrics::record(self.credentials.client_id(), event);
+                        }
                         let options = &state.options;
                         let delay =
                             options.backoff(self.failures, error.retry_after(), random_unit());
@@ -324,14 +383,15 @@ where
                             },
                             true,
                         );
-                        Some(retry_at)
+                        Err(retry_at)
                     }
                 }
             };
             state.answered.notify_waiters();
-            match retry_at {
-                None => return Flow::Continue(()),
-                Some(retry_at) => self.back_off(retry_at).await?,
+            self.share(ticket, &outcome, lifetime, retry_after).await;
+            match outcome {
+                Ok(_) => return Flow::Continue(()),
+                Err(retry_at) => self.back_off(retry_at).await?,
             }
         }
     }
@@ -356,6 +416,104 @@ where
             }
         }
         Flow::Continue(())
+    }
+
+    /// A token from the fleet's store, or from an exchange of this worker's.
+    async fn obtain(&mut self) -> Obtained {
+        #[cfg(feature = "shared-store")]
+        if let Some(fleet) = &mut self.fleet {
+            use super::fleet::{Acquired, Ticket};
+            let state = Arc::clone(&self.state);
+            let closed = || state.mail().closed;
+            let locked_share = match fleet.acquire(&state.options, closed).await {
+                Acquired::Shared(token, requested_at) => {
+                    return Obtained {
+                        result: Ok(token),
+                        requested_at,
+                        ticket: None,
+                        from_store: true,
+                    };
+                }
+                Acquired::HoldOff(error) => {
+                    return Obtained {
+                        result: Err(error),
+                        requested_at: Instant::now(),
+                        ticket: None,
+                        from_store: true,
+                    };
+                }
+                Acquired::Exchange { locked, share } => (locked, share),
+            };
+            let (locked, share) = locked_share;
+            let ticket = Ticket {
+                locked,
+                share,
+                issued_at_ms: fleet.now_ms(),
+            };
+            if state.mail().closed {
+                // The last handle went while this worker waited on the
+                // fleet: release the lock, and no exchange.
+                fleet.publish(Err(None), ticket).await;
+                let gone =
+                    TokenError::with_detail(TokenErrorKind::Internal, "the provider was dropped");
+                return Obtained {
+                    result: Err(gone),
+                    requested_at: Instant::now(),
+                    ticket: None,
+                    from_store: true,
+                };
+            }
+            let requested_at = Instant::now();
+            return Obtained {
+                result: self.attempt().await,
+                requested_at,
+                ticket: Some(ticket),
+                from_store: false,
+            };
+        }
+        let requested_at = Instant::now();
+        Obtained {
+            result: self.attempt().await,
+            requested_at,
+            ticket: Default::default(),
+            from_store: false,
+        }
+    }
+
+    /// Copies the store's counters into the stats.
+    fn count_store(&self, _mail: &mut Mail) {
+        #[cfg(feature = "shared-store")]
+        if let Some(fleet) = &self.fleet {
+            fleet.count(&mut _mail.stats);
+        }
+    }
+
+    /// After this worker's own exchange: shares its token (or the
+    /// endpoint's `Retry-After`) with the fleet and releases the lock.
+    #[cfg_attr(not(feature = "shared-store"), allow(clippy::unused_async))]
+    async fn share(
+        &mut self,
+        ticket: Ticket,
+        outcome: &Result<Arc<CachedToken>, Option<Instant>>,
+        lifetime: Option<Duration>,
+        retry_after: Option<Duration>,
+    ) {
+        #[cfg(feature = "shared-store")]
+        if let (Some(fleet), Some(ticket)) = (&mut self.fleet, ticket) {
+            let shared = match (outcome, lifetime) {
+                (Ok(cached), Some(lifetime)) => Ok(super::fleet::Shared {
+                    token: cached.token.secret(),
+                    lifetime,
+                    served_for: cached.fresh_until.saturating_duration_since(Instant::now()),
+                }),
+                _ => Err(retry_after),
+            };
+            fleet.publish(shared, ticket).await;
+            let mut mail = self.state.mail();
+            fleet.count(&mut mail.stats);
+        }
+        #[cfg(not(feature = "shared-store"))]
+        let _ = (ticket, outcome, lifetime, retry_after);
     }
 
     /// One exchange, bounded by the exchange timeout; a panic of the

@@ -149,9 +149,19 @@
 //! This module is for tests: the emulator is not a hardened server.
 
 mod emulator;
+#[cfg(feature = "shared-store")]
+mod memory_store;
 mod mock;
+#[cfg(feature = "redis")]
+mod redis_server;
 
 pub use emulator::{
     Emulator, EmulatorBuilder, EmulatorExchange, Fault, RecordedRequest, TokenValidator,
 };
+#[cfg(feature = "shared-store")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
+pub use memory_store::MemoryStore;
 pub use mock::{MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockAnswer, MockExchange};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_server::RedisServer;

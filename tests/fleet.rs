@@ -1,0 +1,435 @@
+//! Token sharing across a fleet on a real `redis-server` (Debian package
+//! `redis-server`), started by the test harness on a unix socket, against
+//! the emulator. Each replica is a provider with its own Redis connection.
+//!
+//! These tests run on real time: Redis answers over a socket, which paused
+//! time would skip past. They wait for events, not for fixed sleeps, except
+//! where a token's lifetime must pass (the refresh; a few seconds).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use routera_auth::store::{RedisStore, SharedCache, StoreKeyRing};
+use routera_auth::test_util::{Emulator, EmulatorExchange, Fault, MockExchange, RedisServer};
+use routera_auth::{AuthMethod, ProviderStats, RouteraAuthLayer, TokenProvider};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+/// Bounds every wait of a test, so a regression fails it instead of hanging.
+const BOUND: Duration = Duration::from_secs(30);
+
+async fn redis() -> RedisServer {
+    match RedisServer::start().await {
+        Ok(server) => server,
+        Err(error) => panic!("these tests need a real Redis: {error}"),
+    }
+}
+
+async fn emulator(lifetime: Duration) -> Emulator {
+    Emulator::builder()
+        .expires_in(lifetime)
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn cache(redis: &RedisServer, exchange: &EmulatorExchange) -> SharedCache {
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    SharedCache::for_exchange(store, exchange).breaker(3, Duration::from_millis(500))
+}
+
+async fn replica(redis: &RedisServer, emulator: &Emulator) -> TokenProvider {
+    let exchange = emulator.exchange();
+    let cache = cache(redis, &exchange).await;
+    TokenProvider::builder(exchange, emulator.credentials())
+        .shared_cache(cache)
+        .build()
+}
+
+async fn fleet(n: usize, redis: &RedisServer, emulator: &Emulator) -> Vec<TokenProvider> {
+    let mut replicas = Vec::with_capacity(n);
+    for _ in 0..n {
+        replicas.push(replica(redis, emulator).await);
+    }
+    replicas
+}
+
+/// Every replica asks for a token at once; the tokens they got, and the
+/// longest any of them waited.
+async fn all_ask(replicas: &[TokenProvider]) -> (Vec<String>, Duration) {
+    let mut asks = JoinSet::new();
+    for (i, replica) in replicas.iter().enumerate() {
+        let replica = replica.clone();
+        asks.spawn(async move {
+            let started = Instant::now();
+            let token = replica.token().await;
+            (i, token, started.elapsed())
+        });
+    }
+    let mut tokens = vec![String::new(); replicas.len()];
+    let mut longest = Duration::ZERO;
+    let all = async {
+        while let Some(joined) = asks.join_next().await {
+            let (i, token, waited) = joined.unwrap();
+            match token {
+                Ok(token) => tokens[i] = token.secret().to_owned(),
+                Err(error) => panic!("replica {i} failed a request: {error}"),
+            }
+            longest = longest.max(waited);
+        }
+    };
+    tokio::time::timeout(BOUND, all).await.unwrap();
+    (tokens, longest)
+}
+
+fn total(replicas: &[TokenProvider], field: fn(&ProviderStats) -> u64) -> u64 {
+    replicas.iter().map(|replica| field(&replica.stats())).sum()
+}
+
+fn last_refresh(replicas: &[TokenProvider]) -> Instant {
+    let refresh_at = replicas.iter().map(|r| r.timing().unwrap().refresh_at);
+    refresh_at.max().unwrap()
+}
+
+/// Steady traffic on every replica (each asks every 50 ms) until `until`.
+async fn traffic_until(replicas: &[TokenProvider], until: Instant) {
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        all_ask(replicas).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_replicas_make_one_exchange_at_start_and_one_at_the_refresh() {
+    let redis = redis().await;
+    // 4 s tokens: served until 3 s, refreshed from 2.0–2.2 s.
+    let emulator = emulator(Duration::from_secs(4)).await;
+    let replicas = fleet(200, &redis, &emulator).await;
+
+    let (tokens, _) = all_ask(&replicas).await;
+
+    assert_eq!(
+        emulator.exchange_count(),
+        1,
+        "one exchange for 200 replicas"
+    );
+    let first = &emulator.issued_tokens()[0];
+    assert!(tokens.iter().all(|token| token == first));
+    assert_eq!(total(&replicas, |s| s.store_lock_wins), 1);
+    assert_eq!(total(&replicas, |s| s.store_fallbacks), 0);
+
+    let past_refresh = last_refresh(&replicas) + Duration::from_millis(200);
+    traffic_until(&replicas, past_refresh).await;
+
+    assert_eq!(emulator.exchange_count(), 2, "one exchange at the refresh");
+    let second = &emulator.issued_tokens()[1];
+    let (tokens, _) = all_ask(&replicas).await;
+    assert!(tokens.iter().all(|token| token == second));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_restarted_frozen_or_flushed_never_fails_a_request() {
+    let redis = redis().await;
+    let emulator = emulator(Duration::from_secs(3600)).await;
+    let replicas = fleet(20, &redis, &emulator).await;
+    all_ask(&replicas).await;
+    assert_eq!(emulator.exchange_count(), 1);
+
+    // Every replica loses its token (a forced renewal) while Redis is down:
+    // each falls back to an exchange of its own.
+    redis.kill().unwrap();
+    let before = emulator.exchange_count();
+    refresh_all(&replicas).await;
+    assert_eq!(
+        emulator.exchange_count() - before,
+        20,
+        "each replica on its own"
+    );
+    assert!(total(&replicas, |s| s.store_fallbacks) >= 20);
+
+    // Redis is back (empty): once the connections are back and the
+    // breakers closed, a fleet-wide renewal costs one exchange again.
+    redis.restart().await.unwrap();
+    let mut resumed = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let before = emulator.exchange_count();
+        refresh_all(&replicas).await;
+        if emulator.exchange_count() - before == 1 {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(resumed, "sharing did not resume after Redis came back");
+
+    // Frozen: every renewal waits one store timeout at most, then exchanges.
+    redis.freeze().unwrap();
+    let before = emulator.exchange_count();
+    let longest = refresh_all(&replicas).await;
+    redis.thaw().unwrap();
+    assert_eq!(emulator.exchange_count() - before, 20);
+    assert!(
+        longest < Duration::from_millis(250 + 500),
+        "a renewal waited {longest:?} on a frozen Redis"
+    );
+
+    // Flushed: a miss, one exchange for the fleet.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    redis.flush_all().await.unwrap();
+    let before = emulator.exchange_count();
+    refresh_all(&replicas).await;
+    assert_eq!(emulator.exchange_count() - before, 1);
+    let (tokens, _) = all_ask(&replicas).await;
+    let newest = emulator.issued_tokens().last().cloned().unwrap();
+    assert!(tokens.iter().all(|token| *token == newest));
+}
+
+/// Every replica renews at once; the longest any waited.
+async fn refresh_all(replicas: &[TokenProvider]) -> Duration {
+    let mut asks = JoinSet::new();
+    for replica in replicas {
+        let replica = replica.clone();
+        asks.spawn(async move {
+            let started = Instant::now();
+            replica.refresh().await.map(|_| started.elapsed())
+        });
+    }
+    let mut longest = Duration::ZERO;
+    let all = async {
+        while let Some(joined) = asks.join_next().await {
+            match joined.unwrap() {
+                Ok(waited) => longest = longest.max(waited),
+                Err(error) => panic!("a renewal failed: {error}"),
+            }
+        }
+    };
+    tokio::time::timeout(BOUND, all).await.unwrap();
+    longest
+}
+
+#[test]
+fn a_lock_holder_that_dies_is_overtaken_after_the_lock_time() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let main = runtime();
+    let (redis, emulator) = main.block_on(async {
+        let redis = redis().await;
+        (redis, emulator(Duration::from_secs(3600)).await)
+    });
+
+    // The holder: same client and token URL, an exchange that never
+    // answers. Its process dies (its runtime is dropped) holding the lock.
+    let hung = MockExchange::new(Duration::from_secs(3600)).gated();
+    let doomed = runtime();
+    doomed.block_on(async {
+        let store = RedisStore::connect(&redis.url()).await.unwrap();
+        let cache = SharedCache::new(store, emulator.token_url(), AuthMethod::RequestBody);
+        let holder = TokenProvider::builder(hung.clone(), emulator.credentials())
+            .shared_cache(cache)
+            .exchange_timeout(Duration::from_secs(2))
+            .build();
+        tokio::spawn(async move { holder.token().await });
+        while hung.calls() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    doomed.shutdown_background();
+
+    main.block_on(async {
+        let exchange = emulator.exchange();
+        let cache = cache(&redis, &exchange).await;
+        let survivor = TokenProvider::builder(exchange, emulator.credentials())
+            .shared_cache(cache)
+            .exchange_timeout(Duration::from_secs(2))
+            .build();
+        let started = Instant::now();
+        let token = tokio::time::timeout(BOUND, survivor.token()).await.unwrap();
+        let waited = started.elapsed();
+
+        assert_eq!(token.unwrap().secret(), emulator.issued_tokens()[0]);
+        assert_eq!(emulator.exchange_count(), 1);
+        // The dead holder's lock lasted its 2 s exchange timeout + 2 × 250 ms.
+        assert!(waited <= Duration::from_secs(4), "{waited:?}");
+        let stats = survivor.stats();
+        assert_eq!(stats.store_waits, 1);
+        assert_eq!(stats.store_lock_wins + stats.store_fallbacks, 1);
+        // The fleet has the token now.
+        let late = replica(&redis, &emulator).await;
+        assert_eq!(
+            late.token().await.unwrap().secret(),
+            emulator.issued_tokens()[0]
+        );
+        assert_eq!(emulator.exchange_count(), 1);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_wrong_key_exchanges_for_itself_and_serves_no_garbage() {
+    let redis = redis().await;
+    let emulator = emulator(Duration::from_secs(3600)).await;
+    let fleet = fleet(5, &redis, &emulator).await;
+    all_ask(&fleet).await;
+    let before = redis.dump().await.unwrap();
+
+    let exchange = emulator.exchange();
+    let wrong = cache(&redis, &exchange)
+        .await
+        .key_ring(StoreKeyRing::new("not-the-fleets", [42; 32]));
+    let stranger = TokenProvider::builder(exchange, emulator.credentials())
+        .shared_cache(wrong)
+        .build();
+    let token = stranger.token().await.unwrap();
+
+    assert!(emulator.token_validator().is_valid(token.secret()));
+    assert_eq!(token.secret(), emulator.issued_tokens()[1], "its own token");
+    assert_eq!(
+        redis.dump().await.unwrap(),
+        before,
+        "the fleet's entry is untouched"
+    );
+    let stats = stranger.stats();
+    assert_eq!((stats.store_misses, stats.store_fallbacks), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_on_one_replica_drops_the_shared_token_once_and_costs_one_exchange() {
+    let redis = redis().await;
+    let emulator = emulator(Duration::from_secs(3600)).await;
+    let replicas = fleet(10, &redis, &emulator).await;
+    all_ask(&replicas).await;
+    let ping = |replica: &TokenProvider| {
+        let http = Client::builder(TokioExecutor::new()).build_http();
+        let client = RouteraAuthLayer::new(replica.clone()).layer(http);
+        let request = Request::get(emulator.resource_url())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        async move {
+            client
+                .oneshot(request)
+                .await
+                .map(|response| response.status())
+        }
+    };
+    assert_eq!(ping(&replicas[0]).await.unwrap(), StatusCode::OK);
+
+    emulator.revoke_all();
+    // The first replica to see a 401 removes the token from Redis, even if
+    // it cannot get a new one: no replica that starts now picks it up.
+    emulator.inject(Fault::status(503));
+    assert_eq!(ping(&replicas[0]).await.unwrap(), StatusCode::UNAUTHORIZED);
+    assert!(replicas[0].token().await.is_err(), "the endpoint is down");
+    let keys = redis.dump().await.unwrap();
+    assert!(
+        !keys.iter().any(|(key, _)| key.ends_with(b":token")),
+        "the rejected token is still shared"
+    );
+    let cold = replica(&redis, &emulator).await;
+    assert!(
+        cold.token().await.is_err(),
+        "a new replica got the revoked token"
+    );
+    emulator.clear_fault();
+
+    // Every other replica sees a 401 on its next call, then succeeds on the
+    // one after with the token the first of them fetched for the fleet.
+    for replica in &replicas[1..] {
+        assert_eq!(ping(replica).await.unwrap(), StatusCode::UNAUTHORIZED);
+        assert_eq!(ping(replica).await.unwrap(), StatusCode::OK);
+    }
+    // The first one, once its backoff is over, takes it too.
+    let recovered = async {
+        while !matches!(ping(&replicas[0]).await, Ok(StatusCode::OK)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(BOUND, recovered).await.unwrap();
+
+    assert_eq!(
+        emulator.issued_tokens().len(),
+        2,
+        "one new exchange for the fleet"
+    );
+    let (tokens, _) = all_ask(&replicas).await;
+    assert!(
+        tokens
+            .iter()
+            .all(|token| *token == emulator.issued_tokens()[1])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_in_redis_reveals_a_secret_or_a_token_in_any_encoding() {
+    let redis = redis().await;
+    let emulator = emulator(Duration::from_secs(4)).await;
+    let replicas = fleet(5, &redis, &emulator).await;
+    all_ask(&replicas).await;
+    traffic_until(
+        &replicas,
+        last_refresh(&replicas) + Duration::from_millis(200),
+    )
+    .await;
+    assert!(emulator.exchange_count() >= 2);
+
+    let dump = redis.dump().await.unwrap();
+    assert!(!dump.is_empty(), "the fleet's token is in Redis");
+    let credentials = emulator.credentials();
+    let mut needles: Vec<String> = vec![credentials.client_secret().to_owned()];
+    needles.extend(emulator.issued_tokens());
+    for needle in &needles {
+        for form in encodings(needle) {
+            for (key, value) in &dump {
+                for haystack in [key, value] {
+                    assert!(
+                        !contains(haystack, &form),
+                        "a secret or token, or 12 bytes of one, is in Redis"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `secret` in the encodings a store might use, and every 12-byte piece of
+/// it as is.
+fn encodings(secret: &str) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let bytes = secret.as_bytes();
+    let mut forms = vec![
+        bytes.to_vec(),
+        bytes
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into_bytes(),
+        bytes
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
+            .into_bytes(),
+    ];
+    for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+        // Without its last characters, which depend on what follows.
+        let encoded = engine.encode(bytes);
+        forms.push(encoded.as_bytes()[..encoded.len().saturating_sub(4)].to_vec());
+    }
+    forms.extend(bytes.windows(12).map(<[u8]>::to_vec));
+    forms
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+}

@@ -1,0 +1,306 @@
+//! The fleet protocol of `SharedCache` on an in-memory store and paused
+//! time: one exchange per fleet, the lock, the waits, the fallbacks, the
+//! breaker. The same protocol against a real Redis is in `tests/fleet.rs`.
+
+use std::time::Duration;
+
+use routera_auth::store::{SharedCache, StoreKeyRing};
+use routera_auth::test_util::{MemoryStore, MockExchange};
+use routera_auth::{AuthMethod, ProviderStats, TokenError, TokenErrorKind, TokenProvider};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const URL: &str = "https://auth.routera.test/oauth2/token";
+
+fn cache(store: &MemoryStore) -> SharedCache {
+    SharedCache::new(store.clone(), URL, AuthMethod::RequestBody)
+}
+
+fn replica(store: &MemoryStore, exchange: &MockExchange) -> TokenProvider {
+    TokenProvider::builder(exchange.clone(), MockExchange::credentials())
+        .shared_cache(cache(store))
+        .build()
+}
+
+fn fleet(n: usize, store: &MemoryStore, exchange: &MockExchange) -> Vec<TokenProvider> {
+    (0..n).map(|_| replica(store, exchange)).collect()
+}
+
+/// Every replica asks for a token at once; the tokens they got.
+async fn all_ask(replicas: &[TokenProvider]) -> Vec<String> {
+    let mut asks = JoinSet::new();
+    for (i, replica) in replicas.iter().enumerate() {
+        let replica = replica.clone();
+        asks.spawn(async move { (i, replica.token().await) });
+    }
+    let mut tokens = vec![String::new(); replicas.len()];
+    while let Some(joined) = asks.join_next().await {
+        let (i, token) = joined.unwrap();
+        tokens[i] = token.unwrap().secret().to_owned();
+    }
+    tokens
+}
+
+fn total(replicas: &[TokenProvider], field: fn(&ProviderStats) -> u64) -> u64 {
+    replicas.iter().map(|replica| field(&replica.stats())).sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_fleet_makes_one_exchange_and_serves_one_token() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(50));
+    let replicas = fleet(50, &store, &exchange);
+
+    let tokens = all_ask(&replicas).await;
+
+    assert_eq!(exchange.calls(), 1);
+    assert!(tokens.iter().all(|token| token == "token-1"), "{tokens:?}");
+    assert_eq!(total(&replicas, |s| s.exchanges), 1);
+    assert_eq!(total(&replicas, |s| s.store_lock_wins), 1);
+    assert_eq!(total(&replicas, |s| s.store_hits), 49);
+    assert_eq!(total(&replicas, |s| s.store_waits), 49);
+    assert_eq!(total(&replicas, |s| s.store_errors), 0);
+    assert_eq!(total(&replicas, |s| s.store_fallbacks), 0);
+    assert_eq!(store.tokens().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_refresh_costs_one_exchange_for_the_fleet() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(50));
+    let replicas = fleet(20, &store, &exchange);
+    all_ask(&replicas).await;
+    let last_refresh = replicas
+        .iter()
+        .map(|replica| replica.timing().unwrap().refresh_at)
+        .max()
+        .unwrap();
+
+    // Steady traffic on every replica until past the last one's refresh
+    // point: each finds its refresh due, in its own jittered second.
+    while Instant::now() < last_refresh + Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        all_ask(&replicas).await;
+    }
+
+    assert_eq!(exchange.calls(), 2, "one exchange at start, one at refresh");
+    let tokens = all_ask(&replicas).await;
+    assert!(tokens.iter().all(|token| token == "token-2"), "{tokens:?}");
+    assert_eq!(total(&replicas, |s| s.background_refreshes), 20);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_store_never_fails_a_request_and_sharing_resumes() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let replicas = fleet(10, &store, &exchange);
+    store.set_failing(true);
+
+    let tokens = all_ask(&replicas).await;
+
+    assert_eq!(tokens.len(), 10);
+    assert_eq!(exchange.calls(), 10, "each replica exchanges on its own");
+    assert_eq!(total(&replicas, |s| s.store_fallbacks), 10);
+    assert!(total(&replicas, |s| s.store_errors) >= 10);
+
+    // The store is back long before the refresh: the fleet shares again.
+    store.set_failing(false);
+    let last_refresh = replicas
+        .iter()
+        .map(|replica| replica.timing().unwrap().refresh_at)
+        .max()
+        .unwrap();
+    while Instant::now() < last_refresh + Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        all_ask(&replicas).await;
+    }
+    assert_eq!(exchange.calls(), 11, "one fleet exchange at the refresh");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_leaves_a_failing_store_alone() {
+    let store = MemoryStore::new();
+    store.set_failing(true);
+    let exchange = MockExchange::new(Duration::from_secs(60));
+    let replica = TokenProvider::builder(exchange.clone(), MockExchange::credentials())
+        .shared_cache(cache(&store).breaker(2, Duration::from_secs(30)))
+        .build();
+
+    replica.token().await.unwrap();
+    // A load failed, then the save after the exchange: two in a row.
+    let after_open = store.operations();
+    assert_eq!(replica.stats().store_errors, 2);
+    for _ in 0..5 {
+        replica.refresh().await.unwrap();
+    }
+    assert_eq!(store.operations(), after_open, "the breaker is open");
+    assert_eq!(exchange.calls(), 6);
+
+    // After 30 s one operation is tried again; it fails, and the breaker
+    // opens again at once.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    replica.refresh().await.unwrap();
+    assert_eq!(store.operations(), after_open + 1);
+    replica.refresh().await.unwrap();
+    assert_eq!(store.operations(), after_open + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_store_delays_a_cold_caller_by_one_timeout_at_most() {
+    let store = MemoryStore::new();
+    store.set_delay(Some(HOUR));
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(40));
+    let replica = replica(&store, &exchange);
+
+    let started = Instant::now();
+    replica.token().await.unwrap();
+
+    // The store's 250 ms timeout, then the exchange's 40 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(290));
+    assert_eq!(replica.stats().store_fallbacks, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_lock_holder_is_overtaken_after_the_lock_time() {
+    let store = MemoryStore::new();
+    // The holder's exchange never answers (its exchange timeout is long).
+    let hung = MockExchange::new(HOUR).gated();
+    let holder = TokenProvider::builder(hung.clone(), MockExchange::credentials())
+        .shared_cache(cache(&store))
+        .exchange_timeout(HOUR)
+        .build();
+    let exchange = MockExchange::new(HOUR);
+    let other = TokenProvider::builder(exchange.clone(), MockExchange::credentials())
+        .shared_cache(cache(&store))
+        .exchange_timeout(Duration::from_secs(2))
+        .build();
+
+    let holding = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.token().await }
+    });
+    while hung.calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let started = Instant::now();
+    let token = other.token().await.unwrap();
+
+    // It waited for its own lock time (exchange timeout + 2 × 250 ms) and
+    // the last look (250 ms), then exchanged for itself.
+    assert_eq!(token.secret(), "token-1");
+    assert_eq!(exchange.calls(), 1);
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(2_750)..Duration::from_millis(2_900)).contains(&waited),
+        "{waited:?}"
+    );
+    let stats = other.stats();
+    assert_eq!((stats.store_waits, stats.store_fallbacks), (1, 1));
+    assert!(!holding.is_finished());
+    // The token it fetched is shared: a new replica takes it.
+    let late = replica(&store, &exchange);
+    assert_eq!(late.token().await.unwrap().secret(), "token-1");
+    assert_eq!(exchange.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_with_another_key_exchanges_for_itself_and_leaves_the_entry() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let first = replica(&store, &exchange);
+    first.token().await.unwrap();
+    let stored = store.tokens();
+
+    let stranger = TokenProvider::builder(exchange.clone(), MockExchange::credentials())
+        .shared_cache(cache(&store).key_ring(StoreKeyRing::new("other", [9; 32])))
+        .build();
+    let token = stranger.token().await.unwrap();
+
+    assert_eq!(token.secret(), "token-2", "its own token, never garbage");
+    assert_eq!(store.tokens(), stored, "the fleet's entry is untouched");
+    let stats = stranger.stats();
+    assert_eq!((stats.store_misses, stats.store_fallbacks), (1, 1));
+    // The fleet still shares the first token.
+    assert_eq!(
+        replica(&store, &exchange).token().await.unwrap().secret(),
+        "token-1"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_token_leaves_the_store_once_and_the_fleet_renews_once() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let replicas = fleet(10, &store, &exchange);
+    all_ask(&replicas).await;
+    let rejected = replicas[0].token().await.unwrap();
+    let fingerprint = store.tokens()[0].1.fingerprint.clone();
+
+    // The API rejects token-1 on every replica.
+    for replica in &replicas {
+        assert!(replica.invalidate(&rejected));
+    }
+    let tokens = all_ask(&replicas).await;
+
+    assert_eq!(exchange.calls(), 2);
+    assert!(tokens.iter().all(|token| token == "token-2"), "{tokens:?}");
+    let stored = store.tokens();
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0].1.fingerprint, fingerprint);
+    // A replica that starts now gets the new token, not the rejected one.
+    assert_eq!(
+        replica(&store, &exchange).token().await.unwrap().secret(),
+        "token-2"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fleet_backs_off_when_the_endpoint_asks_one_replica_to() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let limited =
+        TokenError::new(TokenErrorKind::RateLimited).with_retry_after(Duration::from_secs(30));
+    exchange.fail_next(limited);
+    let first = replica(&store, &exchange);
+    let second = replica(&store, &exchange);
+
+    assert_eq!(
+        first.token().await.unwrap_err().kind(),
+        TokenErrorKind::RateLimited
+    );
+    let error = second.token().await.unwrap_err();
+
+    assert_eq!(error.kind(), TokenErrorKind::RateLimited);
+    assert!(error.retry_after().unwrap() <= Duration::from_secs(30));
+    assert_eq!(
+        exchange.calls(),
+        1,
+        "the second replica did not ask the endpoint"
+    );
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(second.token().await.unwrap().secret(), "token-2");
+    assert_eq!(first.token().await.unwrap().secret(), "token-2");
+    assert_eq!(exchange.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_credentials_move_to_new_keys() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let replica = replica(&store, &exchange);
+    replica.token().await.unwrap();
+    let before = store.tokens()[0].0.clone();
+
+    replica.set_credentials(routera_auth::ClientCredentials::new(
+        "mock-client",
+        "rotated",
+    ));
+    // Same client: the token stays until renewed.
+    replica.refresh().await.unwrap();
+
+    let keys: Vec<String> = store.tokens().into_iter().map(|(key, _)| key).collect();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.contains(&before));
+    assert_eq!(exchange.calls(), 2);
+}
