@@ -80,6 +80,11 @@
 //! - `metrics`: the provider's exchanges, failures, waits, invalidations,
 //!   refreshes, exchange latency and token expiry on the `metrics` facade
 //!   (see the `metrics` module).
+//! - `shared-store`: [`store::SharedCache`], one token and one exchange
+//!   for the processes of a fleet, on a [`store::TokenStore`] backend; and
+//!   `test_util::MemoryStore` with `test-util`.
+//! - `redis`: [`store::RedisStore`], the shared store on Redis 6+ or
+//!   Valkey; and `test_util::RedisServer` with `test-util`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

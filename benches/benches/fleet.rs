@@ -1,0 +1,288 @@
+//! A fleet's cold start: N replicas (N = 10, 100, 1,000) ask for a token at
+//! the same instant, with and without the shared store on Redis.
+//!
+//! Each replica is a `TokenProvider` of its own; with the store, each has
+//! its own `RedisStore` connection (opened before the start, as a service
+//! connects at boot), on a real `redis-server` the bench starts on a unix
+//! socket (Debian package `redis-server`). The token endpoint is the
+//! in-process emulator, made to answer every exchange 50 ms late. Redis is
+//! flushed between runs.
+//!
+//! For each run it prints the exchanges the fleet made and the time from
+//! the start until each replica had its token (p50, p99, max). The target
+//! for the store runs: 1 exchange for the fleet and p99 within the exchange
+//! time plus 100 ms. Timings are printed, never a failure; a store run that
+//! makes other than one exchange, or a replica that gets no token, is: the
+//! bench then exits non-zero.
+//!
+//! Not a criterion bench: what is measured is a distribution over one cold
+//! start, not a loop. Run with
+//!
+//! ```text
+//! cargo bench --manifest-path benches/Cargo.toml --bench fleet
+//! ```
+//!
+//! Run without `--bench` (`cargo test --benches`) or with `--test`
+//! (`cargo bench -- --test`), it checks N = 10 only.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use routera_auth::store::{RedisStore, SharedCache};
+use routera_auth::test_util::{Emulator, Fault, RedisServer};
+use routera_auth::{ProviderStats, TokenProvider};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// The fleet sizes of a full run.
+const FLEETS: [usize; 3] = [10, 100, 1000];
+/// The fleet sizes of a quick check.
+const QUICK_FLEETS: [usize; 1] = [10];
+/// How late the token endpoint answers each exchange.
+const EXCHANGE_DELAY: Duration = Duration::from_millis(50);
+/// The target for p99 with the store: the exchange time plus this.
+const TARGET_MARGIN: Duration = Duration::from_millis(100);
+/// Solo exchanges timed to measure the exchange time.
+const SOLO_EXCHANGES: usize = 5;
+/// The longest a cold start may take before the bench gives up on it.
+const BOUND: Duration = Duration::from_secs(60);
+
+/// What one cold start of a fleet gave.
+struct Run {
+    replicas: usize,
+    shared: bool,
+    exchanges: u64,
+    /// The time until each replica had its token, sorted.
+    waits: Vec<Duration>,
+    /// The store counters summed over the replicas.
+    stats: ProviderStats,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not.
+    let quick = !args.iter().any(|arg| arg == "--bench") || args.iter().any(|arg| arg == "--test");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fleet: could not start a Tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench(quick)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("fleet: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(quick: bool) -> Result<(), String> {
+    let redis = RedisServer::start()
+        .await
+        .map_err(|error| format!("this bench needs a real Redis: {error}"))?;
+    let emulator = Emulator::builder()
+        .expires_in(Duration::from_secs(3600))
+        .start()
+        .await
+        .map_err(|error| format!("could not start the emulator: {error}"))?;
+    emulator.inject(Fault::slow(EXCHANGE_DELAY));
+
+    let exchange_time = solo_exchange(&emulator).await?;
+    let target = exchange_time + TARGET_MARGIN;
+    println!(
+        "token endpoint: emulator answering {} ms late; one exchange alone takes {} \
+         (median of {SOLO_EXCHANGES})",
+        EXCHANGE_DELAY.as_millis(),
+        ms(exchange_time),
+    );
+    println!(
+        "target with the store: 1 exchange for the fleet and p99 within the exchange time \
+         plus {} ms ({})",
+        TARGET_MARGIN.as_millis(),
+        ms(target),
+    );
+    println!(
+        "tokio: multi-thread runtime, {} worker threads\n",
+        tokio::runtime::Handle::current().metrics().num_workers()
+    );
+
+    println!(
+        "{:>8}  {:<5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>5}  {:>5}  {:>9}  {:>6}  target",
+        "replicas",
+        "store",
+        "exchanges",
+        "p50",
+        "p99",
+        "max",
+        "wins",
+        "waits",
+        "fallbacks",
+        "errors"
+    );
+    let fleets: &[usize] = if quick { &QUICK_FLEETS } else { &FLEETS };
+    let mut failures = Vec::new();
+    for &replicas in fleets {
+        for shared in [false, true] {
+            redis
+                .flush_all()
+                .await
+                .map_err(|error| format!("could not flush Redis: {error}"))?;
+            let run = cold_start(&emulator, shared.then_some(&redis), replicas).await?;
+            println!("{}", row(&run, target));
+            if run.shared && run.exchanges != 1 {
+                failures.push(format!(
+                    "{replicas} replicas with the store made {} exchanges, expected 1",
+                    run.exchanges
+                ));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        return Err(format!(
+            "single flight across replicas is broken: {}",
+            failures.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+/// The time of one exchange with nothing else going on: the median of a
+/// few lone providers' first token.
+async fn solo_exchange(emulator: &Emulator) -> Result<Duration, String> {
+    let mut times = Vec::with_capacity(SOLO_EXCHANGES);
+    for _ in 0..SOLO_EXCHANGES {
+        let provider = emulator.provider();
+        let started = Instant::now();
+        provider
+            .token()
+            .await
+            .map_err(|error| format!("a lone provider got no token: {error}"))?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// `replicas` providers, sharing `redis` if given, all asking for their
+/// first token at the same instant.
+async fn cold_start(
+    emulator: &Emulator,
+    redis: Option<&RedisServer>,
+    replicas: usize,
+) -> Result<Run, String> {
+    let mut fleet = Vec::with_capacity(replicas);
+    for _ in 0..replicas {
+        let exchange = emulator.exchange();
+        let builder = TokenProvider::builder(exchange.clone(), emulator.credentials());
+        let provider = match redis {
+            Some(redis) => {
+                let store = RedisStore::connect(&redis.url())
+                    .await
+                    .map_err(|error| format!("could not connect to Redis: {error}"))?;
+                builder
+                    .shared_cache(SharedCache::for_exchange(store, &exchange))
+                    .build()
+            }
+            None => builder.build(),
+        };
+        fleet.push(provider);
+    }
+
+    // Every replica waits at the gate; opening it is the start.
+    let (gate, opened) = watch::channel(false);
+    let mut asks = JoinSet::new();
+    for (i, provider) in fleet.iter().enumerate() {
+        let (provider, mut opened) = (provider.clone(), opened.clone());
+        asks.spawn(async move {
+            let _ = opened.wait_for(|&open| open).await;
+            let token = provider.token().await;
+            (i, token.map(drop), Instant::now())
+        });
+    }
+    // Lets every task reach the gate before it opens.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = emulator.exchange_count();
+    let started = Instant::now();
+    gate.send_replace(true);
+
+    let mut waits = Vec::with_capacity(replicas);
+    let all = async {
+        while let Some(joined) = asks.join_next().await {
+            let (i, token, done) =
+                joined.map_err(|error| format!("a replica panicked: {error}"))?;
+            token.map_err(|error| format!("replica {i} got no token: {error}"))?;
+            waits.push(done - started);
+        }
+        Ok::<(), String>(())
+    };
+    tokio::time::timeout(BOUND, all)
+        .await
+        .map_err(|_| format!("{replicas} replicas had no token after {BOUND:?}"))??;
+    waits.sort();
+
+    let mut stats = ProviderStats::default();
+    for provider in &fleet {
+        let own = provider.stats();
+        stats.store_lock_wins += own.store_lock_wins;
+        stats.store_waits += own.store_waits;
+        stats.store_fallbacks += own.store_fallbacks;
+        stats.store_errors += own.store_errors;
+    }
+    Ok(Run {
+        replicas,
+        shared: redis.is_some(),
+        exchanges: emulator.exchange_count() - before,
+        waits,
+        stats,
+    })
+}
+
+/// One line of the table.
+fn row(run: &Run, target: Duration) -> String {
+    let p99 = percentile(&run.waits, 0.99);
+    let verdict = match (run.shared, run.exchanges == 1 && p99 <= target) {
+        (false, _) => "-",
+        (true, true) => "met",
+        (true, false) => "missed",
+    };
+    let store = |value: u64| {
+        if run.shared {
+            value.to_string()
+        } else {
+            "-".to_owned()
+        }
+    };
+    format!(
+        "{:>8}  {:<5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>5}  {:>5}  {:>9}  {:>6}  {verdict}",
+        run.replicas,
+        if run.shared { "yes" } else { "no" },
+        run.exchanges,
+        ms(percentile(&run.waits, 0.50)),
+        ms(p99),
+        ms(run.waits.last().copied().unwrap_or_default()),
+        store(run.stats.store_lock_wins),
+        store(run.stats.store_waits),
+        store(run.stats.store_fallbacks),
+        store(run.stats.store_errors),
+    )
+}
+
+/// The nearest-rank `q` quantile of `sorted`.
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `duration` in milliseconds, one decimal.
+fn ms(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
