@@ -122,6 +122,14 @@ async fn two_hundred_replicas_make_one_exchange_at_start_and_one_at_the_refresh(
     assert!(tokens.iter().all(|token| token == first));
     assert_eq!(total(&replicas, |s| s.store_lock_wins), 1);
     assert_eq!(total(&replicas, |s| s.store_fallbacks), 0);
+    // The entry lives as long as the token may be served (3 s of 4).
+    let served_for = replicas[0].timing().unwrap().served_until - Instant::now();
+    let ttl = Duration::from_millis(token_ttl_ms(&redis).await);
+    assert!(
+        ttl <= served_for + Duration::from_millis(50)
+            && served_for <= ttl + Duration::from_millis(250),
+        "entry lives {ttl:?}, token served for {served_for:?}"
+    );
 
     let past_refresh = last_refresh(&replicas) + Duration::from_millis(200);
     traffic_until(&replicas, past_refresh).await;
@@ -187,6 +195,23 @@ async fn redis_killed_restarted_frozen_or_flushed_never_fails_a_request() {
     let (tokens, _) = all_ask(&replicas).await;
     let newest = emulator.issued_tokens().last().cloned().unwrap();
     assert!(tokens.iter().all(|token| *token == newest));
+}
+
+/// The time to live of the one token entry in Redis, in milliseconds.
+async fn token_ttl_ms(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*:token")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap()
 }
 
 /// Every replica renews at once; the longest any waited.

@@ -42,6 +42,18 @@ async fn all_ask(replicas: &[TokenProvider]) -> Vec<String> {
     tokens
 }
 
+/// Steady traffic on every replica, one request a second, until past the
+/// last one's refresh point: each finds its refresh due in its own jittered
+/// second.
+async fn traffic_past_refresh(replicas: &[TokenProvider]) {
+    let refresh_at = replicas.iter().map(|r| r.timing().unwrap().refresh_at);
+    let last_refresh = refresh_at.max().unwrap();
+    while Instant::now() < last_refresh + Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        all_ask(replicas).await;
+    }
+}
+
 fn total(replicas: &[TokenProvider], field: fn(&ProviderStats) -> u64) -> u64 {
     replicas.iter().map(|replica| field(&replica.stats())).sum()
 }
@@ -71,18 +83,7 @@ async fn the_refresh_costs_one_exchange_for_the_fleet() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(50));
     let replicas = fleet(20, &store, &exchange);
     all_ask(&replicas).await;
-    let last_refresh = replicas
-        .iter()
-        .map(|replica| replica.timing().unwrap().refresh_at)
-        .max()
-        .unwrap();
-
-    // Steady traffic on every replica until past the last one's refresh
-    // point: each finds its refresh due, in its own jittered second.
-    while Instant::now() < last_refresh + Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        all_ask(&replicas).await;
-    }
+    traffic_past_refresh(&replicas).await;
 
     assert_eq!(exchange.calls(), 2, "one exchange at start, one at refresh");
     let tokens = all_ask(&replicas).await;
@@ -106,15 +107,7 @@ async fn a_failing_store_never_fails_a_request_and_sharing_resumes() {
 
     // The store is back long before the refresh: the fleet shares again.
     store.set_failing(false);
-    let last_refresh = replicas
-        .iter()
-        .map(|replica| replica.timing().unwrap().refresh_at)
-        .max()
-        .unwrap();
-    while Instant::now() < last_refresh + Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        all_ask(&replicas).await;
-    }
+    traffic_past_refresh(&replicas).await;
     assert_eq!(exchange.calls(), 11, "one fleet exchange at the refresh");
 }
 

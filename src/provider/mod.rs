@@ -1,9 +1,11 @@
 //! [`TokenProvider`]: the shared token cache in front of a token exchange.
 
+mod attempt;
 mod cached;
 #[cfg(feature = "shared-store")]
 mod fleet;
 mod options;
+mod pacing;
 mod worker;
 
 use std::fmt;

@@ -13,12 +13,8 @@
 //! its decides whether a token is served: the request path compares the
 //! clock with the token's deadline itself.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -27,11 +23,13 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
+use super::attempt::{CatchUnwind, Panicked, log_failure};
 use super::cached::CachedToken;
 use super::options::{Options, random_unit};
+use super::pacing::Pacing;
 use super::{Ask, ProviderStats};
 use crate::ClientCredentials;
-use crate::error::{BoxError, ErrorChain, TokenError, TokenErrorKind};
+use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::metrics::{self, Event};
 use crate::token::{Token, TokenRequest};
 
@@ -565,72 +563,6 @@ where
         self.state.current.store(Some(Arc::clone(&cached)));
         Ok(cached)
     }
-}
-
-/// Paces the invalidations that responses cause (401, gRPC
-/// UNAUTHENTICATED): the first after a quiet period goes through at once;
-/// one soon after another waits out a delay that doubles like the exchange
-/// backoff. An API that rejects every token gets a trickle of exchanges,
-/// never one per request.
-#[derive(Default)]
-struct Pacing {
-    last: Option<Instant>,
-    streak: u32,
-}
-
-impl Pacing {
-    fn record(&mut self, at: Instant, options: &Options) {
-        let quiet = options.max_backoff.saturating_mul(2);
-        if self
-            .last
-            .is_some_and(|last| at.saturating_duration_since(last) >= quiet)
-        {
-            self.streak = 0;
-        }
-        self.last = Some(at);
-        self.streak = self.streak.saturating_add(1);
-    }
-
-    /// From when a rejection may invalidate the next token, if not at once.
-    fn next(&self, options: &Options) -> Option<Instant> {
-        self.last?
-            .checked_add(options.backoff(self.streak, None, 0.0))
-    }
-}
-
-struct Panicked;
-
-/// Polls the exchange, turning a panic into [`Panicked`].
-struct CatchUnwind<F>(F);
-
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Panicked>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let future = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(future).poll(cx))) {
-            Ok(poll) => poll.map(Ok),
-            Err(_) => Poll::Ready(Err(Panicked)),
-        }
-    }
-}
-
-/// Permanent errors (bad credentials, bad request) at `error`, transient
-/// ones at `warn`; never the token or the secret.
-fn log_failure(error: &TokenError, elapsed: Duration, failures: u32, delay: Duration) {
-    let (status, code) = (error.status().map(|s| s.as_u16()), error.error_code());
-    let (error, duration_ms, retryable) = (
-        ErrorChain(error),
-        elapsed.as_millis() as u64,
-        error.is_retryable(),
-    );
-    if retryable {
-        tracing::warn!(%error, status, error_code = code, retryable, duration_ms, "token exchange failed");
-    } else {
-        tracing::error!(%error, status, error_code = code, retryable, duration_ms, "token exchange failed");
-    }
-    let retry_in_ms = delay.as_millis() as u64;
-    tracing::info!(failures, retry_in_ms, "token exchange backing off");
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
