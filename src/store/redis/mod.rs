@@ -1,14 +1,20 @@
 //! [`RedisStore`]: the [`TokenStore`] on Redis 6+ or Valkey.
 
-use std::error::Error as StdError;
+mod error;
+mod scripts;
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, RedisResult, Script, Value};
+use redis::{Client, RedisError, RedisResult, Value};
 
+use self::error::RedisStoreError;
+use self::scripts::{BACK_OFF, FIELDS, REMOVE, SAVE, UNLOCK, millis, parse_token};
 use super::{Snapshot, StoreError, StoreFuture, StoreKeys, StoredToken, TokenStore};
 
 /// How long a command may wait for its answer before it fails.
@@ -20,106 +26,6 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
 /// manager's retries are spaced by sleeps); the next operation starts a new
 /// reconnection, and [`RedisStore::run`] gives each operation one more try.
 const RECONNECT_RETRIES: usize = 0;
-/// The longest time to live or backoff written, about a century: Redis
-/// refuses expiry times that overflow, and Lua numbers are exact below 2^53.
-const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
-
-/// The fields of the token's hash.
-const FIELDS: [&str; 4] = ["iat", "exp", "fp", "v"];
-
-/// `save`: KEYS[1] the token's hash; ARGV the new `iat`, `exp`, `fp`, `v`
-/// and the time to live in milliseconds. Writes unless the stored entry is
-/// one [`RedisStore::load`] would read (both numbers decimal `u64`, `fp`
-/// UTF-8, `v` present) and was issued at the same time or later; an entry
-/// `load` reads as a miss is replaced. Numbers are compared as decimal
-/// strings, digit by digit, so the whole `u64` range compares exactly (Lua
-/// numbers are doubles).
-const SAVE_LUA: &str = r"
-local function at_least(a, b)
-  if #a ~= #b then return #a > #b end
-  for i = 1, #a do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x > y end
-  end
-  return true
-end
-local function decimal(value)
-  if not value then return nil end
-  local digits = string.match(value, '^0*(%d+)$')
-  if digits and at_least('18446744073709551615', digits) then return digits end
-  return nil
-end
-local function utf8(s)
-  local i, n = 1, #s
-  while i <= n do
-    local c = string.byte(s, i)
-    local len, lo, hi = 1, 0x80, 0xBF
-    if c < 0x80 then len = 1
-    elseif c >= 0xC2 and c <= 0xDF then len = 2
-    elseif c >= 0xE0 and c <= 0xEF then len = 3
-    elseif c >= 0xF0 and c <= 0xF4 then len = 4
-    else return false end
-    if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F
-    elseif c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
-    if i + len - 1 > n then return false end
-    for j = i + 1, i + len - 1 do
-      local d = string.byte(s, j)
-      if d < lo or d > hi then return false end
-      lo, hi = 0x80, 0xBF
-    end
-    i = i + len
-  end
-  return true
-end
-local stored = redis.call('HMGET', KEYS[1], 'iat', 'exp', 'fp', 'v')
-local iat = decimal(stored[1])
-if iat and decimal(stored[2]) and stored[3] and utf8(stored[3]) and stored[4]
-    and at_least(iat, ARGV[1]) then
-  return 0
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'iat', ARGV[1], 'exp', ARGV[2], 'fp', ARGV[3], 'v', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
-";
-
-/// `remove`: KEYS[1] the token's hash; ARGV[1] the fingerprint. Deletes the
-/// entry only if it holds that fingerprint.
-const REMOVE_LUA: &str = r"
-if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
-/// `unlock`: KEYS[1] the lock; ARGV[1] the owner. Deletes the lock only if
-/// that owner holds it.
-const UNLOCK_LUA: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
-
-/// `back_off`: KEYS[1] the backoff key; ARGV[1] the duration in
-/// milliseconds. Sets it unless it already has at least that long to live,
-/// so a backoff is never shortened; a key without expiry (never written by
-/// this store) is given one rather than blocking the fleet forever. PTTL
-/// and SET are in every Redis since 2.6, unlike `SET … GT` (none) or
-/// `PEXPIRE … GT` (7.0).
-const BACK_OFF_LUA: &str = r"
-local remaining = redis.call('PTTL', KEYS[1])
-if remaining >= tonumber(ARGV[1]) then
-  return 0
-end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-return 1
-";
-
-static SAVE: LazyLock<Script> = LazyLock::new(|| Script::new(SAVE_LUA));
-static REMOVE: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE_LUA));
-static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(UNLOCK_LUA));
-static BACK_OFF: LazyLock<Script> = LazyLock::new(|| Script::new(BACK_OFF_LUA));
 
 /// The shared token store on Redis 6 or later, or Valkey (feature `redis`).
 ///
@@ -535,39 +441,6 @@ impl TokenStore for RedisStore {
     }
 }
 
-/// A duration in whole milliseconds for `PX`/`PEXPIRE`: `None` for zero,
-/// at least 1 otherwise, at most [`MAX_TTL_MS`].
-fn millis(duration: Duration) -> Option<u64> {
-    if duration.is_zero() {
-        return None;
-    }
-    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    Some(ms.clamp(1, MAX_TTL_MS))
-}
-
-/// The token in the fields `iat`, `exp`, `fp`, `v` of its hash; `None` if
-/// one is missing or malformed.
-fn parse_token(fields: Vec<Option<Vec<u8>>>) -> Option<StoredToken> {
-    let mut fields = fields.into_iter();
-    let mut next = || fields.next().flatten();
-    let number = |bytes: Vec<u8>| -> Option<u64> {
-        if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(&bytes).ok()?.parse().ok()
-    };
-    let issued_at_ms = number(next()?)?;
-    let expires_at_ms = number(next()?)?;
-    let fingerprint = String::from_utf8(next()?).ok()?;
-    let sealed = next()?;
-    Some(StoredToken {
-        issued_at_ms,
-        expires_at_ms,
-        fingerprint,
-        sealed,
-    })
-}
-
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut debug = f.debug_struct("RedisStore");
@@ -575,162 +448,5 @@ impl fmt::Debug for RedisStore {
             debug.field("server", server);
         }
         debug.finish_non_exhaustive()
-    }
-}
-
-/// What went wrong in a [`RedisStore`], the source of its [`StoreError`].
-#[derive(Debug)]
-struct RedisStoreError {
-    message: String,
-    source: Option<RedisError>,
-}
-
-impl RedisStoreError {
-    fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    fn with_source(message: impl Into<String>, source: RedisError) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(source),
-        }
-    }
-
-    fn operation(operation: &'static str, source: RedisError) -> Self {
-        let what = if source.is_timeout() {
-            "Redis did not answer in time"
-        } else if source.is_connection_refusal() || source.is_connection_dropped() {
-            "no connection to Redis"
-        } else {
-            "Redis refused or failed it"
-        };
-        Self::with_source(format!("{operation}: {what}"), source)
-    }
-}
-
-impl fmt::Display for RedisStoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The cause is not repeated here: it is `source()`.
-        f.write_str(&self.message)
-    }
-}
-
-impl StdError for RedisStoreError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_ref()
-            .map(|source| source as &(dyn StdError + 'static))
-    }
-}
-
-impl From<RedisStoreError> for StoreError {
-    fn from(error: RedisStoreError) -> Self {
-        StoreError::new(error)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fields(values: [Option<&[u8]>; 4]) -> Vec<Option<Vec<u8>>> {
-        values.iter().map(|v| v.map(<[u8]>::to_vec)).collect()
-    }
-
-    #[test]
-    fn complete_fields_are_a_token() {
-        let token = parse_token(fields([
-            Some(b"10"),
-            Some(b"20"),
-            Some(b"fp"),
-            Some(b"\0\xffsealed"),
-        ]));
-        assert_eq!(
-            token,
-            Some(StoredToken {
-                issued_at_ms: 10,
-                expires_at_ms: 20,
-                fingerprint: "fp".to_owned(),
-                sealed: b"\0\xffsealed".to_vec(),
-            })
-        );
-    }
-
-    #[test]
-    fn missing_or_malformed_fields_are_a_miss() {
-        let cases = [
-            fields([None, Some(b"20"), Some(b"fp"), Some(b"v")]),
-            fields([Some(b"10"), None, Some(b"fp"), Some(b"v")]),
-            fields([Some(b"10"), Some(b"20"), None, Some(b"v")]),
-            fields([Some(b"10"), Some(b"20"), Some(b"fp"), None]),
-            fields([Some(b"ten"), Some(b"20"), Some(b"fp"), Some(b"v")]),
-            fields([Some(b"-1"), Some(b"20"), Some(b"fp"), Some(b"v")]),
-            fields([Some(b"+1"), Some(b"20"), Some(b"fp"), Some(b"v")]),
-            fields([Some(b""), Some(b"20"), Some(b"fp"), Some(b"v")]),
-            fields([
-                Some(b"10"),
-                Some(b"99999999999999999999"),
-                Some(b"fp"),
-                Some(b"v"),
-            ]),
-            fields([Some(b"10"), Some(b"20"), Some(b"\xff"), Some(b"v")]),
-            Vec::new(),
-        ];
-        for case in cases {
-            assert_eq!(parse_token(case.clone()), None, "{case:?}");
-        }
-    }
-
-    #[test]
-    fn durations_become_milliseconds_for_px() {
-        assert_eq!(millis(Duration::ZERO), None);
-        assert_eq!(millis(Duration::from_nanos(1)), Some(1));
-        assert_eq!(millis(Duration::from_millis(1500)), Some(1500));
-        assert_eq!(millis(Duration::MAX), Some(MAX_TTL_MS));
-    }
-
-    #[test]
-    fn debug_shows_no_password() {
-        let store = RedisStore::open("redis://user:hunter2@redis.internal:6380/2");
-        let store = match store {
-            Ok(store) => store,
-            Err(error) => panic!("{error}"),
-        };
-        let debug = format!("{store:?}");
-        assert!(debug.contains("redis.internal:6380"), "{debug}");
-        assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(!debug.contains("user"), "{debug}");
-    }
-
-    #[test]
-    fn a_bad_url_says_what_is_expected() {
-        for url in ["http://localhost", "not a url", "redis://host:99999"] {
-            let error = match RedisStore::open(url) {
-                Ok(store) => panic!("{url} opened {store:?}"),
-                Err(error) => error,
-            };
-            let message = error.to_string();
-            assert!(message.contains("invalid Redis URL"), "{message}");
-            assert!(message.contains("redis://"), "{message}");
-            assert!(error.source().is_some());
-        }
-    }
-
-    #[test]
-    fn an_operation_outside_a_runtime_is_an_error() {
-        let store = RedisStore::open("redis://127.0.0.1:1");
-        let store = match store {
-            Ok(store) => store,
-            Err(error) => panic!("{error}"),
-        };
-        let error = match store.manager() {
-            Ok(_) => panic!("built a manager without a runtime"),
-            Err(error) => error,
-        };
-        assert!(error.to_string().contains("Tokio runtime"), "{error}");
     }
 }
