@@ -908,3 +908,35 @@ async fn the_harness_restarts_empty_and_cleans_up() {
         "redis-server {pid} still runs"
     );
 }
+
+#[tokio::test]
+async fn load_reports_the_times_left_as_redis_counts_them() {
+    let server = server().await;
+    let store = store(&server).await;
+    let keys = keys("times-left");
+
+    let empty = bounded(store.load(&keys)).await.unwrap();
+    assert_eq!((empty.token_ttl, empty.lock_ttl), (None, None));
+
+    let ttl = Duration::from_secs(10);
+    assert!(
+        bounded(store.save(&keys, &token(1, "fp"), ttl))
+            .await
+            .unwrap()
+    );
+    let lock_for = Duration::from_secs(5);
+    assert!(bounded(store.lock(&keys, "owner", lock_for)).await.unwrap());
+    let loaded = bounded(store.load(&keys)).await.unwrap();
+
+    let token_ttl = loaded.token_ttl.unwrap();
+    assert!(token_ttl <= ttl && token_ttl > ttl - BOUND, "{token_ttl:?}");
+    let lock_ttl = loaded.lock_ttl.unwrap();
+    assert!(
+        lock_ttl <= lock_for && lock_ttl > lock_for - BOUND,
+        "{lock_ttl:?}"
+    );
+    bounded(store.unlock(&keys, "owner")).await.unwrap();
+    let unlocked = bounded(store.load(&keys)).await.unwrap();
+    assert_eq!(unlocked.lock_ttl, None);
+    assert!(unlocked.token_ttl.is_some());
+}

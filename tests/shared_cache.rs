@@ -297,3 +297,116 @@ async fn new_credentials_move_to_new_keys() {
     assert!(keys.contains(&before));
     assert_eq!(exchange.calls(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_endless_retry_after_holds_the_fleet_back_ten_minutes_at_most() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let day = Duration::from_secs(24 * 3600);
+    exchange.fail_next(TokenError::new(TokenErrorKind::RateLimited).with_retry_after(day));
+    let first = replica(&store, &exchange);
+    assert!(first.token().await.is_err());
+
+    let second = replica(&store, &exchange);
+    let error = second.token().await.unwrap_err();
+    assert!(error.retry_after().unwrap() <= Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_secs(601)).await;
+    assert_eq!(second.token().await.unwrap().secret(), "token-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_dropped_during_its_exchange_releases_the_fleets_lock() {
+    let store = MemoryStore::new();
+    let slow = MockExchange::new(HOUR).with_delay(Duration::from_secs(1));
+    let doomed = replica(&store, &slow);
+    let asking = tokio::spawn({
+        let doomed = doomed.clone();
+        async move { doomed.token().await }
+    });
+    while slow.calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    asking.abort();
+    drop(doomed);
+
+    let exchange = MockExchange::new(HOUR);
+    let other = replica(&store, &exchange);
+    let started = Instant::now();
+    other.token().await.unwrap();
+
+    // The lock is free once the dropped provider's exchange ends (1 s), not
+    // after its lock time (10.5 s).
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(1_300), "{waited:?}");
+    assert_eq!(exchange.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_credentials_end_a_wait_on_the_old_ones_at_once() {
+    let store = MemoryStore::new();
+    let hung = MockExchange::new(HOUR).gated();
+    let holder = replica(&store, &hung);
+    tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.token().await }
+    });
+    while hung.calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let exchange = MockExchange::new(HOUR);
+    let waiter = replica(&store, &exchange);
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.token().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(exchange.calls(), 0, "it waits for the lock holder");
+
+    let rotated = routera_auth::ClientCredentials::new("mock-client", "rotated");
+    waiter.set_credentials(rotated.clone());
+    let started = Instant::now();
+    waiting.await.unwrap().unwrap();
+
+    assert!(started.elapsed() < Duration::from_millis(300));
+    assert_eq!(
+        exchange.credentials_seen(),
+        [rotated],
+        "never the old secret"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_replica_takes_a_stored_token_due_for_refresh_while_the_endpoint_fails() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    replica(&store, &exchange).token().await.unwrap();
+    // Past every refresh point (54:30–55:30), before it stops being served.
+    tokio::time::sleep(Duration::from_secs(58 * 60)).await;
+    let failure = TokenError::new(TokenErrorKind::ServerError);
+    exchange.fail_until(Instant::now() + HOUR, failure);
+
+    let late = replica(&store, &exchange);
+    assert_eq!(late.token().await.unwrap().secret(), "token-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_agree_on_a_shared_tokens_deadline_whatever_their_clocks() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let first = replica(&store, &exchange);
+    first.token().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(50 * 60)).await;
+
+    // This replica's wall clock is read now, while tokio's clock has moved
+    // on by 50 minutes: to it, the shared token looks 50 minutes younger.
+    let skewed = replica(&store, &exchange);
+    skewed.token().await.unwrap();
+
+    assert_eq!(exchange.calls(), 1);
+    let deadline = |replica: &TokenProvider| replica.timing().unwrap().served_until;
+    let gap = deadline(&skewed).saturating_duration_since(deadline(&first));
+    assert!(
+        gap <= Duration::from_millis(1),
+        "served {gap:?} past its deadline"
+    );
+}

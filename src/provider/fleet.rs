@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::ProviderStats;
-use super::options::{Options, random_unit};
+use super::options::{MAX_RETRY_AFTER, Options, random_unit};
 use crate::ClientCredentials;
 use crate::error::{ErrorChain, TokenError, TokenErrorKind};
-use crate::store::{Sealer, SharedCache, Snapshot, StoreFuture, StoredToken, random_id};
+use crate::store::{Sealer, SharedCache, Snapshot, StoreFuture, StoreKeys, random_id};
 use crate::token::Token;
 
 /// The first and the longest pause between two looks at the store while
@@ -22,30 +22,26 @@ use crate::token::Token;
 const FIRST_POLL: Duration = Duration::from_millis(10);
 const LONGEST_POLL: Duration = Duration::from_millis(100);
 
-/// What an exchange of this replica's owes the fleet afterwards.
-#[derive(Clone, Copy)]
+/// What an exchange of this replica's owes the fleet afterwards: the keys
+/// it was made under (the credentials may change before it ends), whether
+/// it holds the lock, whether its token may be shared.
 pub(super) struct Ticket {
-    pub(super) locked: bool,
-    pub(super) share: bool,
+    locked: bool,
+    share: bool,
+    keys: StoreKeys,
     /// When the exchange was sent, by the wall clock.
-    pub(super) issued_at_ms: u64,
+    issued_at_ms: u64,
 }
 
 /// What to do instead of, or before, an exchange.
 pub(super) enum Acquired {
     /// The fleet's token, and the instant its lifetime counts from.
     Shared(Token, Instant),
-    /// Exchange; `locked` if this replica holds the fleet's lock, `share`
-    /// if the result may be written to the store.
-    Exchange { locked: bool, share: bool },
+    /// Exchange, then settle the ticket, if any, with
+    /// [`Fleet::publish`] or [`Fleet::release`].
+    Exchange(Option<Ticket>),
     /// The fleet backs off: this error, without an exchange.
     HoldOff(TokenError),
-}
-
-/// The token this replica serves, as the store knows it.
-struct Held {
-    fingerprint: String,
-    issued_at_ms: u64,
 }
 
 pub(super) struct Fleet {
@@ -53,7 +49,9 @@ pub(super) struct Fleet {
     /// For the credentials in use; `None` if they could not be keyed.
     sealer: Option<Sealer>,
     owner: String,
-    held: Option<Held>,
+    /// When the token this replica serves was issued, if it came from or
+    /// went to the store.
+    held: Option<u64>,
     /// The fingerprint of a token a response rejected, to remove from the
     /// store before the next look.
     rejected: Option<String>,
@@ -87,13 +85,16 @@ pub(super) struct FleetStats {
 }
 
 impl FleetStats {
-    fn apply(&self, stats: &mut ProviderStats) {
-        stats.store_hits = self.hits;
-        stats.store_misses = self.misses;
-        stats.store_errors = self.errors;
-        stats.store_lock_wins = self.lock_wins;
-        stats.store_waits = self.waits;
-        stats.store_fallbacks = self.fallbacks;
+    /// Adds the counts to `stats` and starts again from zero, so that a new
+    /// worker (after its runtime shut down) goes on counting.
+    fn drain_into(&mut self, stats: &mut ProviderStats) {
+        let counts = std::mem::take(self);
+        stats.store_hits += counts.hits;
+        stats.store_misses += counts.misses;
+        stats.store_errors += counts.errors;
+        stats.store_lock_wins += counts.lock_wins;
+        stats.store_waits += counts.waits;
+        stats.store_fallbacks += counts.fallbacks;
     }
 }
 
@@ -106,9 +107,9 @@ impl Fleet {
         wall.saturating_add(millis(instant.elapsed()))
     }
 
-    /// Copies the store's counters into `stats`.
-    pub(super) fn count(&self, stats: &mut ProviderStats) {
-        self.guard.stats.apply(stats);
+    /// Moves the store's counts into `stats`.
+    pub(super) fn count(&mut self, stats: &mut ProviderStats) {
+        self.guard.stats.drain_into(stats);
     }
 
     pub(super) fn new(cache: SharedCache, credentials: &ClientCredentials) -> Self {
@@ -145,61 +146,73 @@ impl Fleet {
             cache.key_ring.as_ref(),
         );
         if self.sealer.is_none() {
-            tracing::warn!("the shared token store is not used: its keys could not be derived");
+            tracing::warn!(
+                "the shared token store is not used: no keys can be derived from an empty client secret"
+            );
         }
         (self.held, self.rejected) = (None, None);
     }
 
-    /// A response rejected the token this replica served.
-    pub(super) fn rejected(&mut self) {
-        if let Some(held) = self.held.take() {
-            self.rejected = Some(held.fingerprint);
-        }
+    /// `token` was dropped as rejected: remove it from the store before the
+    /// next look, if it is still there.
+    pub(super) fn rejected(&mut self, token: &str) {
+        self.rejected = self.sealer.as_ref().map(|sealer| sealer.fingerprint(token));
     }
 
     /// Looks for the fleet's token; failing that, takes the fleet's lock or
     /// waits for the replica that holds it, until the lock's time runs out.
-    /// `closed` tells whether the provider is gone, to stop waiting.
+    /// `cold`: this replica has no token to serve meanwhile. `stop`: the
+    /// provider is gone or has new credentials, so stop waiting.
     pub(super) async fn acquire(
         &mut self,
         options: &Options,
-        closed: impl Fn() -> bool,
+        cold: bool,
+        stop: impl Fn() -> bool,
     ) -> Acquired {
-        let fallback = Acquired::Exchange {
-            locked: false,
-            share: true,
-        };
-        if self.sealer.is_none() || self.guard.is_open() {
+        let Some(keys) = self.sealer.as_ref().map(|sealer| sealer.keys().clone()) else {
             self.guard.stats.fallbacks += 1;
-            return fallback;
+            return Acquired::Exchange(None);
+        };
+        if self.guard.is_open() {
+            return self.fall_back(keys, false);
         }
         let rejected = self.rejected.take();
         if let Some(fingerprint) = &rejected {
-            let Some(keys) = self.sealer.as_ref().map(Sealer::keys) else {
-                return fallback;
-            };
-            let remove = self.cache.store.remove(keys, fingerprint);
+            let remove = self.cache.store.remove(&keys, fingerprint);
             match self.guard.run(remove).await {
                 Some(true) => tracing::debug!("rejected token removed from the shared store"),
                 Some(false) => {}
-                // Tried again at the next look.
-                None => self.rejected.clone_from(&rejected),
+                None => {
+                    // Tried again at the next look; no more store time now.
+                    self.rejected.clone_from(&rejected);
+                    return self.fall_back(keys, false);
+                }
             }
         }
         let lock_for = self.lock_for(options);
-        let give_up_at = Instant::now() + lock_for + self.cache.operation_timeout;
+        let started = Instant::now();
+        let operation = self.cache.operation_timeout;
+        // Waits for the holder's lock time, and again for each new holder,
+        // three lock times at most.
+        let longest = later(started, lock_for.saturating_mul(3));
+        let mut give_up_at = later(started, lock_for.saturating_add(operation));
         let mut pause = FIRST_POLL;
-        let mut waiting = false;
-        let mut locked = false;
+        let (mut waiting, mut locked) = (false, false);
+        let mut last_lock_ttl = None;
         loop {
-            let Some(snapshot) = self.load().await else {
-                return self.fall_back(locked);
+            let Some(snapshot) = self.load(&keys).await else {
+                if waiting && !locked && !self.guard.is_open() && Instant::now() < give_up_at {
+                    // One failed look while waiting: look again later.
+                    pause = self.pause(pause).await;
+                    continue;
+                }
+                return self.fall_back(keys, locked);
             };
-            let (found, unreadable) = self.usable(&snapshot, options, rejected.as_deref());
+            let (found, unreadable) = self.usable(&snapshot, options, cold, rejected.as_deref());
             if let Some(found) = found {
                 self.guard.stats.hits += 1;
                 if locked {
-                    self.unlock().await;
+                    self.unlock(&keys).await;
                 }
                 return found;
             }
@@ -210,22 +223,20 @@ impl Fleet {
                 // Sealed by a key this replica does not have: exchange for
                 // itself, and leave the fleet's entry alone.
                 if locked {
-                    self.unlock().await;
+                    self.unlock(&keys).await;
                 }
                 self.guard.stats.fallbacks += 1;
-                return Acquired::Exchange {
-                    locked: false,
-                    share: false,
-                };
+                return Acquired::Exchange(Some(self.ticket(keys, false, false)));
             }
             if let Some(backoff) = snapshot.backoff {
                 if locked {
-                    self.unlock().await;
+                    self.unlock(&keys).await;
                 }
+                let backoff = backoff.min(MAX_RETRY_AFTER);
                 let error = TokenError::with_detail(
                     TokenErrorKind::RateLimited,
                     format!(
-                        "another replica was asked to retry after {} ms; the fleet backs off",
+                        "the fleet backs off for {} ms more: another replica's exchange failed",
                         backoff.as_millis()
                     ),
                 )
@@ -236,17 +247,23 @@ impl Fleet {
                 // Looked once more after taking the lock: no replica stored
                 // a token in between.
                 self.guard.stats.lock_wins += 1;
-                return Acquired::Exchange {
-                    locked: true,
-                    share: true,
-                };
+                return Acquired::Exchange(Some(self.ticket(keys, true, true)));
             }
-            let Some(keys) = self.sealer.as_ref().map(Sealer::keys) else {
-                return fallback;
-            };
-            let lock = self.cache.store.lock(keys, &self.owner, lock_for);
+            if let Some(held_for) = snapshot.lock_ttl {
+                // The lock's time went up: a new holder (the last one's ran
+                // out, or it released the lock after a failure) gets its
+                // time too.
+                if last_lock_ttl.is_some_and(|last| held_for > last) {
+                    let wait = held_for.min(lock_for).saturating_add(operation);
+                    give_up_at = give_up_at.max(later(Instant::now(), wait)).min(longest);
+                }
+                last_lock_ttl = Some(held_for);
+            }
+            let lock = self.cache.store.lock(&keys, &self.owner, lock_for);
             match self.guard.run(lock).await {
-                None => return self.fall_back(false),
+                // The lock may have been taken without its answer arriving:
+                // exchange as its holder, whose unlock is safe either way.
+                None => return self.fall_back(keys, true),
                 Some(true) => {
                     locked = true;
                     continue;
@@ -258,51 +275,59 @@ impl Fleet {
                 self.guard.stats.waits += 1;
                 tracing::debug!("another replica is fetching the token; waiting for it");
             }
-            if Instant::now() >= give_up_at || closed() {
-                return self.fall_back(false);
+            if Instant::now() >= give_up_at || stop() {
+                return self.fall_back(keys, false);
             }
-            let jittered = pause.mul_f64(0.5 + random_unit() / 2.0);
-            tokio::time::sleep(jittered).await;
-            pause = (pause * 2).min(LONGEST_POLL);
+            pause = self.pause(pause).await;
         }
     }
 
-    /// After an exchange: shares its token (or the endpoint's
-    /// `Retry-After`) and releases the lock.
+    /// After an exchange under `ticket`: shares its token, or on a failure
+    /// makes the fleet back off for `Err(delay)` if this replica held the
+    /// lock, then releases the lock.
     pub(super) async fn publish(
         &mut self,
         result: Result<Shared<'_>, Option<Duration>>,
         ticket: Ticket,
     ) {
-        let Ticket { locked, share, .. } = ticket;
         match result {
             Ok(shared) => {
-                let sealed = self.sealer.as_ref().and_then(|sealer| {
-                    let issued_at_ms = ticket.issued_at_ms;
-                    let expires_at_ms = issued_at_ms.saturating_add(millis(shared.lifetime));
-                    sealer.seal(shared.token, issued_at_ms, expires_at_ms)
-                });
-                if let Some(stored) = sealed {
-                    self.held = Some(Held {
-                        fingerprint: stored.fingerprint.clone(),
-                        issued_at_ms: stored.issued_at_ms,
-                    });
-                    if share && !self.guard.is_open() {
-                        self.save(&stored, shared.served_for).await;
+                let issued_at_ms = ticket.issued_at_ms;
+                let expires_at_ms = issued_at_ms.saturating_add(millis(shared.lifetime));
+                let sealer = self
+                    .sealer
+                    .as_ref()
+                    .filter(|sealer| *sealer.keys() == ticket.keys);
+                if let Some(stored) =
+                    sealer.and_then(|s| s.seal(shared.token, issued_at_ms, expires_at_ms))
+                {
+                    self.held = Some(issued_at_ms);
+                    if ticket.share && !self.guard.is_open() {
+                        let save = self
+                            .cache
+                            .store
+                            .save(&ticket.keys, &stored, shared.served_for);
+                        if self.guard.run(save).await == Some(true) {
+                            tracing::debug!("token shared with the fleet");
+                        }
                     }
                 }
             }
-            Err(retry_after) => {
-                if let Some(retry_after) = retry_after.filter(|_| locked) {
-                    if let Some(keys) = self.sealer.as_ref().map(Sealer::keys) {
-                        let back_off = self.cache.store.back_off(keys, retry_after);
-                        self.guard.run(back_off).await;
-                    }
-                }
+            Err(Some(delay)) if ticket.locked => {
+                let delay = delay.min(MAX_RETRY_AFTER);
+                let back_off = self.cache.store.back_off(&ticket.keys, delay);
+                self.guard.run(back_off).await;
             }
+            Err(_) => {}
         }
-        if locked {
-            self.unlock().await;
+        self.release(ticket).await;
+    }
+
+    /// Releases the lock of `ticket`, if it holds it, with nothing to share
+    /// (the provider was dropped, or its credentials changed).
+    pub(super) async fn release(&mut self, ticket: Ticket) {
+        if ticket.locked {
+            self.unlock(&ticket.keys).await;
         }
     }
 
@@ -314,22 +339,37 @@ impl Fleet {
             .saturating_add(self.cache.operation_timeout.saturating_mul(2))
     }
 
-    fn fall_back(&mut self, locked: bool) -> Acquired {
+    fn fall_back(&mut self, keys: StoreKeys, locked: bool) -> Acquired {
         self.guard.stats.fallbacks += 1;
-        Acquired::Exchange {
+        Acquired::Exchange(Some(self.ticket(keys, locked, true)))
+    }
+
+    fn ticket(&self, keys: StoreKeys, locked: bool, share: bool) -> Ticket {
+        Ticket {
             locked,
-            share: true,
+            share,
+            keys,
+            issued_at_ms: self.now_ms(),
         }
     }
 
+    /// Sleeps about `pause` (jittered); the next, longer pause.
+    async fn pause(&self, pause: Duration) -> Duration {
+        let jittered = pause.mul_f64(0.5 + random_unit() / 2.0);
+        tokio::time::sleep(jittered).await;
+        (pause * 2).min(LONGEST_POLL)
+    }
+
     /// The stored token, if this replica can use it: it opens, it is not
-    /// the one rejected, it is newer than the one held, and its refresh is
-    /// not due yet. The second value tells whether a token was stored that
-    /// does not open.
+    /// the one rejected, and it may still be served. A replica with a token
+    /// of its own takes it only if it is newer and its refresh is not due;
+    /// a `cold` one takes it as long as it may be served. The second value
+    /// tells whether a token was stored that does not open.
     fn usable(
         &mut self,
         snapshot: &Snapshot,
         options: &Options,
+        cold: bool,
         rejected: Option<&str>,
     ) -> (Option<Acquired>, bool) {
         let (Some(stored), Some(sealer)) = (&snapshot.token, &self.sealer) else {
@@ -338,51 +378,49 @@ impl Fleet {
         let Some(secret) = sealer.open(stored) else {
             return (None, true);
         };
+        let lifetime =
+            Duration::from_millis(stored.expires_at_ms.saturating_sub(stored.issued_at_ms));
+        if rejected == Some(stored.fingerprint.as_str()) || lifetime.is_zero() {
+            return (None, false);
+        }
+        let token = Token::new(secret, lifetime);
+        // The earliest refresh point, whatever the jitter.
+        let schedule = options.schedule(&token, 0.0);
+        // How long it may still be served: by the store's own count where
+        // it keeps one, so that replicas' clocks need not agree; else from
+        // its issue time on this replica's clock.
+        let left = snapshot.token_ttl.unwrap_or_else(|| {
+            let age = Duration::from_millis(self.now_ms().saturating_sub(stored.issued_at_ms));
+            schedule.fresh_for.saturating_sub(age)
+        });
+        let now = Instant::now();
+        let requested_at = now
+            .checked_add(left)
+            .and_then(|until| until.checked_sub(schedule.fresh_for))
+            .map(|at| at.min(now));
+        let Some(requested_at) = requested_at.filter(|_| !left.is_zero()) else {
+            return (None, false);
+        };
         let newer = self
             .held
             .as_ref()
-            .is_none_or(|held| stored.issued_at_ms > held.issued_at_ms)
-            && rejected != Some(stored.fingerprint.as_str());
-        let now_ms = self.now_ms();
-        let age = Duration::from_millis(now_ms.saturating_sub(stored.issued_at_ms));
-        let lifetime =
-            Duration::from_millis(stored.expires_at_ms.saturating_sub(stored.issued_at_ms));
-        let token = Token::new(secret, lifetime);
-        // Usable until its earliest refresh point, whatever the jitter.
-        let due = age >= options.schedule(&token, 1.0).refresh_after;
-        if !newer || due || lifetime.is_zero() {
+            .is_none_or(|&held| stored.issued_at_ms > held);
+        let due = now >= later(requested_at, schedule.refresh_after);
+        if !cold && (!newer || due) {
             return (None, false);
         }
-        self.held = Some(Held {
-            fingerprint: stored.fingerprint.clone(),
-            issued_at_ms: stored.issued_at_ms,
-        });
-        let now = Instant::now();
-        let requested_at = now.checked_sub(age).unwrap_or(now);
+        self.held = Some(stored.issued_at_ms);
         (Some(Acquired::Shared(token, requested_at)), false)
     }
 
-    async fn load(&mut self) -> Option<Snapshot> {
-        let keys = self.sealer.as_ref()?.keys();
+    async fn load(&mut self, keys: &StoreKeys) -> Option<Snapshot> {
         let load = self.cache.store.load(keys);
         self.guard.run(load).await
     }
 
-    async fn save(&mut self, stored: &StoredToken, ttl: Duration) {
-        let Some(keys) = self.sealer.as_ref().map(Sealer::keys) else {
-            return;
-        };
-        let save = self.cache.store.save(keys, stored, ttl);
-        if self.guard.run(save).await == Some(true) {
-            tracing::debug!("token shared with the fleet");
-        }
-    }
-
-    async fn unlock(&mut self) {
-        if let Some(keys) = self.sealer.as_ref().map(Sealer::keys) {
-            let unlock = self.cache.store.unlock(keys, &self.owner);
-            self.guard.run(unlock).await;
-        }
+    async fn unlock(&mut self, keys: &StoreKeys) {
+        let unlock = self.cache.store.unlock(keys, &self.owner);
+        self.guard.run(unlock).await;
     }
 }
 
@@ -409,7 +447,7 @@ impl Guard {
         // again at once.
         if self.failures >= self.breaker_failures || self.open_until.is_some() {
             let open_for = self.open_for;
-            self.open_until = Some(Instant::now() + open_for);
+            self.open_until = Some(later(Instant::now(), open_for));
             self.failures = 0;
             tracing::warn!(
                 %error,
@@ -436,6 +474,12 @@ fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, millis)
+}
+
+/// `at + duration`, or a year after `at` where that cannot be represented.
+fn later(at: Instant, duration: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    at.checked_add(duration.min(YEAR)).unwrap_or(at)
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -534,7 +534,7 @@ impl TokenProvider {
         };
         if dropped {
             let mut mail = state.mail();
-            mail.invalidated = true;
+            mail.invalidated = current.as_ref().map(|cached| cached.token.clone());
             mail.stats.invalidations += 1;
             metrics::record(mail.credentials.client_id(), Event::Invalidation);
             tracing::debug!("cached token invalidated");

@@ -77,8 +77,8 @@ pub(super) struct Mail {
     pub(super) refresh: bool,
     /// When a response last invalidated a token (for pacing).
     pub(super) rejected_at: Option<Instant>,
-    /// A token was invalidated, by a response or by a caller.
-    pub(super) invalidated: bool,
+    /// The token last invalidated, by a response or by a caller.
+    pub(super) invalidated: Option<crate::token::AccessToken>,
     /// The latest credentials, and how many changes came before them.
     pub(super) credentials: ClientCredentials,
     pub(super) generation: u64,
@@ -121,7 +121,7 @@ impl State {
             need: false,
             refresh: false,
             rejected_at: None,
-            invalidated: false,
+            invalidated: None,
             credentials,
             generation: 0,
             credentials_changed: false,
@@ -276,6 +276,16 @@ type Ticket = Option<super::fleet::Ticket>;
 #[cfg(not(feature = "shared-store"))]
 type Ticket = ();
 
+/// How an attempt of [`Worker::renew`] ended.
+enum Answered {
+    /// The last handle is gone.
+    Gone,
+    /// The credentials changed meanwhile: the result is not for them.
+    Stale,
+    /// The token stored, or when to retry after a failure.
+    Done(Result<Arc<CachedToken>, Option<Instant>>),
+}
+
 /// `Break` once the last handle is gone.
 type Flow = std::ops::ControlFlow<()>;
 
@@ -291,10 +301,10 @@ where
         if let Some(at) = mail.rejected_at.take() {
             self.pacing.record(at, &self.state.options);
         }
-        if std::mem::take(&mut mail.invalidated) {
+        if let Some(_token) = mail.invalidated.take() {
             #[cfg(feature = "shared-store")]
             if let Some(fleet) = &mut self.fleet {
-                fleet.rejected();
+                fleet.rejected(_token.secret());
             }
         }
         if !mail.credentials_changed {
@@ -324,18 +334,17 @@ where
                 .as_ref()
                 .ok()
                 .map(|token| self.state.options.lifetime(token));
-            let retry_after = result.as_ref().err().and_then(TokenError::retry_after);
             let state = Arc::clone(&self.state);
             // From the mail check to the answer in one critical section:
             // new credentials can never slip in between and see a token of
             // the old ones stored after them.
-            let outcome = {
+            let answered = 'answer: {
                 let mut mail = state.mail();
                 if mail.closed {
-                    return Flow::Break(());
+                    break 'answer Answered::Gone;
                 }
                 if self.read(&mut mail) {
-                    continue; // A result for the old credentials.
+                    break 'answer Answered::Stale;
                 }
                 self.count_store(&mut mail);
                 let elapsed = requested_at.elapsed();
@@ -355,7 +364,7 @@ where
                             );
                         }
                         mail.set_answer(Status::Ready(Arc::clone(&cached)), true);
-                        Ok(cached)
+                        Answered::Done(Ok(cached))
                     }
                     Err(error) => {
                         self.failures = self.failures.saturating_add(1);
@@ -381,12 +390,26 @@ where
                             },
                             true,
                         );
-                        Err(retry_at)
+                        Answered::Done(Err(retry_at))
                     }
                 }
             };
+            // The fleet's lock, if this worker held it, is released in
+            // every case.
+            let outcome = match answered {
+                Answered::Gone => {
+                    self.release(ticket).await;
+                    return Flow::Break(());
+                }
+                Answered::Stale => {
+                    // A result for the old credentials: try again.
+                    self.release(ticket).await;
+                    continue;
+                }
+                Answered::Done(outcome) => outcome,
+            };
             state.answered.notify_waiters();
-            self.share(ticket, &outcome, lifetime, retry_after).await;
+            self.share(ticket, &outcome, lifetime).await;
             match outcome {
                 Ok(_) => return Flow::Continue(()),
                 Err(retry_at) => self.back_off(retry_at).await?,
@@ -420,10 +443,17 @@ where
     async fn obtain(&mut self) -> Obtained {
         #[cfg(feature = "shared-store")]
         if let Some(fleet) = &mut self.fleet {
-            use super::fleet::{Acquired, Ticket};
+            use super::fleet::Acquired;
             let state = Arc::clone(&self.state);
-            let closed = || state.mail().closed;
-            let locked_share = match fleet.acquire(&state.options, closed).await {
+            let stop = || {
+                let mail = state.mail();
+                mail.closed || mail.credentials_changed
+            };
+            let now = Instant::now();
+            let current = state.current.load();
+            let cold = current.as_ref().is_none_or(|cached| !cached.is_fresh(now));
+            drop(current);
+            let ticket = match fleet.acquire(&state.options, cold, stop).await {
                 Acquired::Shared(token, requested_at) => {
                     return Obtained {
                         result: Ok(token),
@@ -435,29 +465,21 @@ where
                 Acquired::HoldOff(error) => {
                     return Obtained {
                         result: Err(error),
-                        requested_at: Instant::now(),
+                        requested_at: now,
                         ticket: None,
                         from_store: true,
                     };
                 }
-                Acquired::Exchange { locked, share } => (locked, share),
+                Acquired::Exchange(ticket) => ticket,
             };
-            let (locked, share) = locked_share;
-            let ticket = Ticket {
-                locked,
-                share,
-                issued_at_ms: fleet.now_ms(),
-            };
-            if state.mail().closed {
-                // The last handle went while this worker waited on the
-                // fleet: release the lock, and no exchange.
-                fleet.publish(Err(None), ticket).await;
-                let gone =
-                    TokenError::with_detail(TokenErrorKind::Internal, "the provider was dropped");
+            if stop() {
+                // The last handle went, or new credentials came, while this
+                // worker waited on the fleet: no exchange; `renew` sees why.
+                let off = TokenError::with_detail(TokenErrorKind::Internal, "exchange called off");
                 return Obtained {
-                    result: Err(gone),
-                    requested_at: Instant::now(),
-                    ticket: None,
+                    result: Err(off),
+                    requested_at: now,
+                    ticket,
                     from_store: true,
                 };
             }
@@ -465,7 +487,7 @@ where
             return Obtained {
                 result: self.attempt().await,
                 requested_at,
-                ticket: Some(ticket),
+                ticket,
                 from_store: false,
             };
         }
@@ -478,40 +500,54 @@ where
         }
     }
 
-    /// Copies the store's counters into the stats.
-    fn count_store(&self, _mail: &mut Mail) {
+    /// Moves the store's counts into the stats.
+    fn count_store(&mut self, _mail: &mut Mail) {
         #[cfg(feature = "shared-store")]
-        if let Some(fleet) = &self.fleet {
+        if let Some(fleet) = &mut self.fleet {
             fleet.count(&mut _mail.stats);
         }
     }
 
-    /// After this worker's own exchange: shares its token (or the
-    /// endpoint's `Retry-After`) with the fleet and releases the lock.
+    /// Releases the fleet's lock if this worker's exchange held it, with
+    /// nothing to share.
+    #[cfg_attr(not(feature = "shared-store"), allow(clippy::unused_async))]
+    async fn release(&mut self, ticket: Ticket) {
+        #[cfg(feature = "shared-store")]
+        if let (Some(fleet), Some(ticket)) = (&mut self.fleet, ticket) {
+            fleet.release(ticket).await;
+        }
+        #[cfg(not(feature = "shared-store"))]
+        let () = ticket;
+    }
+
+    /// After this worker's own exchange: shares its token with the fleet,
+    /// or after a failure its backoff (if it held the lock), and releases
+    /// the lock.
     #[cfg_attr(not(feature = "shared-store"), allow(clippy::unused_async))]
     async fn share(
         &mut self,
         ticket: Ticket,
         outcome: &Result<Arc<CachedToken>, Option<Instant>>,
         lifetime: Option<Duration>,
-        retry_after: Option<Duration>,
     ) {
         #[cfg(feature = "shared-store")]
         if let (Some(fleet), Some(ticket)) = (&mut self.fleet, ticket) {
+            let now = Instant::now();
             let shared = match (outcome, lifetime) {
                 (Ok(cached), Some(lifetime)) => Ok(super::fleet::Shared {
                     token: cached.token.secret(),
                     lifetime,
-                    served_for: cached.fresh_until.saturating_duration_since(Instant::now()),
+                    served_for: cached.fresh_until.saturating_duration_since(now),
                 }),
-                _ => Err(retry_after),
+                (Err(retry_at), _) => Err(retry_at.map(|at| at.saturating_duration_since(now))),
+                (Ok(_), None) => Err(None),
             };
             fleet.publish(shared, ticket).await;
             let mut mail = self.state.mail();
             fleet.count(&mut mail.stats);
         }
         #[cfg(not(feature = "shared-store"))]
-        let _ = (ticket, outcome, lifetime, retry_after);
+        let _ = (ticket, outcome, lifetime);
     }
 
     /// One exchange, bounded by the exchange timeout; a panic of the

@@ -59,7 +59,8 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// operation timeout, so an implementation need not; an error or a timeout
 /// only makes the provider exchange on its own.
 pub trait TokenStore: Send + Sync + 'static {
-    /// The stored token and the fleet's backoff, if any.
+    /// The stored token with its time to live, the lock's time left and
+    /// the fleet's backoff, if any.
     fn load<'a>(&'a self, keys: &'a StoreKeys) -> StoreFuture<'a, Snapshot>;
 
     /// Stores `token` under [`StoreKeys::token`] for `ttl`, unless the
@@ -170,11 +171,19 @@ impl fmt::Debug for StoredToken {
     }
 }
 
-/// What [`TokenStore::load`] found.
+/// What [`TokenStore::load`] found. Times left are counted by the store
+/// itself, so that replicas whose clocks disagree agree on them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// The stored token, if any.
     pub token: Option<StoredToken>,
+    /// How long the stored token has left in the store (its time to live,
+    /// which is the time it may still be served). `None` if the store cannot
+    /// tell: the provider then counts from [`StoredToken::issued_at_ms`] on
+    /// its own clock.
+    pub token_ttl: Option<Duration>,
+    /// How long the exchange lock is still held, if it is.
+    pub lock_ttl: Option<Duration>,
     /// How long the fleet still backs off, if it does.
     pub backoff: Option<Duration>,
 }

@@ -94,7 +94,8 @@ pub(crate) struct Sealer {
 }
 
 impl Sealer {
-    /// `None` only if a primitive refuses its key, which HMAC never does.
+    /// `None` for an empty client secret, or if a primitive refuses its key
+    /// (which HMAC never does).
     pub(crate) fn new(
         prefix: &str,
         token_url: &str,
@@ -102,6 +103,10 @@ impl Sealer {
         credentials: &ClientCredentials,
         ring: Option<&StoreKeyRing>,
     ) -> Option<Self> {
+        if credentials.client_secret().is_empty() {
+            // Keys derived from nothing would be everyone's keys.
+            return None;
+        }
         let base = hmac(
             credentials.client_secret().as_bytes(),
             &[b"routera-auth/v1"],

@@ -145,12 +145,14 @@ impl std::fmt::Debug for MemoryStore {
 
 impl TokenStore for MemoryStore {
     fn load<'a>(&'a self, keys: &'a StoreKeys) -> StoreFuture<'a, Snapshot> {
-        self.operate(move |inner, now| Snapshot {
-            token: inner
-                .tokens
-                .get(keys.token())
-                .map(|(token, _)| token.clone()),
-            backoff: inner.backoffs.get(keys.backoff()).map(|until| *until - now),
+        self.operate(move |inner, now| {
+            let token = inner.tokens.get(keys.token());
+            Snapshot {
+                token: token.map(|(token, _)| token.clone()),
+                token_ttl: token.map(|(_, until)| *until - now),
+                lock_ttl: inner.locks.get(keys.lock()).map(|(_, until)| *until - now),
+                backoff: inner.backoffs.get(keys.backoff()).map(|until| *until - now),
+            }
         })
     }
 
@@ -167,7 +169,7 @@ impl TokenStore for MemoryStore {
             {
                 return false;
             }
-            let entry = (token.clone(), now + ttl);
+            let entry = (token.clone(), later(now, ttl));
             inner.tokens.insert(keys.token().to_owned(), entry);
             true
         })
@@ -190,10 +192,10 @@ impl TokenStore for MemoryStore {
         ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         self.operate(move |inner, now| {
-            if inner.locks.contains_key(keys.lock()) {
+            if ttl.is_zero() || inner.locks.contains_key(keys.lock()) {
                 return false;
             }
-            let lock = (owner.to_owned(), now + ttl);
+            let lock = (owner.to_owned(), later(now, ttl));
             inner.locks.insert(keys.lock().to_owned(), lock);
             true
         })
@@ -213,7 +215,7 @@ impl TokenStore for MemoryStore {
 
     fn back_off<'a>(&'a self, keys: &'a StoreKeys, duration: Duration) -> StoreFuture<'a, ()> {
         self.operate(move |inner, now| {
-            let until = now + duration;
+            let until = later(now, duration);
             let entry = inner
                 .backoffs
                 .entry(keys.backoff().to_owned())
@@ -221,4 +223,11 @@ impl TokenStore for MemoryStore {
             *entry = (*entry).max(until);
         })
     }
+}
+
+/// `now + duration`, or a century from now if that cannot be represented
+/// (as Redis caps what it is given).
+fn later(now: Instant, duration: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(duration.min(CENTURY)).unwrap_or(now)
 }

@@ -51,8 +51,11 @@ const RECONNECT_RETRIES: usize = 0;
 ///
 /// Every operation is one round trip and atomic: those that read and write
 /// are Lua scripts (`EVALSHA`, loaded again after a restart of Redis). All
-/// keys of a client share one hash tag, so this works on one Redis Cluster
-/// slot too, through a connection manager that routes commands.
+/// keys of a client share one hash tag, so they would sit on one Redis
+/// Cluster slot; but the connection manager talks to one server and does
+/// not follow a cluster's `MOVED` redirects: use a single Redis (or one
+/// with replicas behind a failover address), or implement [`TokenStore`]
+/// on a cluster client.
 ///
 /// # Connections and failures
 ///
@@ -293,8 +296,8 @@ impl Again {
 impl TokenStore for RedisStore {
     fn load<'a>(&'a self, keys: &'a StoreKeys) -> StoreFuture<'a, Snapshot> {
         Box::pin(async move {
-            let (fields, backoff): (Vec<Option<Vec<u8>>>, i64) = self
-                .run(
+            let (fields, token_ttl, lock_ttl, backoff): (Vec<Option<Vec<u8>>>, i64, i64, i64) =
+                self.run(
                     "load",
                     Again::IfConnectionLost,
                     |mut connection| async move {
@@ -303,18 +306,22 @@ impl TokenStore for RedisStore {
                             .arg(keys.token())
                             .arg(&FIELDS[..])
                             .cmd("PTTL")
+                            .arg(keys.token())
+                            .cmd("PTTL")
+                            .arg(keys.lock())
+                            .cmd("PTTL")
                             .arg(keys.backoff())
                             .query_async(&mut connection)
                             .await
                     },
                 )
                 .await?;
+            let token = parse_token(fields);
             Ok(Snapshot {
-                token: parse_token(fields),
-                backoff: u64::try_from(backoff)
-                    .ok()
-                    .filter(|&ms| ms > 0)
-                    .map(Duration::from_millis),
+                token_ttl: token.as_ref().and_then(|_| positive_ms(token_ttl)),
+                token,
+                lock_ttl: positive_ms(lock_ttl),
+                backoff: positive_ms(backoff),
             })
         })
     }
@@ -439,6 +446,15 @@ impl TokenStore for RedisStore {
             Ok(())
         })
     }
+}
+
+/// A `PTTL` answer as a duration: `None` for no key (-2), no expiry (-1)
+/// or an expired one.
+fn positive_ms(ms: i64) -> Option<Duration> {
+    u64::try_from(ms)
+        .ok()
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
 }
 
 impl fmt::Debug for RedisStore {
