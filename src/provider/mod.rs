@@ -6,6 +6,7 @@ mod cached;
 mod fleet;
 mod options;
 mod pacing;
+mod state;
 mod worker;
 
 use std::fmt;
@@ -27,7 +28,7 @@ pub use self::options::{
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
     TokenProviderBuilder,
 };
-use self::worker::{State, Status, Stopped, lock};
+use self::state::{State, Status, Stopped, lock};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::metrics::{self, Event};
