@@ -179,13 +179,13 @@ async fn a_hung_lock_holder_is_overtaken_after_the_lock_time() {
     let started = Instant::now();
     let token = other.token().await.unwrap();
 
-    // It waited for its own lock time (exchange timeout + 2 × 250 ms) and
+    // It waited for its own lock time (exchange timeout + 3 × 250 ms) and
     // the last look (250 ms), then exchanged for itself.
     assert_eq!(token.secret(), "token-1");
     assert_eq!(exchange.calls(), 1);
     let waited = started.elapsed();
     assert!(
-        (Duration::from_millis(2_750)..Duration::from_millis(2_900)).contains(&waited),
+        (Duration::from_millis(3_000)..Duration::from_millis(3_150)).contains(&waited),
         "{waited:?}"
     );
     let stats = other.stats();
@@ -409,4 +409,40 @@ async fn replicas_agree_on_a_shared_tokens_deadline_whatever_their_clocks() {
         gap <= Duration::from_millis(1),
         "served {gap:?} past its deadline"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_holder_whose_exchange_times_out_hands_over_to_a_waiter() {
+    let store = MemoryStore::new();
+    let hung = MockExchange::new(HOUR).gated();
+    let two_seconds = Duration::from_secs(2);
+    let holder = TokenProvider::builder(hung.clone(), MockExchange::credentials())
+        .shared_cache(cache(&store))
+        .exchange_timeout(two_seconds)
+        .build();
+    tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.token().await }
+    });
+    while hung.calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let exchange = MockExchange::new(HOUR);
+    let waiter = TokenProvider::builder(exchange.clone(), MockExchange::credentials())
+        .shared_cache(cache(&store))
+        .exchange_timeout(two_seconds)
+        .build();
+
+    let started = Instant::now();
+    let token = waiter.token().await;
+
+    // The holder's timeout is its own trouble, not the fleet's: it only
+    // releases the lock, and the waiter takes over at once.
+    assert_eq!(token.unwrap().secret(), "token-1");
+    assert!(
+        started.elapsed() < Duration::from_millis(2_200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(waiter.stats().store_lock_wins, 1);
 }

@@ -56,6 +56,8 @@ pub(super) struct Fleet {
     /// store before the next look.
     rejected: Option<String>,
     guard: Guard,
+    /// When the backoff this replica last wrote for the fleet ends.
+    backed_off_until: Option<Instant>,
     /// The wall clock when the fleet was made, and tokio's instant then:
     /// see [`Fleet::now_ms`].
     epoch: (u64, Instant),
@@ -129,6 +131,7 @@ impl Fleet {
             held: None,
             rejected: None,
             guard,
+            backed_off_until: None,
             epoch: (wall_clock_ms(), Instant::now()),
         };
         fleet.set_credentials(credentials);
@@ -200,6 +203,8 @@ impl Fleet {
         let (mut waiting, mut locked) = (false, false);
         let mut last_lock_ttl = None;
         loop {
+            // The store counts times left from before its answer travels.
+            let asked_at = Instant::now();
             let Some(snapshot) = self.load(&keys).await else {
                 if waiting && !locked && !self.guard.is_open() && Instant::now() < give_up_at {
                     // One failed look while waiting: look again later.
@@ -208,7 +213,8 @@ impl Fleet {
                 }
                 return self.fall_back(keys, locked);
             };
-            let (found, unreadable) = self.usable(&snapshot, options, cold, rejected.as_deref());
+            let (found, unreadable) =
+                self.usable(&snapshot, asked_at, options, cold, rejected.as_deref());
             if let Some(found) = found {
                 self.guard.stats.hits += 1;
                 if locked {
@@ -228,7 +234,14 @@ impl Fleet {
                 self.guard.stats.fallbacks += 1;
                 return Acquired::Exchange(Some(self.ticket(keys, false, false)));
             }
-            if let Some(backoff) = snapshot.backoff {
+            // A backoff this replica wrote itself ends with its own, a
+            // moment after it by the store's count: not a reason to wait.
+            let own = |backoff: Duration| {
+                self.backed_off_until.is_some_and(|until| {
+                    later(asked_at, backoff) <= later(until, self.cache.operation_timeout)
+                })
+            };
+            if let Some(backoff) = snapshot.backoff.filter(|&backoff| !own(backoff)) {
                 if locked {
                     self.unlock(&keys).await;
                 }
@@ -236,7 +249,7 @@ impl Fleet {
                 let error = TokenError::with_detail(
                     TokenErrorKind::RateLimited,
                     format!(
-                        "the fleet backs off for {} ms more: another replica's exchange failed",
+                        "the token endpoint asked another replica to retry later; the fleet backs off for {} ms more",
                         backoff.as_millis()
                     ),
                 )
@@ -282,9 +295,10 @@ impl Fleet {
         }
     }
 
-    /// After an exchange under `ticket`: shares its token, or on a failure
-    /// makes the fleet back off for `Err(delay)` if this replica held the
-    /// lock, then releases the lock.
+    /// After an exchange under `ticket`: shares its token, or, after a
+    /// failure with the endpoint's `Retry-After` (`Err(Some(..))`), makes the
+    /// fleet back off that long if this replica held the lock; then releases
+    /// the lock. Other failures only release it, for a waiter to take over.
     pub(super) async fn publish(
         &mut self,
         result: Result<Shared<'_>, Option<Duration>>,
@@ -313,9 +327,10 @@ impl Fleet {
                     }
                 }
             }
-            Err(Some(delay)) if ticket.locked => {
-                let delay = delay.min(MAX_RETRY_AFTER);
-                let back_off = self.cache.store.back_off(&ticket.keys, delay);
+            Err(Some(retry_after)) if ticket.locked => {
+                let retry_after = retry_after.min(MAX_RETRY_AFTER);
+                self.backed_off_until = Some(later(Instant::now(), retry_after));
+                let back_off = self.cache.store.back_off(&ticket.keys, retry_after);
                 self.guard.run(back_off).await;
             }
             Err(_) => {}
@@ -332,11 +347,11 @@ impl Fleet {
     }
 
     /// The time the lock is held for: the longest an exchange may take,
-    /// plus the store operations around it.
+    /// plus the store operations around it (one more look, the save).
     fn lock_for(&self, options: &Options) -> Duration {
         options
             .exchange_timeout
-            .saturating_add(self.cache.operation_timeout.saturating_mul(2))
+            .saturating_add(self.cache.operation_timeout.saturating_mul(3))
     }
 
     fn fall_back(&mut self, keys: StoreKeys, locked: bool) -> Acquired {
@@ -368,6 +383,7 @@ impl Fleet {
     fn usable(
         &mut self,
         snapshot: &Snapshot,
+        asked_at: Instant,
         options: &Options,
         cold: bool,
         rejected: Option<&str>,
@@ -394,7 +410,7 @@ impl Fleet {
             schedule.fresh_for.saturating_sub(age)
         });
         let now = Instant::now();
-        let requested_at = now
+        let requested_at = asked_at
             .checked_add(left)
             .and_then(|until| until.checked_sub(schedule.fresh_for))
             .map(|at| at.min(now));

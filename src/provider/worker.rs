@@ -189,6 +189,7 @@ where
                 .as_ref()
                 .ok()
                 .map(|token| self.state.options.lifetime(token));
+            let retry_after = result.as_ref().err().and_then(TokenError::retry_after);
             let state = Arc::clone(&self.state);
             // From the mail check to the answer in one critical section:
             // new credentials can never slip in between and see a token of
@@ -264,7 +265,7 @@ where
                 Answered::Done(outcome) => outcome,
             };
             state.answered.notify_waiters();
-            self.share(ticket, &outcome, lifetime).await;
+            self.share(ticket, &outcome, lifetime, retry_after).await;
             match outcome {
                 Ok(_) => return Flow::Continue(()),
                 Err(retry_at) => self.back_off(retry_at).await?,
@@ -376,14 +377,15 @@ where
     }
 
     /// After this worker's own exchange: shares its token with the fleet,
-    /// or after a failure its backoff (if it held the lock), and releases
-    /// the lock.
+    /// or after a failure the endpoint's `Retry-After` (if it held the
+    /// lock), and releases the lock.
     #[cfg_attr(not(feature = "shared-store"), allow(clippy::unused_async))]
     async fn share(
         &mut self,
         ticket: Ticket,
         outcome: &Result<Arc<CachedToken>, Option<Instant>>,
         lifetime: Option<Duration>,
+        retry_after: Option<Duration>,
     ) {
         #[cfg(feature = "shared-store")]
         if let (Some(fleet), Some(ticket)) = (&mut self.fleet, ticket) {
@@ -394,15 +396,14 @@ where
                     lifetime,
                     served_for: cached.fresh_until.saturating_duration_since(now),
                 }),
-                (Err(retry_at), _) => Err(retry_at.map(|at| at.saturating_duration_since(now))),
-                (Ok(_), None) => Err(None),
+                _ => Err(retry_after),
             };
             fleet.publish(shared, ticket).await;
             let mut mail = self.state.mail();
             fleet.count(&mut mail.stats);
         }
         #[cfg(not(feature = "shared-store"))]
-        let _ = (ticket, outcome, lifetime);
+        let _ = (ticket, outcome, lifetime, retry_after);
     }
 
     /// One exchange, bounded by the exchange timeout; a panic of the

@@ -301,7 +301,10 @@ impl TokenStore for RedisStore {
                     "load",
                     Again::IfConnectionLost,
                     |mut connection| async move {
+                        // MULTI/EXEC: a save cannot land between the
+                        // fields and their time to live.
                         redis::pipe()
+                            .atomic()
                             .cmd("HMGET")
                             .arg(keys.token())
                             .arg(&FIELDS[..])
