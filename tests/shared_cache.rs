@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use routera_auth::store::{SharedCache, StoreKeyRing};
 use routera_auth::test_util::{MemoryStore, MockExchange};
-use routera_auth::{AuthMethod, ProviderStats, TokenError, TokenErrorKind, TokenProvider};
-use tokio::task::JoinSet;
+use routera_auth::{
+    AccessToken, AuthMethod, ProviderStats, TokenError, TokenErrorKind, TokenProvider,
+};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -20,6 +22,35 @@ fn cache(store: &MemoryStore) -> SharedCache {
 fn replica(store: &MemoryStore, exchange: &MockExchange) -> TokenProvider {
     TokenProvider::builder(exchange.clone(), MockExchange::credentials())
         .shared_cache(cache(store))
+        .build()
+}
+
+/// A replica whose exchange never answers, holding the fleet's lock: its
+/// exchange has started. Its `token()` runs in the returned task.
+async fn lock_holder(
+    store: &MemoryStore,
+    exchange_timeout: Duration,
+) -> (TokenProvider, JoinHandle<Result<AccessToken, TokenError>>) {
+    let hung = MockExchange::new(HOUR).gated();
+    let holder = timed_replica(store, &hung, exchange_timeout);
+    let holding = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.token().await }
+    });
+    while hung.calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    (holder, holding)
+}
+
+fn timed_replica(
+    store: &MemoryStore,
+    exchange: &MockExchange,
+    exchange_timeout: Duration,
+) -> TokenProvider {
+    TokenProvider::builder(exchange.clone(), MockExchange::credentials())
+        .shared_cache(cache(store))
+        .exchange_timeout(exchange_timeout)
         .build()
 }
 
@@ -158,24 +189,10 @@ async fn a_frozen_store_delays_a_cold_caller_by_one_timeout_at_most() {
 async fn a_hung_lock_holder_is_overtaken_after_the_lock_time() {
     let store = MemoryStore::new();
     // The holder's exchange never answers (its exchange timeout is long).
-    let hung = MockExchange::new(HOUR).gated();
-    let holder = TokenProvider::builder(hung.clone(), MockExchange::credentials())
-        .shared_cache(cache(&store))
-        .exchange_timeout(HOUR)
-        .build();
+    // The holder's exchange never answers (its exchange timeout is long).
+    let (_holder, holding) = lock_holder(&store, HOUR).await;
     let exchange = MockExchange::new(HOUR);
-    let other = TokenProvider::builder(exchange.clone(), MockExchange::credentials())
-        .shared_cache(cache(&store))
-        .exchange_timeout(Duration::from_secs(2))
-        .build();
-
-    let holding = tokio::spawn({
-        let holder = holder.clone();
-        async move { holder.token().await }
-    });
-    while hung.calls() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let other = timed_replica(&store, &exchange, Duration::from_secs(2));
     let started = Instant::now();
     let token = other.token().await.unwrap();
 
@@ -344,15 +361,7 @@ async fn a_provider_dropped_during_its_exchange_releases_the_fleets_lock() {
 #[tokio::test(start_paused = true)]
 async fn new_credentials_end_a_wait_on_the_old_ones_at_once() {
     let store = MemoryStore::new();
-    let hung = MockExchange::new(HOUR).gated();
-    let holder = replica(&store, &hung);
-    tokio::spawn({
-        let holder = holder.clone();
-        async move { holder.token().await }
-    });
-    while hung.calls() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let _holder = lock_holder(&store, HOUR).await;
     let exchange = MockExchange::new(HOUR);
     let waiter = replica(&store, &exchange);
     let waiting = tokio::spawn({
@@ -414,24 +423,10 @@ async fn replicas_agree_on_a_shared_tokens_deadline_whatever_their_clocks() {
 #[tokio::test(start_paused = true)]
 async fn a_lock_holder_whose_exchange_times_out_hands_over_to_a_waiter() {
     let store = MemoryStore::new();
-    let hung = MockExchange::new(HOUR).gated();
     let two_seconds = Duration::from_secs(2);
-    let holder = TokenProvider::builder(hung.clone(), MockExchange::credentials())
-        .shared_cache(cache(&store))
-        .exchange_timeout(two_seconds)
-        .build();
-    tokio::spawn({
-        let holder = holder.clone();
-        async move { holder.token().await }
-    });
-    while hung.calls() == 0 {
-        tokio::task::yield_now().await;
-    }
+    let _holder = lock_holder(&store, two_seconds).await;
     let exchange = MockExchange::new(HOUR);
-    let waiter = TokenProvider::builder(exchange.clone(), MockExchange::credentials())
-        .shared_cache(cache(&store))
-        .exchange_timeout(two_seconds)
-        .build();
+    let waiter = timed_replica(&store, &exchange, two_seconds);
 
     let started = Instant::now();
     let token = waiter.token().await;
