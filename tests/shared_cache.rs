@@ -441,3 +441,35 @@ async fn a_lock_holder_whose_exchange_times_out_hands_over_to_a_waiter() {
     );
     assert_eq!(waiter.stats().store_lock_wins, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_fleets_backoff_is_waited_out_exactly_not_as_a_failure_of_its_own() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let second = Duration::from_secs(1);
+    exchange.fail_next(TokenError::new(TokenErrorKind::RateLimited).with_retry_after(second));
+    let started = Instant::now();
+    assert!(replica(&store, &exchange).token().await.is_err());
+
+    // Another replica asks 900 ms into the fleet's 1 s backoff: it waits out
+    // the 100 ms left, not a backoff of its own (0.8 s or more).
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let other = replica(&store, &exchange);
+    assert!(other.token().await.is_err());
+    let recovered = async {
+        loop {
+            if let Ok(token) = other.token().await {
+                return token;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert_eq!(recovered.await.secret(), "token-2");
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(1_100), "{elapsed:?}");
+    assert_eq!(
+        other.stats().failures,
+        0,
+        "the fleet's backoff is no failure of its own"
+    );
+}

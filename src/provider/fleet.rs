@@ -56,8 +56,6 @@ pub(super) struct Fleet {
     /// store before the next look.
     rejected: Option<String>,
     guard: Guard,
-    /// When the backoff this replica last wrote for the fleet ends.
-    backed_off_until: Option<Instant>,
     /// The wall clock when the fleet was made, and tokio's instant then:
     /// see [`Fleet::now_ms`].
     epoch: (u64, Instant),
@@ -131,7 +129,6 @@ impl Fleet {
             held: None,
             rejected: None,
             guard,
-            backed_off_until: None,
             epoch: (wall_clock_ms(), Instant::now()),
         };
         fleet.set_credentials(credentials);
@@ -234,14 +231,7 @@ impl Fleet {
                 self.guard.stats.fallbacks += 1;
                 return Acquired::Exchange(Some(self.ticket(keys, false, false)));
             }
-            // A backoff this replica wrote itself ends with its own, a
-            // moment after it by the store's count: not a reason to wait.
-            let own = |backoff: Duration| {
-                self.backed_off_until.is_some_and(|until| {
-                    later(asked_at, backoff) <= later(until, self.cache.operation_timeout)
-                })
-            };
-            if let Some(backoff) = snapshot.backoff.filter(|&backoff| !own(backoff)) {
+            if let Some(backoff) = snapshot.backoff {
                 if locked {
                     self.unlock(&keys).await;
                 }
@@ -329,7 +319,6 @@ impl Fleet {
             }
             Err(Some(retry_after)) if ticket.locked => {
                 let retry_after = retry_after.min(MAX_RETRY_AFTER);
-                self.backed_off_until = Some(later(Instant::now(), retry_after));
                 let back_off = self.cache.store.back_off(&ticket.keys, retry_after);
                 self.guard.run(back_off).await;
             }

@@ -223,7 +223,6 @@ where
                         Answered::Done(Ok(cached))
                     }
                     Err(error) => {
-                        self.failures = self.failures.saturating_add(1);
                         if !from_store {
                             mail.stats.failures += 1;
                             let event = Event::ExchangeFailed {
@@ -232,10 +231,25 @@ where
                             };
                             metrics::record(self.credentials.client_id(), event);
                         }
-                        let options = &state.options;
-                        let delay =
-                            options.backoff(self.failures, error.retry_after(), random_unit());
-                        log_failure(&error, elapsed, self.failures, delay);
+                        let delay = match error.retry_after().filter(|_| from_store) {
+                            // The fleet backs off: wait out what is left of
+                            // it, as one of the fleet; no failure of this
+                            // replica's, so its own backoff does not grow.
+                            Some(left) => {
+                                tracing::debug!(
+                                    retry_in_ms = left.as_millis() as u64,
+                                    "the fleet backs off"
+                                );
+                                left
+                            }
+                            None => {
+                                self.failures = self.failures.saturating_add(1);
+                                let (failures, asked) = (self.failures, error.retry_after());
+                                let delay = state.options.backoff(failures, asked, random_unit());
+                                log_failure(&error, elapsed, failures, delay);
+                                delay
+                            }
+                        };
                         let retry_at = Instant::now().checked_add(delay);
                         let generation = self.generation;
                         mail.set_answer(
