@@ -26,6 +26,9 @@ fn a_request_with_a_fresh_token_allocates_nothing_and_starts_no_exchange() {
     runtime.block_on(provider.token()).unwrap();
     let _context = runtime.enter();
 
+    // The no-op inner service of the measurement, not a double of a
+    // collaborator: it answers at once without allocating (a `tower_test`
+    // mock allocates per call, for its channels).
     let inner = service_fn(|request: Request<()>| {
         assert!(request.headers()[AUTHORIZATION].is_sensitive());
         std::future::ready(Ok::<_, Infallible>(Response::new(())))

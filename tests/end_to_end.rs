@@ -211,8 +211,6 @@ async fn a_renewed_token_is_accepted_after_the_first_expires() {
 mod reqwest_backend {
     use super::*;
     use routera_auth::ReqwestService;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
     async fn the_reqwest_exchange_and_adapter_work_against_the_emulator() {
@@ -239,67 +237,5 @@ mod reqwest_backend {
             assert_eq!(response.status(), StatusCode::OK);
         }
         assert_eq!(emulator.exchange_count(), 1);
-    }
-
-    /// Serves every connection on `listener` with `answer`, counting requests.
-    fn serve(
-        listener: tokio::net::TcpListener,
-        answer: impl Fn() -> http::Response<Full<Bytes>> + Clone + Send + Sync + 'static,
-    ) -> Arc<AtomicUsize> {
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (answer, counter) = (answer.clone(), counter.clone());
-                let service = hyper::service::service_fn(move |_request| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    std::future::ready(Ok::<_, std::convert::Infallible>(answer()))
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-                );
-            }
-        });
-        requests
-    }
-
-    #[tokio::test]
-    async fn the_reqwest_exchange_never_follows_a_redirect() {
-        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let elsewhere_url = format!("http://{}/oauth2/token", elsewhere.local_addr().unwrap());
-        let stolen = serve(elsewhere, || {
-            http::Response::new(Full::new(Bytes::from_static(
-                br#"{"access_token":"t","expires_in":60,"token_type":"Bearer"}"#,
-            )))
-        });
-
-        for status in [302, 307] {
-            let endpoint = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let token_url = format!("http://{}/oauth2/token", endpoint.local_addr().unwrap());
-            let location = elsewhere_url.clone();
-            let asked = serve(endpoint, move || {
-                http::Response::builder()
-                    .status(status)
-                    .header(http::header::LOCATION, location.as_str())
-                    .body(Full::new(Bytes::new()))
-                    .unwrap()
-            });
-            let err = HttpTokenExchange::reqwest()
-                .unwrap()
-                .with_token_url(&token_url)
-                .unwrap()
-                .oneshot(TokenRequest::new(ClientCredentials::new("id", "secret")))
-                .await
-                .unwrap_err();
-            assert_eq!(err.kind(), TokenErrorKind::UnexpectedStatus, "{err}");
-            assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
-            assert_eq!(asked.load(Ordering::SeqCst), 1);
-        }
-        assert_eq!(
-            stolen.load(Ordering::SeqCst),
-            0,
-            "the redirect target received no request"
-        );
     }
 }

@@ -319,23 +319,40 @@ async fn redirects_to_another_listener_are_not_followed() {
     );
 }
 
+/// The default reqwest exchange (`HttpTokenExchange::reqwest()`): a
+/// redirect is an error with its own status, the endpoint is asked once and
+/// the redirect target never.
 #[cfg(feature = "rustls")]
 #[tokio::test]
 async fn the_default_reqwest_exchange_does_not_follow_redirects_either() {
+    use tower::ServiceExt as _;
+
     let elsewhere = Emulator::start().await.unwrap();
-    let endpoint = Emulator::start().await.unwrap();
-    endpoint.inject(Fault::redirect(307, &elsewhere.token_url()));
-    let exchange = routera_auth::HttpTokenExchange::reqwest()
-        .unwrap()
-        .with_token_url(&endpoint.token_url())
-        .unwrap();
-    let provider = TokenProvider::new(exchange, endpoint.credentials());
-    let err = tokio::time::timeout(BOUND, provider.token())
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert_eq!(err.kind(), TokenErrorKind::UnexpectedStatus);
-    assert_eq!(elsewhere.token_requests(), 0);
+    for status in [302, 307] {
+        let endpoint = Emulator::start().await.unwrap();
+        endpoint.inject(Fault::redirect(status, &elsewhere.token_url()));
+        let exchange = routera_auth::HttpTokenExchange::reqwest()
+            .unwrap()
+            .with_token_url(&endpoint.token_url())
+            .unwrap();
+        let request = routera_auth::TokenRequest::new(endpoint.credentials());
+        let err = tokio::time::timeout(BOUND, exchange.oneshot(request))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            TokenErrorKind::UnexpectedStatus,
+            "{status}: {err}"
+        );
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
+        assert_eq!(endpoint.token_requests(), 1, "{status}");
+    }
+    assert_eq!(
+        elsewhere.token_requests(),
+        0,
+        "the redirect target received no request"
+    );
 }
 
 /// A reqwest client the user built, which follows redirects (reqwest's

@@ -264,9 +264,7 @@ fn a_lock_holder_that_dies_is_overtaken_after_the_lock_time() {
             .exchange_timeout(Duration::from_secs(2))
             .build();
         tokio::spawn(async move { holder.token().await });
-        while hung.calls() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        hung.wait_for_calls(1).await;
     });
     doomed.shutdown_background();
 

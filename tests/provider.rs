@@ -103,7 +103,7 @@ async fn lifetime_is_counted_from_the_request_not_the_response() {
 #[tokio::test(start_paused = true)]
 async fn an_unknown_lifetime_is_assumed_short_and_a_huge_one_is_capped() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.then(MockAnswer::Token(Token::with_unknown_lifetime("no-expiry")));
+    exchange.queue(MockAnswer::Token(Token::with_unknown_lifetime("no-expiry")));
     let provider = TokenProvider::builder(exchange.clone(), credentials())
         .refresh_ahead(Duration::ZERO)
         .assumed_lifetime(Duration::from_secs(120))
@@ -115,7 +115,7 @@ async fn an_unknown_lifetime_is_assumed_short_and_a_huge_one_is_capped() {
     assert_ne!(provider.token().await.unwrap().secret(), "no-expiry");
 
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.then(MockAnswer::Token(Token::new(
+    exchange.queue(MockAnswer::Token(Token::new(
         "ten-years",
         Duration::from_secs(10 * 365 * 86_400),
     )));
@@ -279,7 +279,7 @@ async fn invalidate_drops_only_the_cached_token() {
 #[tokio::test(start_paused = true)]
 async fn a_token_that_cannot_be_a_header_is_an_error() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
-    exchange.then(MockAnswer::Token(Token::new("bad\ntoken", HOUR)));
+    exchange.queue(MockAnswer::Token(Token::new("bad\ntoken", HOUR)));
     let provider = expiry_only(&exchange);
     let err = provider.token().await.unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::InvalidResponse);
@@ -406,13 +406,9 @@ fn a_token_of_the_old_client_is_never_served_after_rotation() {
         .enable_all()
         .build()
         .unwrap();
-    let exchange = tower::service_fn(|request: routera_auth::TokenRequest| async move {
-        let client = request.credentials().client_id().to_owned();
-        tokio::task::yield_now().await;
-        Ok::<_, routera_auth::TokenError>(Token::new(format!("{client}-token"), HOUR))
-    });
     for round in 0..3_000u32 {
-        let provider = TokenProvider::new(exchange, credentials());
+        let exchange = MockExchange::new(HOUR);
+        let provider = exchange.provider();
         runtime.block_on(async {
             provider.token().await.unwrap();
             let refreshing = tokio::spawn({
@@ -425,7 +421,21 @@ fn a_token_of_the_old_client_is_never_served_after_rotation() {
             provider.set_credentials(routera_auth::ClientCredentials::new("other", "secret"));
             let _ = refreshing.await;
             let token = provider.token().await.unwrap();
-            assert_eq!(token.secret(), "other-token", "round {round}");
+            // `token-N` answered the N-th exchange: it must have been for
+            // the new client.
+            let call: usize = token
+                .secret()
+                .strip_prefix("token-")
+                .unwrap()
+                .parse()
+                .unwrap();
+            let asked_for = &exchange.credentials_seen()[call - 1];
+            assert_eq!(
+                asked_for.client_id(),
+                "other",
+                "round {round}: {}",
+                token.secret()
+            );
         });
     }
 }

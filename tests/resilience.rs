@@ -9,8 +9,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::{credentials, status_error};
-use routera_auth::test_util::MockExchange;
-use routera_auth::{AccessToken, ClientCredentials, ProviderStats, TokenErrorKind, TokenProvider};
+use routera_auth::test_util::{MockAnswer, MockExchange};
+use routera_auth::{
+    AccessToken, ClientCredentials, ProviderStats, Token, TokenErrorKind, TokenProvider,
+};
 use tokio::time::{Instant, advance};
 use tower::Layer as _;
 
@@ -56,6 +58,12 @@ where
         .await
         .unwrap()
         .into_body()
+}
+
+/// What the service under the layer answers in these tests: the
+/// `Authorization` header the request carried.
+fn echo_authorization(request: http::Request<()>) -> http::Response<http::HeaderValue> {
+    http::Response::new(request.headers()[http::header::AUTHORIZATION].clone())
 }
 
 fn stats(provider: &TokenProvider) -> ProviderStats {
@@ -480,9 +488,9 @@ async fn dropping_a_provider_with_a_token_leaves_no_task_behind() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
     let provider = exchange.provider();
-    let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(tower::service_fn(
-        |_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
-    ));
+    // The service under the layer is never called; its handle stays open.
+    let (inner, _api) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
+    let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(inner);
     provider.token().await.unwrap();
     // One task per provider: its worker, idle while the token is fresh.
     assert!(
@@ -501,13 +509,8 @@ async fn dropping_a_provider_with_a_token_leaves_no_task_behind() {
 async fn the_first_request_past_the_refresh_time_starts_a_background_refresh() {
     let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
     let provider = exchange.provider();
-    let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(tower::service_fn(
-        |request: http::Request<()>| async move {
-            Ok::<_, std::convert::Infallible>(http::Response::new(
-                request.headers()[http::header::AUTHORIZATION].clone(),
-            ))
-        },
-    ));
+    let (inner, _) = common::answering(echo_authorization);
+    let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(inner);
     assert_eq!(call(&service).await, "Bearer token-1");
     // Past the refresh time (54:30 to 55:30 in, with jitter), before expiry
     // (59:30): the token is still served and a background refresh starts.
@@ -545,13 +548,8 @@ fn a_worker_lost_with_its_runtime_is_replaced_and_the_token_still_expires_on_tim
         .build()
         .unwrap();
     let seen = second.block_on(async {
-        let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(
-            tower::service_fn(|request: http::Request<()>| async move {
-                Ok::<_, std::convert::Infallible>(http::Response::new(
-                    request.headers()[http::header::AUTHORIZATION].clone(),
-                ))
-            }),
-        );
+        let (inner, _) = common::answering(echo_authorization);
+        let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(inner);
         let before = call(&service).await;
         // Past the token's time, checked by the clock on the request path; a
         // new worker on this runtime fetches the next token.
@@ -639,26 +637,16 @@ async fn stats_count_the_slow_path_exactly() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_exchange_service_is_one_more_failure() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let exchange = tower::service_fn(move |_: routera_auth::TokenRequest| {
-        let call = counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if call == 0 {
-                panic!("exchange bug");
-            }
-            Ok::<_, routera_auth::TokenError>(routera_auth::Token::new("after-panic", HOUR))
-        }
-    });
-    let provider = TokenProvider::new(exchange, credentials());
+    let exchange = MockExchange::new(HOUR);
+    exchange
+        .queue(MockAnswer::Panic)
+        .queue(MockAnswer::Token(Token::new("after-panic", HOUR)));
+    let provider = exchange.provider();
     let err = provider.token().await.unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::Internal);
     assert!(err.to_string().contains("panicked"), "{err}");
 
     run_for(2 * SECOND).await;
     assert_eq!(provider.token().await.unwrap().secret(), "after-panic");
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(exchange.calls(), 2);
 }

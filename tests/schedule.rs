@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use common::credentials;
@@ -14,7 +13,22 @@ use routera_auth::test_util::MockExchange;
 use routera_auth::{RouteraAuthLayer, TokenProvider};
 use tokio::time::{Instant, advance};
 use tokio_test::{assert_pending, assert_ready, task};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt};
+
+/// Sends one request through `service` and answers it from `api`, in this
+/// task (no responder task: tests here count the runtime's tasks).
+async fn send<S>(service: &S, api: &mut tower_test::mock::Handle<Request<()>, Response<()>>)
+where
+    S: Service<Request<()>, Response = Response<()>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let answer = async {
+        let (_, respond) = api.next_request().await.expect("a request");
+        respond.send_response(Response::new(()));
+    };
+    let (response, ()) = tokio::join!(service.clone().oneshot(Request::new(())), answer);
+    response.unwrap();
+}
 
 /// The runtime's only worker thread is stuck in a blocking call past the
 /// token's deadline: a request from another thread must not carry the
@@ -94,13 +108,9 @@ async fn steady_traffic_renews_at_most_once_per_half_lifetime_without_waiting() 
         let lifetime = Duration::from_secs(secs);
         let exchange = MockExchange::new(lifetime).with_delay(Duration::from_millis(20));
         let provider = exchange.provider();
-        // The inner service answers with the `Authorization` header it got.
-        let service =
-            RouteraAuthLayer::new(provider.clone()).layer(service_fn(|request: Request<()>| {
-                let header = request.headers()[AUTHORIZATION].clone();
-                std::future::ready(Ok::<_, Infallible>(Response::new(header)))
-            }));
-        service.clone().oneshot(Request::new(())).await.unwrap();
+        let (inner, mut api) = tower_test::mock::pair::<Request<()>, Response<()>>();
+        let service = RouteraAuthLayer::new(provider.clone()).layer(inner);
+        send(&service, &mut api).await;
 
         let start = Instant::now();
         let mut fetches = vec![provider.timing().unwrap()];
@@ -120,8 +130,13 @@ async fn steady_traffic_renews_at_most_once_per_half_lifetime_without_waiting() 
             // The current token is the last one an exchange answered with.
             let current = format!("Bearer token-{}", exchange.finished());
             let mut request = task::spawn(service.clone().oneshot(Request::new(())));
-            let response = assert_ready!(request.poll(), "{secs} s: a request waited").unwrap();
-            assert_eq!(response.body().to_str().unwrap(), current, "{secs} s");
+            assert_pending!(request.poll(), "{secs} s: awaiting the answer");
+            // It reached the service under the layer on its first poll.
+            let (sent, respond) = assert_ready!(api.poll_request(), "{secs} s: a request waited")
+                .expect("the mock's handle is open");
+            assert_eq!(sent.headers()[AUTHORIZATION], current, "{secs} s");
+            respond.send_response(Response::new(()));
+            assert_ready!(request.poll(), "{secs} s: answered").unwrap();
             // Lets a background refresh, if one started, complete.
             advance(Duration::from_millis(21)).await;
             record(provider.timing().unwrap());
@@ -188,11 +203,9 @@ async fn dropping_every_handle_ends_the_worker() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::ZERO);
     let provider = exchange.provider();
-    let service =
-        RouteraAuthLayer::new(provider.clone()).layer(service_fn(|_: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(()))
-        }));
-    service.clone().oneshot(Request::new(())).await.unwrap();
+    let (inner, mut api) = tower_test::mock::pair::<Request<()>, Response<()>>();
+    let service = RouteraAuthLayer::new(provider.clone()).layer(inner);
+    send(&service, &mut api).await;
     assert_eq!(metrics.num_alive_tasks(), 1);
     drop(provider);
     tokio::task::yield_now().await;

@@ -114,19 +114,9 @@ async fn a_request_whose_body_cannot_be_cloned_gets_the_401_unchanged() {
 #[tokio::test(start_paused = true)]
 async fn no_request_is_retried_more_than_once() {
     let exchange = MockExchange::new(Duration::from_secs(3600));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let always_401 = tower::service_fn(move |request: Request<String>| {
-        counter.fetch_add(1, Ordering::SeqCst);
+    let (always_401, calls) = common::answering(|request: Request<String>| {
         assert!(request.headers().contains_key(header::AUTHORIZATION));
-        async {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .status(StatusCode::UNAUTHORIZED)
-                    .body(String::from("go away"))
-                    .unwrap(),
-            )
-        }
+        reply(StatusCode::UNAUTHORIZED, "go away")
     });
     let api = ServiceBuilder::new()
         .retry(RetryOnUnauthorized::new())
@@ -154,19 +144,8 @@ async fn no_request_is_retried_more_than_once() {
 #[tokio::test(start_paused = true)]
 async fn other_statuses_are_not_retried_and_keep_the_token() {
     let exchange = MockExchange::new(Duration::from_secs(3600));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
-    let forbidden = tower::service_fn(move |_: Request<String>| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .status(StatusCode::FORBIDDEN)
-                    .body(String::new())
-                    .unwrap(),
-            )
-        }
-    });
+    let (forbidden, calls) =
+        common::answering(|_: Request<String>| reply(StatusCode::FORBIDDEN, ""));
     let api = ServiceBuilder::new()
         .retry(RetryOnUnauthorized::new())
         .layer(RouteraAuthLayer::new(exchange.provider()))
@@ -202,12 +181,7 @@ async fn a_401_for_a_stale_token_keeps_the_newer_token() {
     assert_eq!(second.secret(), "token-2");
 
     // The 401 for the old token arrives late.
-    respond.send_response(
-        Response::builder()
-            .status(StatusCode::UNAUTHORIZED)
-            .body(String::new())
-            .unwrap(),
-    );
+    respond.send_response(reply(StatusCode::UNAUTHORIZED, ""));
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(
         response.status(),
@@ -234,12 +208,7 @@ async fn a_401_without_the_retry_policy_invalidates_the_token_for_the_next_reque
     let first = tokio::spawn(service.clone().oneshot(Request::new(String::new())));
     let (request, respond) = handle.next_request().await.unwrap();
     assert_eq!(request.headers()[header::AUTHORIZATION], "Bearer token-1");
-    respond.send_response(
-        Response::builder()
-            .status(StatusCode::UNAUTHORIZED)
-            .body(String::new())
-            .unwrap(),
-    );
+    respond.send_response(reply(StatusCode::UNAUTHORIZED, ""));
     assert_eq!(
         first.await.unwrap().unwrap().status(),
         StatusCode::UNAUTHORIZED
@@ -409,14 +378,8 @@ async fn a_grpc_unauthenticated_invalidates_the_token_and_other_grpc_statuses_do
 #[tokio::test(start_paused = true)]
 async fn an_api_that_rejects_every_token_gets_a_trickle_of_exchanges_not_one_per_request() {
     let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::ZERO);
-    let always_401 = tower::service_fn(|_: Request<String>| async {
-        Ok::<_, Infallible>(
-            Response::builder()
-                .status(StatusCode::UNAUTHORIZED)
-                .body(String::new())
-                .unwrap(),
-        )
-    });
+    let (always_401, calls) =
+        common::answering(|_: Request<String>| reply(StatusCode::UNAUTHORIZED, ""));
     let api = ServiceBuilder::new()
         .retry(RetryOnUnauthorized::new())
         .layer(RouteraAuthLayer::new(exchange.provider()))
@@ -434,6 +397,8 @@ async fn an_api_that_rejects_every_token_gets_a_trickle_of_exchanges_not_one_per
         }
         tokio::time::advance(Duration::from_secs(1)).await;
     }
+    // Each sent twice (retried once), never more.
+    assert_eq!(calls.load(Ordering::SeqCst), 2 * 6_000);
     // Invalidations are paced like the exchange backoff: 1 s, 2 s, 4 s, …
     // up to 60 s between them, so about 17 exchanges instead of 12,000.
     let calls = exchange.calls();
@@ -443,22 +408,24 @@ async fn an_api_that_rejects_every_token_gets_a_trickle_of_exchanges_not_one_per
     );
 }
 
-/// An API that rejects `token-1` and accepts any other, counting requests.
-fn rejects_the_first_token<B>(
-    calls: Arc<AtomicUsize>,
-) -> impl tower::Service<
-    Request<B>,
-    Response = Response<()>,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Response<()>, Infallible>>,
-> + Clone {
-    tower::service_fn(move |request: Request<B>| {
-        calls.fetch_add(1, Ordering::SeqCst);
+/// A response with `status` and `body`.
+fn reply(status: StatusCode, body: &str) -> Response<String> {
+    Response::builder()
+        .status(status)
+        .body(body.to_owned())
+        .unwrap()
+}
+
+/// An API that rejects `token-1` and accepts any other; the requests it
+/// answered.
+fn rejects_the_first_token<B: Send + 'static>()
+-> (mock::Mock<Request<B>, Response<()>>, Arc<AtomicUsize>) {
+    common::answering(|request: Request<B>| {
         let mut response = Response::new(());
         if request.headers()[header::AUTHORIZATION] == "Bearer token-1" {
             *response.status_mut() = StatusCode::UNAUTHORIZED;
         }
-        std::future::ready(Ok(response))
+        response
     })
 }
 
@@ -472,13 +439,13 @@ async fn any_body_type_retries_what_it_can_replay() {
         (axum::body::Body::from("data"), StatusCode::UNAUTHORIZED, 1),
         (axum::body::Body::empty(), StatusCode::OK, 2),
     ] {
-        let calls = Arc::new(AtomicUsize::new(0));
+        let (api, calls) = rejects_the_first_token();
         let exchange = MockExchange::new(Duration::from_secs(3600));
         let provider = exchange.provider();
         let stack = ServiceBuilder::new()
             .retry(RetryOnUnauthorized::new().with_body_clone(empty_body_only::<axum::body::Body>))
             .layer(RouteraAuthLayer::new(provider.clone()))
-            .service(rejects_the_first_token(calls.clone()));
+            .service(api);
         let response = stack.oneshot(Request::new(body)).await.unwrap();
         assert_eq!(response.status(), status);
         assert_eq!(calls.load(Ordering::SeqCst), sent);
@@ -496,15 +463,17 @@ fn the_policy_fits_incoming_and_tonic_bodies() {
 
     fn is_service<B, S: tower::Service<Request<B>>>(_: &S) {}
     let provider = MockExchange::new(Duration::from_secs(3600)).provider();
-    let calls = Arc::new(AtomicUsize::new(0));
+    // Never called: the services only have to type-check.
+    let (api, _) = mock::pair::<Request<hyper::body::Incoming>, Response<()>>();
     let proxy = ServiceBuilder::new()
         .retry(RetryOnUnauthorized::new().with_body_clone(never::<hyper::body::Incoming>))
         .layer(RouteraAuthLayer::new(provider.clone()))
-        .service(rejects_the_first_token(calls.clone()));
+        .service(api);
     is_service::<hyper::body::Incoming, _>(&proxy);
+    let (api, _) = mock::pair::<Request<tonic::body::Body>, Response<()>>();
     let grpc = ServiceBuilder::new()
         .retry(RetryOnUnauthorized::new().with_body_clone(empty_body_only::<tonic::body::Body>))
         .layer(RouteraAuthLayer::new(provider))
-        .service(rejects_the_first_token(calls));
+        .service(api);
     is_service::<tonic::body::Body, _>(&grpc);
 }

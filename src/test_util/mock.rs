@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -27,6 +27,12 @@ pub enum MockAnswer {
     Token(Token),
     /// Fail with this error.
     Error(TokenError),
+    /// Panic: the exchange's future panics when polled (calling the service
+    /// does not), as an exchange with a bug would. For testing that the
+    /// code above the exchange contains the panic: the provider, for one,
+    /// makes it an [`Internal`](crate::TokenErrorKind::Internal) error and
+    /// keeps serving later exchanges. The exchange counts as finished.
+    Panic,
 }
 
 /// A token exchange for unit tests: a
@@ -34,12 +40,13 @@ pub enum MockAnswer {
 /// no socket.
 ///
 /// It counts its calls and records the credentials of each, answers from a
-/// script ([`then`](Self::then)) and, once the script is empty, with a new
-/// token `token-N` (N = the call's number) living the lifetime it was made
-/// with. It can wait before answering ([`with_delay`](Self::with_delay),
-/// instant on paused tokio time), hold every exchange until a gate opens
-/// ([`gated`](Self::gated)), or fail every exchange for a while
-/// ([`fail_until`](Self::fail_until)). Clones share all of that.
+/// script of tokens, errors and panics ([`queue`](Self::queue)) and, once the
+/// script is empty, with a new token `token-N` (N = the call's number)
+/// living the lifetime it was made with. It can wait before answering
+/// ([`with_delay`](Self::with_delay), instant on paused tokio time), hold
+/// every exchange until a gate opens ([`gated`](Self::gated)), or fail every
+/// exchange for a while ([`fail_until`](Self::fail_until)). Clones share
+/// all of that.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -69,6 +76,8 @@ pub struct MockExchange {
 
 struct MockState {
     calls: AtomicUsize,
+    /// Woken at each call.
+    called: Notify,
     finished: AtomicUsize,
     lifetime: Duration,
     script: Mutex<Script>,
@@ -89,6 +98,7 @@ impl MockExchange {
         Self {
             state: Arc::new(MockState {
                 calls: AtomicUsize::new(0),
+                called: Notify::new(),
                 finished: AtomicUsize::new(0),
                 lifetime,
                 script: Mutex::default(),
@@ -118,14 +128,14 @@ impl MockExchange {
     }
 
     /// Queues `answer` for the next exchange that has none queued before it.
-    pub fn then(&self, answer: MockAnswer) -> &Self {
+    pub fn queue(&self, answer: MockAnswer) -> &Self {
         self.script().answers.push_back(answer);
         self
     }
 
     /// Queues a failure with `error`.
     pub fn fail_next(&self, error: TokenError) -> &Self {
-        self.then(MockAnswer::Error(error))
+        self.queue(MockAnswer::Error(error))
     }
 
     /// Every exchange that ends before `until` fails with `error`, whatever
@@ -139,12 +149,26 @@ impl MockExchange {
         self.state.calls.load(Ordering::SeqCst)
     }
 
-    /// Exchanges that have answered so far.
+    /// Waits until at least `calls` exchanges have started: to act while
+    /// one is in flight, without polling.
+    pub async fn wait_for_calls(&self, calls: usize) {
+        loop {
+            let called = self.state.called.notified();
+            if self.calls() >= calls {
+                return;
+            }
+            called.await;
+        }
+    }
+
+    /// Exchanges that have answered so far (a scripted
+    /// [`Panic`](MockAnswer::Panic) counts as an answer).
     pub fn finished(&self) -> usize {
         self.state.finished.load(Ordering::SeqCst)
     }
 
-    /// The credentials of every exchange so far, in order.
+    /// The credentials of every exchange so far, in order: those of call N
+    /// (which answers `token-N` by default) at index N - 1.
     pub fn credentials_seen(&self) -> Vec<ClientCredentials> {
         self.script().seen.clone()
     }
@@ -169,11 +193,14 @@ impl MockExchange {
     }
 
     async fn answer(self, request: TokenRequest) -> Result<Token, TokenError> {
-        let call = self.state.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let (gate, delay) = {
+        let (call, gate, delay) = {
+            // Numbered under the lock: the credentials of call N are
+            // `credentials_seen()[N - 1]`, and its default token `token-N`.
             let mut script = self.script();
+            let call = self.state.calls.fetch_add(1, Ordering::SeqCst) + 1;
             script.seen.push(request.credentials().clone());
-            (script.gate.clone(), script.delay)
+            self.state.called.notify_waiters();
+            (call, script.gate.clone(), script.delay)
         };
         if let Some(gate) = gate {
             // The gate is never closed: acquiring never fails.
@@ -195,6 +222,11 @@ impl MockExchange {
         match answer {
             Some(MockAnswer::Token(token)) => Ok(token),
             Some(MockAnswer::Error(error)) => Err(error),
+            // What the test asked for: unwind, as a panic does (without
+            // the panic hook's message).
+            Some(MockAnswer::Panic) => {
+                std::panic::resume_unwind(Box::new("MockExchange: scripted MockAnswer::Panic"))
+            }
             None => Ok(Token::new(format!("token-{call}"), self.state.lifetime)),
         }
     }
@@ -220,5 +252,60 @@ impl fmt::Debug for MockExchange {
             .field("calls", &self.calls())
             .field("lifetime", &self.state.lifetime)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::{Service, ServiceExt};
+
+    use super::{MockAnswer, MockExchange};
+    use crate::{Token, TokenRequest};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scripted_panic_panics_in_the_future_and_the_script_goes_on() {
+        let exchange = MockExchange::new(HOUR);
+        exchange
+            .queue(MockAnswer::Panic)
+            .queue(MockAnswer::Token(Token::new("after-panic", HOUR)));
+
+        // Calling the service does not panic; polling its future does.
+        let future = exchange
+            .clone()
+            .call(TokenRequest::new(MockExchange::credentials()));
+        let panicked = tokio::spawn(future).await.unwrap_err();
+        assert!(panicked.is_panic(), "{panicked:?}");
+        let payload = panicked.into_panic();
+        let message = payload.downcast_ref::<&str>().copied().unwrap_or_default();
+        assert!(message.contains("MockAnswer::Panic"), "{message:?}");
+        assert_eq!((exchange.calls(), exchange.finished()), (1, 1));
+
+        let request = || TokenRequest::new(MockExchange::credentials());
+        let next = exchange.clone().oneshot(request()).await.unwrap();
+        assert_eq!(next.access_token().secret(), "after-panic");
+        let default = exchange.clone().oneshot(request()).await.unwrap();
+        assert_eq!(default.access_token().secret(), "token-3");
+        assert_eq!(exchange.credentials_seen().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_calls_returns_once_an_exchange_is_in_flight() {
+        let exchange = MockExchange::new(HOUR).gated();
+        let provider = exchange.provider();
+        let waiting = tokio::spawn({
+            let provider = provider.clone();
+            async move { provider.token().await }
+        });
+        exchange.wait_for_calls(1).await;
+        assert_eq!((exchange.calls(), exchange.finished()), (1, 0));
+        assert!(!waiting.is_finished());
+        exchange.open_gate();
+        assert_eq!(waiting.await.unwrap().unwrap().secret(), "token-1");
+        // Already reached: at once.
+        exchange.wait_for_calls(1).await;
     }
 }

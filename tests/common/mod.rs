@@ -1,6 +1,9 @@
-//! Test doubles shared by the integration tests.
+//! Helpers shared by the integration tests, on `tower_test` mocks and the
+//! public `MockExchange`.
 #![allow(dead_code)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -20,6 +23,34 @@ pub fn credentials() -> ClientCredentials {
 /// The HTTP client under an `HttpTokenExchange` in these tests: a
 /// `tower_test` mock.
 pub type MockHttp = mock::Mock<http::Request<Full<Bytes>>, http::Response<Full<Bytes>>>;
+
+/// The service under the layer: a `tower_test` mock whose requests a
+/// spawned task answers with `answer`, and the number of requests it has
+/// answered so far. (A test that counts the runtime's tasks uses
+/// `tower_test::mock::pair` and answers in the test instead.)
+pub fn answering<B, R>(
+    mut answer: impl FnMut(http::Request<B>) -> http::Response<R> + Send + 'static,
+) -> (
+    mock::Mock<http::Request<B>, http::Response<R>>,
+    Arc<AtomicUsize>,
+)
+where
+    B: Send + 'static,
+    R: Send + 'static,
+{
+    let (service, mut handle) = mock::pair();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        // Ends when every clone of the mock is gone.
+        while let Some((request, respond)) = handle.next_request().await {
+            let response = answer(request);
+            counter.fetch_add(1, Ordering::SeqCst);
+            respond.send_response(response);
+        }
+    });
+    (service, answered)
+}
 
 /// Runs one exchange of `request` through `configure(HttpTokenExchange::new(mock))`,
 /// answering its HTTP request with `answer` (a response, or a transport
