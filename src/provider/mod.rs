@@ -2,8 +2,6 @@
 
 mod attempt;
 mod cached;
-#[cfg(feature = "shared-store")]
-mod fleet;
 mod options;
 mod pacing;
 mod state;
@@ -22,7 +20,9 @@ use tower::Service;
 
 use self::cached::CachedToken;
 pub use self::cached::TokenTiming;
-use self::options::Options;
+pub(crate) use self::options::Options;
+#[cfg(feature = "shared-store")]
+pub(crate) use self::options::random_unit;
 pub use self::options::{
     DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,

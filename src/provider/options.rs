@@ -35,11 +35,11 @@ const BACKOFF_JITTER: f64 = 0.2;
 const REFRESH_JITTER: f64 = 0.2;
 
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Options {
+pub(crate) struct Options {
     pub(super) expiry_skew: Duration,
     pub(super) refresh_ahead: Duration,
     pub(super) assumed_lifetime: Duration,
-    pub(super) exchange_timeout: Duration,
+    pub(crate) exchange_timeout: Duration,
     pub(super) min_backoff: Duration,
     pub(super) max_backoff: Duration,
 }
@@ -59,11 +59,11 @@ impl Default for Options {
 
 /// When a token obtained by a request sent at time 0 is renewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Schedule {
+pub(crate) struct Schedule {
     /// From then on, the token is still served and a background refresh starts.
-    pub(super) refresh_after: Duration,
+    pub(crate) refresh_after: Duration,
     /// From then on, the token is no longer served.
-    pub(super) fresh_for: Duration,
+    pub(crate) fresh_for: Duration,
 }
 
 impl Options {
@@ -85,7 +85,7 @@ impl Options {
     /// shortened by up to 20 % by the jitter. So every token is served for
     /// at least half of its lifetime before its refresh starts, and a
     /// quarter of its lifetime or more is left for the refresh.
-    pub(super) fn schedule(&self, token: &Token, jitter: f64) -> Schedule {
+    pub(crate) fn schedule(&self, token: &Token, jitter: f64) -> Schedule {
         let lifetime = self.lifetime(token);
         let fresh_for = lifetime - self.expiry_skew.min(lifetime / 4);
         let window = scale(
@@ -131,7 +131,7 @@ fn scale(duration: Duration, factor: f64) -> Duration {
 /// A random number in `[0, 1)`, from the standard library's randomly seeded
 /// hasher, whose keys change with every `RandomState` (good enough to spread
 /// a fleet; not for cryptography).
-pub(super) fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u8(0);
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64

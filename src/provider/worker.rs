@@ -47,7 +47,7 @@ where
     };
     #[cfg(feature = "shared-store")]
     let fleet = (stopped.0.shared.clone())
-        .map(|cache| Box::new(super::fleet::Fleet::new(*cache, &credentials)));
+        .map(|cache| Box::new(crate::store::Fleet::new(*cache, &credentials)));
     let mut worker = Box::new(Worker {
         state: Arc::clone(&stopped.0),
         exchange,
@@ -104,7 +104,7 @@ struct Worker<S> {
     exchange: S,
     /// Where the fleet's token is shared, if it is.
     #[cfg(feature = "shared-store")]
-    fleet: Option<Box<super::fleet::Fleet>>,
+    fleet: Option<Box<crate::store::Fleet>>,
     credentials: ClientCredentials,
     generation: u64,
     /// Failed exchanges in a row.
@@ -127,7 +127,7 @@ struct Obtained {
 /// With a shared store: the fleet's part of an exchange of this worker's
 /// (`None` for a token taken from the store).
 #[cfg(feature = "shared-store")]
-type Ticket = Option<super::fleet::Ticket>;
+type Ticket = Option<crate::store::Ticket>;
 #[cfg(not(feature = "shared-store"))]
 type Ticket = ();
 
@@ -313,7 +313,7 @@ where
     async fn obtain(&mut self) -> Obtained {
         #[cfg(feature = "shared-store")]
         if let Some(fleet) = &mut self.fleet {
-            use super::fleet::Acquired;
+            use crate::store::Acquired;
             let state = Arc::clone(&self.state);
             let stop = || {
                 let mail = state.mail();
@@ -405,7 +405,7 @@ where
         if let (Some(fleet), Some(ticket)) = (&mut self.fleet, ticket) {
             let now = Instant::now();
             let shared = match (outcome, lifetime) {
-                (Ok(cached), Some(lifetime)) => Ok(super::fleet::Shared {
+                (Ok(cached), Some(lifetime)) => Ok(crate::store::Shared {
                     token: cached.token.secret(),
                     lifetime,
                     served_for: cached.fresh_until.saturating_duration_since(now),

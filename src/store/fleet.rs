@@ -10,11 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use super::ProviderStats;
-use super::options::{MAX_RETRY_AFTER, Options, random_unit};
+use super::{Sealer, SharedCache, Snapshot, StoreFuture, StoreKeys, random_id};
 use crate::ClientCredentials;
 use crate::error::{ErrorChain, TokenError, TokenErrorKind};
-use crate::store::{Sealer, SharedCache, Snapshot, StoreFuture, StoreKeys, random_id};
+use crate::provider::{MAX_RETRY_AFTER, Options, ProviderStats, random_unit};
 use crate::token::Token;
 
 /// The first and the longest pause between two looks at the store while
@@ -25,7 +24,7 @@ const LONGEST_POLL: Duration = Duration::from_millis(100);
 /// What an exchange of this replica's owes the fleet afterwards: the keys
 /// it was made under (the credentials may change before it ends), whether
 /// it holds the lock, whether its token may be shared.
-pub(super) struct Ticket {
+pub(crate) struct Ticket {
     locked: bool,
     share: bool,
     keys: StoreKeys,
@@ -34,7 +33,7 @@ pub(super) struct Ticket {
 }
 
 /// What to do instead of, or before, an exchange.
-pub(super) enum Acquired {
+pub(crate) enum Acquired {
     /// The fleet's token, and the instant its lifetime counts from.
     Shared(Token, Instant),
     /// Exchange, then settle the ticket, if any, with
@@ -44,7 +43,7 @@ pub(super) enum Acquired {
     HoldOff(TokenError),
 }
 
-pub(super) struct Fleet {
+pub(crate) struct Fleet {
     cache: SharedCache,
     /// For the credentials in use; `None` if they could not be keyed.
     sealer: Option<Sealer>,
@@ -75,7 +74,7 @@ struct Guard {
 
 /// The store's part of [`ProviderStats`].
 #[derive(Default, Clone, Copy)]
-pub(super) struct FleetStats {
+pub(crate) struct FleetStats {
     hits: u64,
     misses: u64,
     errors: u64,
@@ -102,17 +101,17 @@ impl Fleet {
     /// Now, in milliseconds since the Unix epoch: the one clock the replicas
     /// of a fleet share, read once and then followed on tokio's clock, so
     /// it never steps back and paused time moves it.
-    pub(super) fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         let (wall, instant) = self.epoch;
         wall.saturating_add(millis(instant.elapsed()))
     }
 
     /// Moves the store's counts into `stats`.
-    pub(super) fn count(&mut self, stats: &mut ProviderStats) {
+    pub(crate) fn count(&mut self, stats: &mut ProviderStats) {
         self.guard.stats.drain_into(stats);
     }
 
-    pub(super) fn new(cache: SharedCache, credentials: &ClientCredentials) -> Self {
+    pub(crate) fn new(cache: SharedCache, credentials: &ClientCredentials) -> Self {
         let owner = random_id().unwrap_or_else(|| format!("pid-{}", std::process::id()));
         let guard = Guard {
             timeout: cache.operation_timeout,
@@ -136,7 +135,7 @@ impl Fleet {
     }
 
     /// New credentials: new key names, and nothing held under the old ones.
-    pub(super) fn set_credentials(&mut self, credentials: &ClientCredentials) {
+    pub(crate) fn set_credentials(&mut self, credentials: &ClientCredentials) {
         let cache = &self.cache;
         self.sealer = Sealer::new(
             &cache.key_prefix,
@@ -155,7 +154,7 @@ impl Fleet {
 
     /// `token` was dropped as rejected: remove it from the store before the
     /// next look, if it is still there.
-    pub(super) fn rejected(&mut self, token: &str) {
+    pub(crate) fn rejected(&mut self, token: &str) {
         self.rejected = self.sealer.as_ref().map(|sealer| sealer.fingerprint(token));
     }
 
@@ -163,7 +162,7 @@ impl Fleet {
     /// waits for the replica that holds it, until the lock's time runs out.
     /// `cold`: this replica has no token to serve meanwhile. `stop`: the
     /// provider is gone or has new credentials, so stop waiting.
-    pub(super) async fn acquire(
+    pub(crate) async fn acquire(
         &mut self,
         options: &Options,
         cold: bool,
@@ -289,7 +288,7 @@ impl Fleet {
     /// failure with the endpoint's `Retry-After` (`Err(Some(..))`), makes the
     /// fleet back off that long if this replica held the lock; then releases
     /// the lock. Other failures only release it, for a waiter to take over.
-    pub(super) async fn publish(
+    pub(crate) async fn publish(
         &mut self,
         result: Result<Shared<'_>, Option<Duration>>,
         ticket: Ticket,
@@ -329,7 +328,7 @@ impl Fleet {
 
     /// Releases the lock of `ticket`, if it holds it, with nothing to share
     /// (the provider was dropped, or its credentials changed).
-    pub(super) async fn release(&mut self, ticket: Ticket) {
+    pub(crate) async fn release(&mut self, ticket: Ticket) {
         if ticket.locked {
             self.unlock(&ticket.keys).await;
         }
@@ -467,11 +466,11 @@ impl Guard {
 }
 
 /// A token this replica fetched, for the store.
-pub(super) struct Shared<'a> {
-    pub(super) token: &'a str,
-    pub(super) lifetime: Duration,
+pub(crate) struct Shared<'a> {
+    pub(crate) token: &'a str,
+    pub(crate) lifetime: Duration,
     /// How long from now it may still be served: the entry's time to live.
-    pub(super) served_for: Duration,
+    pub(crate) served_for: Duration,
 }
 
 /// The wall clock in milliseconds since the Unix epoch.

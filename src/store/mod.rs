@@ -28,6 +28,7 @@
 //! another database. [`RedisStore`] implements it on Redis 6+ or Valkey.
 
 mod cache;
+mod fleet;
 mod seal;
 
 #[cfg(feature = "redis")]
@@ -46,6 +47,7 @@ pub use cache::SharedCache;
 pub use redis::RedisStore;
 pub use seal::StoreKeyRing;
 
+pub(crate) use fleet::{Acquired, Fleet, Shared, Ticket};
 pub(crate) use seal::{Sealer, random_id};
 
 /// The future a [`TokenStore`] operation returns.
