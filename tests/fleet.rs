@@ -264,7 +264,9 @@ fn a_lock_holder_that_dies_is_overtaken_after_the_lock_time() {
             .exchange_timeout(Duration::from_secs(2))
             .build();
         tokio::spawn(async move { holder.token().await });
-        hung.wait_for_calls(1).await;
+        tokio::time::timeout(BOUND, hung.wait_for_calls(1))
+            .await
+            .expect("the holder starts its exchange (and takes the lock) within BOUND");
     });
     doomed.shutdown_background();
 

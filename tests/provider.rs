@@ -8,7 +8,8 @@ use std::time::Duration;
 use common::{credentials, status_error};
 use routera_auth::test_util::{MockAnswer, MockExchange};
 use routera_auth::{
-    AccessToken, DEFAULT_EXPIRY_SKEW, MAX_TOKEN_LIFETIME, Token, TokenErrorKind, TokenProvider,
+    AccessToken, ClientCredentials, DEFAULT_EXPIRY_SKEW, MAX_TOKEN_LIFETIME, Token, TokenErrorKind,
+    TokenProvider,
 };
 use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, task};
@@ -396,6 +397,52 @@ fn a_worker_dropped_before_it_ever_ran_releases_its_callers() {
     assert_eq!(token.secret(), "token-1", "a new worker on the new runtime");
 }
 
+/// A rotation to another client while an exchange for the old one is in
+/// flight: its result is discarded, and the token served afterwards comes
+/// from an exchange for the new client. (The deterministic counterpart of
+/// the racing test below.)
+#[tokio::test(start_paused = true)]
+async fn a_rotation_while_an_exchange_is_in_flight_discards_its_result() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::from_secs(1));
+    let provider = exchange.provider();
+    assert_eq!(provider.token().await.unwrap().secret(), "token-1");
+
+    let refreshing = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.refresh().await }
+    });
+    // Bounds the waits (on paused time, at once) so a regression fails the
+    // test instead of hanging it.
+    let bound = Duration::from_secs(60);
+    tokio::time::timeout(bound, exchange.wait_for_calls(2))
+        .await
+        .expect("the refresh starts exchange 2");
+    assert_eq!(exchange.finished(), 1, "exchange 2 is in flight");
+    provider.set_credentials(ClientCredentials::new("other", "secret"));
+    let refreshed = tokio::time::timeout(bound, refreshing)
+        .await
+        .expect("the refresh ends")
+        .unwrap();
+
+    // `token-N` answered the N-th exchange: it must have been for the new
+    // client.
+    let asked_for = |secret: &str| {
+        let call: usize = secret.strip_prefix("token-").unwrap().parse().unwrap();
+        exchange.credentials_seen()[call - 1].client_id().to_owned()
+    };
+    assert_eq!(asked_for("token-2"), credentials().client_id());
+    if let Ok(refreshed) = refreshed {
+        assert_eq!(
+            asked_for(refreshed.secret()),
+            "other",
+            "refresh answered {}",
+            refreshed.secret()
+        );
+    }
+    let token = provider.token().await.unwrap();
+    assert_eq!(asked_for(token.secret()), "other", "{}", token.secret());
+}
+
 /// A rotation to another client racing with a refresh under way: a token of
 /// the old client is never served afterwards. (The window is narrow; many
 /// rounds on a multi-thread runtime make a regression likely to show.)
@@ -418,7 +465,7 @@ fn a_token_of_the_old_client_is_never_served_after_rotation() {
             for _ in 0..round % 100 {
                 std::hint::spin_loop();
             }
-            provider.set_credentials(routera_auth::ClientCredentials::new("other", "secret"));
+            provider.set_credentials(ClientCredentials::new("other", "secret"));
             let _ = refreshing.await;
             let token = provider.token().await.unwrap();
             // `token-N` answered the N-th exchange: it must have been for

@@ -2,6 +2,7 @@
 //! public `MockExchange`.
 #![allow(dead_code)]
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
@@ -26,8 +27,10 @@ pub type MockHttp = mock::Mock<http::Request<Full<Bytes>>, http::Response<Full<B
 
 /// The service under the layer: a `tower_test` mock whose requests a
 /// spawned task answers with `answer`, and the number of requests it has
-/// answered so far. (A test that counts the runtime's tasks uses
-/// `tower_test::mock::pair` and answers in the test instead.)
+/// answered so far. If `answer` panics, that request fails with an error
+/// saying so, with the panic's message (rather than the mock closing).
+/// (A test that counts the runtime's tasks uses `tower_test::mock::pair`
+/// and answers in the test instead.)
 pub fn answering<B, R>(
     mut answer: impl FnMut(http::Request<B>) -> http::Response<R> + Send + 'static,
 ) -> (
@@ -44,12 +47,27 @@ where
     tokio::spawn(async move {
         // Ends when every clone of the mock is gone.
         while let Some((request, respond)) = handle.next_request().await {
-            let response = answer(request);
-            counter.fetch_add(1, Ordering::SeqCst);
-            respond.send_response(response);
+            match std::panic::catch_unwind(AssertUnwindSafe(|| answer(request))) {
+                Ok(response) => {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    respond.send_response(response);
+                }
+                Err(panic) => respond.send_error(panic_error(panic.as_ref())),
+            }
         }
     });
     (service, answered)
+}
+
+/// The error a request to `answering`'s mock fails with when the test's
+/// closure panicked: the panic's message.
+fn panic_error(panic: &(dyn std::any::Any + Send)) -> BoxError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)");
+    format!("the test's responder panicked: {message}").into()
 }
 
 /// Runs one exchange of `request` through `configure(HttpTokenExchange::new(mock))`,
