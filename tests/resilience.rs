@@ -650,3 +650,87 @@ async fn a_panicking_exchange_service_is_one_more_failure() {
     assert_eq!(provider.token().await.unwrap().secret(), "after-panic");
     assert_eq!(exchange.calls(), 2);
 }
+
+/// An endpoint failing for an hour under `backoff(min, max)`: the first
+/// caller's answer, and the exchanges made in the first second.
+async fn outage_under_backoff(min: Duration, max: Duration) -> (TokenErrorKind, usize) {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::from_millis(1));
+    let outage = routera_auth::TokenError::new(TokenErrorKind::ServerError);
+    exchange.fail_until(Instant::now() + HOUR, outage);
+    let provider = TokenProvider::builder(exchange.clone(), credentials())
+        .backoff(min, max)
+        .build();
+    let first = tokio::time::timeout(5 * SECOND, provider.token())
+        .await
+        .expect("the caller got the failure, not a wait through the outage");
+    tokio::time::sleep(SECOND).await;
+    (first.unwrap_err().kind(), exchange.calls())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_backoff_still_answers_the_caller_and_paces_retries() {
+    // Retrying at once used to replace the failure before its waiter read
+    // it, and the waiter waited through the whole outage.
+    let (kind, calls) = outage_under_backoff(Duration::ZERO, Duration::ZERO).await;
+    assert_eq!(kind, TokenErrorKind::ServerError);
+    // Kept at 10 ms at least: retries at about 10, 20, 30, … ms, never a
+    // tight loop.
+    assert!(
+        (2..=101).contains(&calls),
+        "{calls} exchanges in the first second"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_too_long_to_represent_waits_instead_of_retrying_at_once() {
+    // `Duration::MAX` used to overflow into "retry now", in a loop.
+    let (kind, calls) = outage_under_backoff(Duration::MAX, Duration::MAX).await;
+    assert_eq!(kind, TokenErrorKind::ServerError);
+    assert_eq!(calls, 1, "the next attempt waits for the backoff");
+}
+
+#[test]
+fn a_refresh_asked_of_a_worker_lost_with_its_runtime_is_asked_again() {
+    let exchange = MockExchange::new(HOUR);
+    let provider = exchange.provider();
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let first = paused();
+    first.block_on(async {
+        provider.token().await.unwrap();
+        let timing = provider.timing().unwrap();
+        advance(timing.refresh_at - timing.fetched_at).await;
+        // Asks for the refresh and wakes the worker, which does not run
+        // before its runtime goes.
+        assert_eq!(provider.token().await.unwrap().secret(), "token-1");
+    });
+    drop(first);
+    let second = paused();
+    second.block_on(async {
+        // This runtime's paused clock starts afresh: bring it to the
+        // refresh time.
+        let timing = provider.timing().unwrap();
+        advance(timing.refresh_at.saturating_duration_since(Instant::now())).await;
+        assert_eq!(provider.token().await.unwrap().secret(), "token-1");
+        settle().await;
+        assert_eq!(provider.stats().background_refreshes, 1);
+        assert_eq!(exchange.calls(), 2);
+        assert_eq!(provider.token().await.unwrap().secret(), "token-2");
+    });
+}
+
+#[test]
+fn a_runtime_without_timers_gets_an_error_that_says_so() {
+    let provider = MockExchange::new(HOUR).provider();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = runtime.block_on(provider.token()).unwrap_err();
+    assert_eq!(err.kind(), TokenErrorKind::Internal);
+    assert!(err.to_string().contains("enable_time"), "{err}");
+}

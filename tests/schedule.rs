@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::credentials;
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
-use routera_auth::test_util::MockExchange;
-use routera_auth::{RouteraAuthLayer, TokenProvider};
+use routera_auth::test_util::{MockAnswer, MockExchange};
+use routera_auth::{RouteraAuthLayer, Token, TokenProvider};
 use tokio::time::{Instant, advance};
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt};
@@ -32,9 +32,8 @@ where
 
 /// The runtime's only worker thread is stuck in a blocking call past the
 /// token's deadline: a request from another thread must not carry the
-/// token, whatever the provider's tasks and timers are doing. Nothing here
-/// waits for time: the token lives 1 ms, and the test spins until that
-/// millisecond has passed.
+/// token, whatever the provider's tasks and timers are doing. The token
+/// lives 200 ms, and the test spins until they have passed.
 #[test]
 fn a_busy_runtime_never_lets_a_request_carry_a_token_past_its_deadline() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -42,7 +41,11 @@ fn a_busy_runtime_never_lets_a_request_carry_a_token_past_its_deadline() {
         .enable_all()
         .build()
         .unwrap();
-    let exchange = MockExchange::new(Duration::from_millis(1)).with_delay(Duration::ZERO);
+    // The first token lives 200 ms (long enough to be stored and handed
+    // out on a slow machine); the next ones an hour.
+    let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::ZERO);
+    let first = Token::new("token-1", Duration::from_millis(200));
+    exchange.queue(MockAnswer::Token(first));
     let provider = TokenProvider::builder(exchange.clone(), credentials())
         .refresh_ahead(Duration::ZERO)
         .expiry_skew(Duration::ZERO)
@@ -51,7 +54,7 @@ fn a_busy_runtime_never_lets_a_request_carry_a_token_past_its_deadline() {
     let timing = provider.timing().unwrap();
     assert_eq!(
         timing.served_until - timing.fetched_at,
-        Duration::from_millis(1)
+        Duration::from_millis(200)
     );
     assert_eq!(timing.refresh_at, timing.served_until, "no refresh ahead");
 
@@ -218,4 +221,31 @@ async fn dropping_every_handle_ends_the_worker() {
     tokio::task::yield_now().await;
     tokio::task::yield_now().await;
     assert_eq!(metrics.num_alive_tasks(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_arrives_past_its_serving_time_is_a_failure_and_never_sent() {
+    // 8 s tokens (served for 6 s) from an endpoint that takes 9 s, under
+    // the 10 s exchange timeout.
+    let exchange = MockExchange::new(Duration::from_secs(8)).with_delay(Duration::from_secs(9));
+    let provider = exchange.provider();
+
+    let answer = tokio::time::timeout(Duration::from_secs(60), provider.token()).await;
+    let err = answer.expect("an answer, not a wait").unwrap_err();
+    assert_eq!(err.kind(), routera_auth::TokenErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains("may be served"), "{err}");
+    assert!(!err.to_string().contains("token-1"), "{err}");
+    assert_eq!(provider.timing(), None, "nothing was stored");
+    assert_eq!(provider.stats().failures, 1);
+
+    // Through the layer: fails closed, the API never sees a request.
+    let (api, mut handle) = tower_test::mock::pair::<Request<()>, Response<()>>();
+    let service = RouteraAuthLayer::new(provider.clone()).layer(api);
+    advance(Duration::from_secs(2)).await; // past the backoff
+    let sent = service.oneshot(Request::new(())).await;
+    assert!(sent.is_err());
+    // The layer, and the mock API with it, is gone: the API saw no request.
+    let seen = tokio_test::task::spawn(handle.next_request()).poll();
+    assert!(matches!(seen, std::task::Poll::Ready(None)), "{seen:?}");
+    assert_eq!(exchange.calls(), 2);
 }

@@ -7,6 +7,9 @@ mod pacing;
 mod state;
 mod worker;
 
+#[cfg(all(test, feature = "test-util"))]
+mod tests;
+
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
@@ -28,7 +31,7 @@ pub use self::options::{
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
     TokenProviderBuilder,
 };
-use self::state::{State, Status, Stopped, lock};
+use self::state::{Outcome, State, Stopped, lock};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::metrics::{self, Event};
@@ -60,7 +63,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///   default, honouring `Retry-After`) until it gets a token; it never gives
 ///   up on an error. While it backs off with no valid token, callers get the
 ///   last error at once: the endpoint sees a trickle of attempts, never one
-///   per request.
+///   per request. A token that arrives when it may no longer be served (the
+///   exchange took longer than the token's lifetime less the skew) is one
+///   more failure, of kind [`Timeout`](TokenErrorKind::Timeout): a waiting
+///   caller never gets a token past its end.
 ///
 /// # Schedule
 ///
@@ -437,48 +443,59 @@ impl TokenProvider {
             .filter(|cached| self.may_serve(cached))
     }
 
-    /// Waits for the worker's answer to `ask`: joins the exchange under
+    /// Waits for the worker's answer to `ask`: joins the attempt under
     /// way, fails fast with the last error while the worker backs off, or
-    /// asks for a new exchange.
-    async fn wait(&self, ask: Ask) -> Result<Arc<CachedToken>, TokenError> {
+    /// asks for a new attempt.
+    async fn wait(&self, mut ask: Ask) -> Result<Arc<CachedToken>, TokenError> {
         let state = self.state();
-        let (mut last_seen, mut answered_next, mut counted) = (None, false, false);
+        // The number of the outcome this caller saw when it joined: the
+        // next one is its answer.
+        let (mut joined, mut counted) = (None, false);
         loop {
-            // Registered before the answer is read: an answer published
+            // Registered before the outcome is read: an outcome published
             // after the read wakes this caller.
             let mut answered = std::pin::pin!(state.answered.notified());
             answered.as_mut().enable();
-            if !answered_next && ask == Ask::Need {
+            if joined.is_none() && ask == Ask::Need {
                 if let Some(cached) = self.fresh() {
                     return Ok(cached);
                 }
             }
             let mut asked = false;
             {
-                // The answer is read and the request left in one critical
-                // section; the worker answers and clears requests in one too.
+                // The outcome is read and the request left in one critical
+                // section; the worker records outcomes and clears requests
+                // in one too.
                 let mut mail = state.mail();
-                if last_seen != Some(mail.answer.0) {
-                    last_seen = Some(mail.answer.0);
-                    match &mail.answer.1 {
-                        Status::Ready(cached) if answered_next => return Ok(Arc::clone(cached)),
-                        Status::Failed { error, .. } if answered_next => return Err(error.clone()),
-                        Status::Failed {
-                            error,
-                            retry_at: Some(retry_at),
-                            generation,
-                        } if Instant::now() < *retry_at && *generation == mail.generation => {
+                let (number, outcome) = &mail.outcome;
+                if joined.is_some_and(|seen| seen != *number) {
+                    match outcome {
+                        Outcome::Ready(cached) if cached.is_fresh(Instant::now()) => {
+                            return Ok(Arc::clone(cached));
+                        }
+                        Outcome::Failed { error, .. } => return Err(error.clone()),
+                        // No longer servable (the runtime was busy since it
+                        // came): any fresh token will do now.
+                        _ => (ask, joined) = (Ask::Need, None),
+                    }
+                }
+                if joined.is_none() {
+                    if let Outcome::Failed {
+                        error,
+                        retry_at: Some(retry_at),
+                        generation,
+                    } = &mail.outcome.1
+                    {
+                        if Instant::now() < *retry_at && *generation == mail.generation {
                             // Backing off: fail fast rather than wait or add
                             // attempts.
                             return Err(error.clone());
                         }
-                        // Join the exchange under way: its outcome is the answer.
-                        Status::Fetching => answered_next = true,
-                        _ if !answered_next => {
-                            mail.request(ask);
-                            (answered_next, asked) = (true, true);
-                        }
-                        _ => {}
+                    }
+                    joined = Some(mail.outcome.0);
+                    if !mail.fetching {
+                        mail.request(ask);
+                        asked = true;
                     }
                 }
                 if ask == Ask::Need && !counted {

@@ -29,6 +29,12 @@ pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest `Retry-After` honoured; a longer one waits this long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
 
+/// The shortest first delay of [`TokenProviderBuilder::backoff`]: a
+/// failing endpoint is never retried in a tight loop.
+pub(super) const SHORTEST_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest delay of [`TokenProviderBuilder::backoff`].
+pub(super) const LONGEST_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Backoff delays are scaled by a random factor in `[1 - JITTER, 1]`.
 const BACKOFF_JITTER: f64 = 0.2;
 /// The refresh-ahead window is scaled by a random factor in `[1 - JITTER, 1]`.
@@ -198,9 +204,12 @@ impl<S> TokenProviderBuilder<S> {
     /// The delays between failed exchanges: `min` after the first failure,
     /// doubling up to `max` (defaults 1 s and 60 s), each shortened by up to
     /// 20 % at random. A `Retry-After` from the endpoint is waited out.
+    /// Both are kept between 10 ms and 24 h, so that a failing endpoint is
+    /// never retried in a tight loop and a retry always comes.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        let min = min.clamp(SHORTEST_BACKOFF, LONGEST_BACKOFF);
         self.options.min_backoff = min;
-        self.options.max_backoff = max.max(min);
+        self.options.max_backoff = max.clamp(min, LONGEST_BACKOFF);
         self
     }
 

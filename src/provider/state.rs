@@ -1,6 +1,6 @@
 //! What the handles of a provider and its worker share: [`State`], the
 //! current token and a mailbox ([`Mail`]) with the callers' requests and the
-//! worker's last answer ([`Status`]); and [`Stopped`], which tells the
+//! worker's last outcome ([`Outcome`]); and [`Stopped`], which tells the
 //! callers when a worker ends.
 
 use std::sync::atomic::AtomicU64;
@@ -33,12 +33,11 @@ pub(super) struct State {
     pub(super) shared: Option<Box<crate::store::SharedCache>>,
 }
 
-/// The worker's last answer, as callers see it.
+/// The worker's last outcome, as callers see it.
 #[derive(Clone)]
-pub(super) enum Status {
+pub(super) enum Outcome {
+    /// None yet.
     Idle,
-    /// An exchange is under way.
-    Fetching,
     /// This token was stored.
     Ready(Arc<CachedToken>),
     /// The last exchange failed; the next starts at `retry_at` (`None`: when
@@ -52,8 +51,14 @@ pub(super) enum Status {
 }
 
 pub(super) struct Mail {
-    /// The worker's last answer, numbered.
-    pub(super) answer: (u64, Status),
+    /// The worker's last outcome, numbered: a caller that joins waits for
+    /// the first one numbered after what it saw then. Kept apart from
+    /// `fetching`, so that an attempt starting right after a failure never
+    /// hides that failure from its waiters.
+    pub(super) outcome: (u64, Outcome),
+    /// An attempt (an exchange, or a look at the fleet's store) is under
+    /// way: callers join it rather than ask for another.
+    pub(super) fetching: bool,
     /// A caller has no token to serve, or a request found the refresh due.
     pub(super) need: bool,
     /// A new token is asked for even if the current one is fresh.
@@ -83,24 +88,24 @@ impl Mail {
         }
     }
 
-    /// Records an answer. With `clears`, it answers the pending requests,
-    /// which are cleared in the same step: a caller reads the answer and
-    /// leaves its request under this lock, so it either sees this answer or
-    /// leaves its request for the next round. Wake the callers with
+    /// Records an outcome, which answers the pending requests: they are
+    /// cleared in the same step. A caller reads the outcome and leaves its
+    /// request under this lock, so it either sees this outcome or leaves its
+    /// request for the next round. Wake the callers with
     /// [`State::answered`] once the lock is released.
-    pub(super) fn set_answer(&mut self, status: Status, clears: bool) {
-        if clears {
-            self.need = false;
-            self.refresh = false;
-        }
-        self.answer = (self.answer.0.wrapping_add(1), status);
+    pub(super) fn set_outcome(&mut self, outcome: Outcome) {
+        self.need = false;
+        self.refresh = false;
+        self.fetching = false;
+        self.outcome = (self.outcome.0.wrapping_add(1), outcome);
     }
 }
 
 impl State {
     pub(super) fn new(options: Options, credentials: ClientCredentials) -> Self {
         let mail = Mail {
-            answer: (0, Status::Idle),
+            outcome: (0, Outcome::Idle),
+            fetching: false,
             need: false,
             refresh: false,
             rejected_at: None,
@@ -127,11 +132,6 @@ impl State {
     pub(super) fn mail(&self) -> MutexGuard<'_, Mail> {
         lock(&self.mail)
     }
-
-    pub(super) fn publish(&self, status: Status, clears: bool) {
-        self.mail().set_answer(status, clears);
-        self.answered.notify_waiters();
-    }
 }
 
 /// Ends the worker's part when its task ends, however it ends (the last
@@ -144,17 +144,25 @@ impl Drop for Stopped {
     fn drop(&mut self) {
         let error = TokenError::with_detail(
             TokenErrorKind::Internal,
-            "the token worker stopped before it finished (is the runtime shutting down?)",
+            "the token worker stopped before it finished: its tokio runtime is shutting \
+             down, or was built without a time driver (use `enable_all()` or \
+             `enable_time()` on the runtime builder)",
         );
         {
             let mut mail = self.0.mail();
             mail.worker_running = false;
-            let status = Status::Failed {
+            let outcome = Outcome::Failed {
                 error,
                 retry_at: None,
                 generation: u64::MAX,
             };
-            mail.set_answer(status, true);
+            mail.set_outcome(outcome);
+            // A request that asked for the current token's refresh asked
+            // this worker, which never got to it: let a later request ask
+            // the next one.
+            if let Some(cached) = self.0.current.load().as_ref() {
+                cached.unclaim_refresh();
+            }
         }
         self.0.answered.notify_waiters();
     }

@@ -26,7 +26,7 @@ use super::attempt::{CatchUnwind, Panicked, log_failure};
 use super::cached::CachedToken;
 use super::options::random_unit;
 use super::pacing::Pacing;
-use super::state::{Mail, State, Status, Stopped, lock};
+use super::state::{Mail, Outcome, State, Stopped, lock};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::metrics::{self, Event};
@@ -73,7 +73,7 @@ where
                 _ if !mail.need => None,
                 // A caller raced with this token's arrival: answer again.
                 Some(cached) if now < cached.refresh_at => {
-                    mail.set_answer(Status::Ready(cached), true);
+                    mail.set_outcome(Outcome::Ready(cached));
                     state.answered.notify_waiters();
                     continue;
                 }
@@ -138,7 +138,7 @@ enum Answered {
     /// The credentials changed meanwhile: the result is not for them.
     Stale,
     /// The token stored, or when to retry after a failure.
-    Done(Result<Arc<CachedToken>, Option<Instant>>),
+    Done(Result<Arc<CachedToken>, Instant>),
 }
 
 /// `Break` once the last handle is gone.
@@ -178,7 +178,7 @@ where
     /// Exchanges until a token is stored, backing off between failures.
     async fn renew(&mut self) -> Flow {
         loop {
-            self.state.publish(Status::Fetching, false);
+            self.state.mail().fetching = true;
             let Obtained {
                 result,
                 requested_at,
@@ -219,7 +219,7 @@ where
                                 "token exchange succeeded"
                             );
                         }
-                        mail.set_answer(Status::Ready(Arc::clone(&cached)), true);
+                        mail.set_outcome(Outcome::Ready(Arc::clone(&cached)));
                         Answered::Done(Ok(cached))
                     }
                     Err(error) => {
@@ -250,16 +250,13 @@ where
                                 delay
                             }
                         };
-                        let retry_at = Instant::now().checked_add(delay);
+                        let retry_at = later(Instant::now(), delay);
                         let generation = self.generation;
-                        mail.set_answer(
-                            Status::Failed {
-                                error,
-                                retry_at,
-                                generation,
-                            },
-                            true,
-                        );
+                        mail.set_outcome(Outcome::Failed {
+                            error,
+                            retry_at: Some(retry_at),
+                            generation,
+                        });
                         Answered::Done(Err(retry_at))
                     }
                 }
@@ -289,10 +286,7 @@ where
 
     /// Waits until `retry_at`, or less if new credentials arrive. Callers
     /// that ask meanwhile get the last error.
-    async fn back_off(&mut self, retry_at: Option<Instant>) -> Flow {
-        let Some(retry_at) = retry_at else {
-            return Flow::Continue(());
-        };
+    async fn back_off(&mut self, retry_at: Instant) -> Flow {
         while tokio::time::timeout_at(retry_at, self.state.wake.notified())
             .await
             .is_ok()
@@ -397,7 +391,7 @@ where
     async fn share(
         &mut self,
         ticket: Ticket,
-        outcome: &Result<Arc<CachedToken>, Option<Instant>>,
+        outcome: &Result<Arc<CachedToken>, Instant>,
         lifetime: Option<Duration>,
         retry_after: Option<Duration>,
     ) {
@@ -466,7 +460,28 @@ where
             schedule,
             rejectable_from,
         )?);
+        if !cached.is_fresh(Instant::now()) {
+            // It arrived when it may no longer be served: storing it would
+            // hand waiting callers a token at or past its end.
+            return Err(TokenError::with_detail(
+                TokenErrorKind::Timeout,
+                format!(
+                    "the token arrived after the time it may be served: it was \
+                     requested {} ms ago and may be served for {} ms (its lifetime \
+                     less the expiry skew)",
+                    requested_at.elapsed().as_millis(),
+                    schedule.fresh_for.as_millis()
+                ),
+            ));
+        }
         self.state.current.store(Some(Arc::clone(&cached)));
         Ok(cached)
     }
+}
+
+/// `at + duration`, or as late as can be represented.
+fn later(at: Instant, duration: Duration) -> Instant {
+    at.checked_add(duration)
+        .or_else(|| at.checked_add(super::options::LONGEST_BACKOFF))
+        .unwrap_or(at)
 }
