@@ -734,3 +734,52 @@ fn a_runtime_without_timers_gets_an_error_that_says_so() {
     assert_eq!(err.kind(), TokenErrorKind::Internal);
     assert!(err.to_string().contains("enable_time"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gets_its_exchanges_token_even_if_a_later_refresh_failed_first() {
+    let exchange = MockExchange::new(HOUR).gated();
+    exchange.queue(MockAnswer::Token(Token::new("mine", HOUR)));
+    exchange.fail_next(routera_auth::TokenError::new(TokenErrorKind::RateLimited));
+    let provider = exchange.provider();
+    // Polled by hand, and not again until the end: a caller on a busy
+    // thread.
+    let mut waiter = tokio_test::task::spawn(provider.token());
+    tokio_test::assert_pending!(waiter.poll());
+    exchange.wait_for_calls(1).await;
+    exchange.open_gate();
+    settle().await;
+    assert!(provider.timing().is_some(), "exchange 1 stored its token");
+    let refreshed = provider.refresh().await;
+    assert_eq!(refreshed.unwrap_err().kind(), TokenErrorKind::RateLimited);
+    assert_eq!(
+        provider.token().await.unwrap().secret(),
+        "mine",
+        "still served"
+    );
+
+    assert!(waiter.is_woken());
+    let answer = tokio_test::assert_ready!(waiter.poll());
+    assert_eq!(answer.expect("its own exchange succeeded").secret(), "mine");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_gets_its_token_even_if_a_later_refresh_failed_first() {
+    let exchange = MockExchange::new(HOUR).with_delay(SECOND);
+    exchange.queue(MockAnswer::Token(Token::new("first", HOUR)));
+    exchange.queue(MockAnswer::Token(Token::new("refreshed", HOUR)));
+    exchange.fail_next(routera_auth::TokenError::new(TokenErrorKind::RateLimited));
+    let provider = exchange.provider();
+    provider.token().await.unwrap();
+
+    let mut refreshing = tokio_test::task::spawn(provider.refresh());
+    tokio_test::assert_pending!(refreshing.poll());
+    settle().await;
+    advance(SECOND).await;
+    settle().await;
+    assert_eq!(provider.token().await.unwrap().secret(), "refreshed");
+    let later = provider.refresh().await;
+    assert_eq!(later.unwrap_err().kind(), TokenErrorKind::RateLimited);
+
+    let answer = tokio_test::assert_ready!(refreshing.poll());
+    assert_eq!(answer.expect("its refresh succeeded").secret(), "refreshed");
+}

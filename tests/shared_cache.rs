@@ -473,3 +473,23 @@ async fn the_fleets_backoff_is_waited_out_exactly_not_as_a_failure_of_its_own() 
         "the fleet's backoff is no failure of its own"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_token_about_to_stop_being_served_is_a_miss_not_a_failure() {
+    let store = MemoryStore::new();
+    let first = MockExchange::new(HOUR);
+    let a = replica(&store, &first);
+    a.token().await.unwrap();
+    let served_until = a.timing().unwrap().served_until;
+    // 150 ms of serving left in the store, and a store that takes 100 ms.
+    tokio::time::advance(served_until - Instant::now() - Duration::from_millis(150)).await;
+    store.set_delay(Some(Duration::from_millis(100)));
+
+    let second = MockExchange::new(HOUR);
+    let b = replica(&store, &second);
+    let token = b.token().await.expect("a token of its own, not a failure");
+    assert_eq!(token.secret(), "token-1");
+    assert_eq!(second.calls(), 1, "it exchanged for itself");
+    assert_eq!(b.stats().failures, 0);
+    assert!(b.timing().unwrap().served_until > Instant::now());
+}

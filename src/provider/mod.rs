@@ -467,15 +467,19 @@ impl TokenProvider {
                 // section; the worker records outcomes and clears requests
                 // in one too.
                 let mut mail = state.mail();
-                let (number, outcome) = &mail.outcome;
-                if joined.is_some_and(|seen| seen != *number) {
-                    match outcome {
-                        Outcome::Ready(cached) if cached.is_fresh(Instant::now()) => {
-                            return Ok(Arc::clone(cached));
+                if let Some(seen) = joined.filter(|seen| mail.outcome.0 != *seen) {
+                    // An answer came since this caller joined. If a token
+                    // came, the current one is that token or a newer one,
+                    // unless it was dropped or may no longer be served (the
+                    // runtime was busy since): then any fresh token will do.
+                    let current = state.current.load_full();
+                    match (&mail.outcome.1, current) {
+                        (_, Some(cached))
+                            if mail.last_ready > seen && cached.is_fresh(Instant::now()) =>
+                        {
+                            return Ok(cached);
                         }
-                        Outcome::Failed { error, .. } => return Err(error.clone()),
-                        // No longer servable (the runtime was busy since it
-                        // came): any fresh token will do now.
+                        (Outcome::Failed { error, .. }, _) => return Err(error.clone()),
                         _ => (ask, joined) = (Ask::Need, None),
                     }
                 }

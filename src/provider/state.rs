@@ -38,8 +38,8 @@ pub(super) struct State {
 pub(super) enum Outcome {
     /// None yet.
     Idle,
-    /// This token was stored.
-    Ready(Arc<CachedToken>),
+    /// A token was stored.
+    Ready,
     /// The last exchange failed; the next starts at `retry_at` (`None`: when
     /// asked). An error for credentials older than `generation` is not
     /// served to callers.
@@ -56,6 +56,10 @@ pub(super) struct Mail {
     /// `fetching`, so that an attempt starting right after a failure never
     /// hides that failure from its waiters.
     pub(super) outcome: (u64, Outcome),
+    /// The number of the last `Ready` outcome: a caller that joined before
+    /// it takes the current token if it is fresh, even if a later attempt
+    /// (a refresh) failed since.
+    pub(super) last_ready: u64,
     /// An attempt (an exchange, or a look at the fleet's store) is under
     /// way: callers join it rather than ask for another.
     pub(super) fetching: bool,
@@ -97,7 +101,12 @@ impl Mail {
         self.need = false;
         self.refresh = false;
         self.fetching = false;
-        self.outcome = (self.outcome.0.wrapping_add(1), outcome);
+        // One per attempt: never wraps.
+        let number = self.outcome.0.saturating_add(1);
+        if matches!(outcome, Outcome::Ready) {
+            self.last_ready = number;
+        }
+        self.outcome = (number, outcome);
     }
 }
 
@@ -105,6 +114,7 @@ impl State {
     pub(super) fn new(options: Options, credentials: ClientCredentials) -> Self {
         let mail = Mail {
             outcome: (0, Outcome::Idle),
+            last_ready: 0,
             fetching: false,
             need: false,
             refresh: false,

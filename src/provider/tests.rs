@@ -74,7 +74,8 @@ async fn a_waiter_never_gets_a_token_that_may_no_longer_be_served() {
         // past the token's end since the worker stored it.
         let state = provider.state();
         let mut mail = state.mail();
-        mail.set_outcome(Outcome::Ready(Arc::clone(&stale)));
+        state.current.store(Some(Arc::clone(&stale)));
+        mail.set_outcome(Outcome::Ready);
         drop(mail);
         state.answered.notify_waiters();
     }

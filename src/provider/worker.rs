@@ -73,7 +73,7 @@ where
                 _ if !mail.need => None,
                 // A caller raced with this token's arrival: answer again.
                 Some(cached) if now < cached.refresh_at => {
-                    mail.set_outcome(Outcome::Ready(cached));
+                    mail.set_outcome(Outcome::Ready);
                     state.answered.notify_waiters();
                     continue;
                 }
@@ -219,7 +219,7 @@ where
                                 "token exchange succeeded"
                             );
                         }
-                        mail.set_outcome(Outcome::Ready(Arc::clone(&cached)));
+                        mail.set_outcome(Outcome::Ready);
                         Answered::Done(Ok(cached))
                     }
                     Err(error) => {

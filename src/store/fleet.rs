@@ -398,11 +398,15 @@ impl Fleet {
             schedule.fresh_for.saturating_sub(age)
         });
         let now = Instant::now();
+        // Not a token that may stop being served before it is stored: one
+        // operation's time must be left (the lock's release may come first).
+        let margin = later(now, self.cache.operation_timeout);
         let requested_at = asked_at
             .checked_add(left)
+            .filter(|until| *until > margin)
             .and_then(|until| until.checked_sub(schedule.fresh_for))
             .map(|at| at.min(now));
-        let Some(requested_at) = requested_at.filter(|_| !left.is_zero()) else {
+        let Some(requested_at) = requested_at else {
             return (None, false);
         };
         let newer = self
