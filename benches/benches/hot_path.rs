@@ -18,7 +18,7 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use routera_auth::{ClientCredentials, RouteraAuthLayer, Token, TokenProvider};
-use routera_auth_benches::{Noop, TOKEN, exchange, looped, request, warm_provider};
+use routera_auth_benches::{Noop, TOKEN, exchange, looped, request, runtime, warm_provider};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AddAuthorizationLayer;
 
@@ -62,11 +62,7 @@ where
 }
 
 fn hot_path(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime(1);
     let provider = warm_provider(&runtime);
 
     let mut group = c.benchmark_group("hot_path");
@@ -96,11 +92,7 @@ where
     S: Service<Request<()>, Response = Response<()>> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime(threads);
     let barrier = Arc::new(tokio::sync::Barrier::new(threads));
     runtime.block_on(async {
         let tasks: Vec<_> = (0..threads)
@@ -127,11 +119,7 @@ where
 }
 
 fn contention(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime(1);
     let provider = warm_provider(&runtime);
     let auth = RouteraAuthLayer::new(provider).layer(Noop);
     let floor = AddAuthorizationLayer::bearer(TOKEN).layer(Noop);
@@ -195,11 +183,7 @@ fn cold_herd(c: &mut Criterion) {
 /// Steady load across background refreshes whose exchange takes 50 ms; the
 /// measured value is the worst latency any request saw.
 fn refresh_boundary(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime(2);
     let mut group = c.benchmark_group("refresh_boundary");
     group.sample_size(10).sampling_mode(SamplingMode::Flat);
     group.bench_function("worst_request_latency_50ms_exchange", |b| {

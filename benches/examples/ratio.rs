@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use routera_auth::RouteraAuthLayer;
-use routera_auth_benches::{Noop, TOKEN, looped, warm_provider};
+use routera_auth_benches::{Noop, TOKEN, looped, runtime, warm_provider};
 use tower::{Layer, Service};
 use tower_http::auth::AddAuthorizationLayer;
 
@@ -27,11 +27,7 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(200);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime(1);
     let provider = warm_provider(&runtime);
     let floor = AddAuthorizationLayer::bearer(TOKEN).layer(Noop);
     let auth = RouteraAuthLayer::new(provider).layer(Noop);

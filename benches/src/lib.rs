@@ -99,6 +99,15 @@ where
     }
 }
 
+/// A multi-thread runtime with `worker_threads` workers and every driver.
+pub fn runtime(worker_threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// An exchange that answers `TOKEN` after `latency`, counting its calls.
 pub fn exchange(
     latency: Duration,
