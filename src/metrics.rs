@@ -25,6 +25,10 @@ pub(crate) enum Event {
     ExchangeStarted,
     ExchangeSucceeded {
         took: Duration,
+    },
+    /// A token became the current one, from an exchange or the fleet's
+    /// store.
+    TokenStored {
         served_until: Instant,
     },
     ExchangeFailed {
@@ -45,12 +49,14 @@ pub(crate) fn record(client_id: &str, event: Event) {
             metrics::counter!("routera_auth_token_exchanges_total", "client_id" => client_id)
                 .increment(1);
         }
-        Event::ExchangeSucceeded { took, served_until } => {
+        Event::ExchangeSucceeded { took } => {
             metrics::histogram!(
                 "routera_auth_token_exchange_duration_seconds",
-                "client_id" => client_id.clone(), "outcome" => "success"
+                "client_id" => client_id, "outcome" => "success"
             )
             .record(took.as_secs_f64());
+        }
+        Event::TokenStored { served_until } => {
             let remaining = served_until.saturating_duration_since(Instant::now());
             let unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

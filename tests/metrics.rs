@@ -131,3 +131,54 @@ fn a_scripted_run_records_exactly_what_happened() {
     assert!(!text.contains("token-"), "no token in a metric: {text}");
     assert!(!text.contains("mock-secret"), "no secret in a metric");
 }
+
+#[cfg(feature = "shared-store")]
+#[test]
+fn a_token_taken_from_the_fleets_store_sets_the_expiry_gauge() {
+    use routera_auth::AuthMethod;
+    use routera_auth::store::SharedCache;
+    use routera_auth::test_util::MemoryStore;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let store = MemoryStore::new();
+    let replica = |exchange: &MockExchange| {
+        let cache = SharedCache::new(
+            store.clone(),
+            "https://auth.test/t",
+            AuthMethod::RequestBody,
+        );
+        routera_auth::TokenProvider::builder(exchange.clone(), MockExchange::credentials())
+            .shared_cache(cache)
+            .build()
+    };
+    let (first, second) = (MockExchange::new(HOUR), MockExchange::new(HOUR));
+    let a = replica(&first);
+    runtime.block_on(a.token()).unwrap();
+
+    // The second replica, with a recorder of its own, takes the token from
+    // the store.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let b = replica(&second);
+    metrics::with_local_recorder(&recorder, || runtime.block_on(b.token())).unwrap();
+    assert_eq!(second.calls(), 0, "taken from the store");
+
+    let gauge = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(key, ..)| key.key().name() == "routera_auth_token_expiry_timestamp_seconds");
+    let Some((_, _, _, DebugValue::Gauge(value))) = gauge else {
+        panic!("no expiry gauge for a token from the store: {gauge:?}");
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let remaining = value.into_inner() - now;
+    assert!((3000.0..3600.0).contains(&remaining), "{remaining}");
+}

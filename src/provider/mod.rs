@@ -24,13 +24,13 @@ use tower::Service;
 use self::cached::CachedToken;
 pub use self::cached::TokenTiming;
 pub(crate) use self::options::Options;
-#[cfg(feature = "shared-store")]
-pub(crate) use self::options::random_unit;
 pub use self::options::{
     DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
     TokenProviderBuilder,
 };
+#[cfg(feature = "shared-store")]
+pub(crate) use self::options::{later, random_unit};
 use self::state::{Outcome, State, Stopped, lock};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
@@ -218,10 +218,9 @@ impl TokenTag {
             tracing::debug!("token rejected again soon after the last one; not invalidated yet");
             return false;
         }
-        if !self.provider.drop_token(&current) {
+        if !self.provider.drop_token(&current, Some(now)) {
             return false;
         }
-        state.mail().rejected_at = Some(now);
         state.wake.notify_one();
         true
     }
@@ -335,7 +334,7 @@ impl TokenProvider {
         let is_cached = current
             .as_ref()
             .is_some_and(|cached| cached.token == *token);
-        is_cached && self.drop_token(&current)
+        is_cached && self.drop_token(&current, None)
     }
 
     /// Replaces the client credentials, for secret rotation. The next
@@ -547,7 +546,12 @@ impl TokenProvider {
 
     /// Drops the token `current` holds if it is still the current one,
     /// compare-and-swap style: a token stored meanwhile is never dropped.
-    fn drop_token(&self, current: &arc_swap::Guard<Option<Arc<CachedToken>>>) -> bool {
+    /// `rejected_at`: when a response rejected it, for the pacing.
+    fn drop_token(
+        &self,
+        current: &arc_swap::Guard<Option<Arc<CachedToken>>>,
+        rejected_at: Option<Instant>,
+    ) -> bool {
         let state = self.state();
         let previous = state.current.compare_and_swap(current, None);
         let dropped = match (previous.as_ref(), current.as_ref()) {
@@ -556,6 +560,9 @@ impl TokenProvider {
         };
         if dropped {
             let mut mail = state.mail();
+            if rejected_at.is_some() {
+                mail.rejected_at = rejected_at;
+            }
             mail.invalidated = current.as_ref().map(|cached| cached.token.clone());
             mail.stats.invalidations += 1;
             metrics::record(mail.credentials.client_id(), Event::Invalidation);

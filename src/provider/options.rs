@@ -5,6 +5,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tower::Service;
 
 use super::TokenProvider;
@@ -126,6 +127,13 @@ impl Options {
             None => delay,
         }
     }
+}
+
+/// `at + duration`, or a year after `at` for a longer duration (no option
+/// or store answer can make an `Instant` overflow).
+pub(crate) fn later(at: Instant, duration: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    at.checked_add(duration.min(YEAR)).unwrap_or(at)
 }
 
 /// `duration` times `factor` (in `[0, 1]`); `duration` itself where the

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::attempt::{CatchUnwind, Panicked, log_failure};
 use super::cached::CachedToken;
-use super::options::random_unit;
+use super::options::{later, random_unit};
 use super::pacing::Pacing;
 use super::state::{Mail, Outcome, State, Stopped, lock};
 use crate::ClientCredentials;
@@ -210,8 +210,7 @@ where
                         if from_store {
                             tracing::debug!("token taken from the shared store");
                         } else {
-                            let (took, served_until) = (elapsed, cached.fresh_until);
-                            let event = Event::ExchangeSucceeded { took, served_until };
+                            let event = Event::ExchangeSucceeded { took: elapsed };
                             metrics::record(self.credentials.client_id(), event);
                             tracing::debug!(
                                 duration_ms = elapsed.as_millis() as u64,
@@ -475,13 +474,11 @@ where
             ));
         }
         self.state.current.store(Some(Arc::clone(&cached)));
+        let served_until = cached.fresh_until;
+        metrics::record(
+            self.credentials.client_id(),
+            Event::TokenStored { served_until },
+        );
         Ok(cached)
     }
-}
-
-/// `at + duration`, or as late as can be represented.
-fn later(at: Instant, duration: Duration) -> Instant {
-    at.checked_add(duration)
-        .or_else(|| at.checked_add(super::options::LONGEST_BACKOFF))
-        .unwrap_or(at)
 }

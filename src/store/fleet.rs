@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::{Sealer, SharedCache, Snapshot, StoreFuture, StoreKeys, random_id};
 use crate::ClientCredentials;
 use crate::error::{ErrorChain, TokenError, TokenErrorKind};
-use crate::provider::{MAX_RETRY_AFTER, Options, ProviderStats, random_unit};
+use crate::provider::{MAX_RETRY_AFTER, Options, ProviderStats, later, random_unit};
 use crate::token::Token;
 
 /// The first and the longest pause between two looks at the store while
@@ -482,12 +482,6 @@ fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, millis)
-}
-
-/// `at + duration`, or a year after `at` where that cannot be represented.
-fn later(at: Instant, duration: Duration) -> Instant {
-    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-    at.checked_add(duration.min(YEAR)).unwrap_or(at)
 }
 
 fn millis(duration: Duration) -> u64 {
