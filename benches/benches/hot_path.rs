@@ -18,7 +18,9 @@ use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use routera_auth::{ClientCredentials, RouteraAuthLayer, Token, TokenProvider};
-use routera_auth_benches::{Noop, TOKEN, exchange, looped, request, runtime, warm_provider};
+use routera_auth_benches::{
+    Noop, TOKEN, exchange, looped, on_threads, request, runtime, warm_provider,
+};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AddAuthorizationLayer;
 
@@ -85,39 +87,6 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 }
 
-/// `iters` requests on each of `threads` worker threads of a multi-thread
-/// runtime, all through clones of one service; the time until all are done.
-fn run_threads<S>(service: &S, threads: usize, iters: u64) -> Duration
-where
-    S: Service<Request<()>, Response = Response<()>> + Clone + Send + 'static,
-    S::Error: std::fmt::Debug,
-{
-    let runtime = runtime(threads);
-    let barrier = Arc::new(tokio::sync::Barrier::new(threads));
-    runtime.block_on(async {
-        let tasks: Vec<_> = (0..threads)
-            .map(|_| {
-                let mut service = service.clone();
-                let barrier = Arc::clone(&barrier);
-                tokio::spawn(async move {
-                    let mut send = looped(&mut service);
-                    barrier.wait().await;
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        send();
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        let mut slowest = Duration::ZERO;
-        for task in tasks {
-            slowest = slowest.max(task.await.expect("task"));
-        }
-        slowest
-    })
-}
-
 fn contention(c: &mut Criterion) {
     let runtime = runtime(1);
     let provider = warm_provider(&runtime);
@@ -128,10 +97,10 @@ fn contention(c: &mut Criterion) {
     for threads in [1usize, 2] {
         group.throughput(Throughput::Elements(threads as u64));
         group.bench_function(format!("routera_auth/{threads}_threads"), |b| {
-            b.iter_custom(|iters| run_threads(&auth, threads, iters))
+            b.iter_custom(|iters| on_threads(&auth, threads, 0, iters))
         });
         group.bench_function(format!("add_authorization/{threads}_threads"), |b| {
-            b.iter_custom(|iters| run_threads(&floor, threads, iters))
+            b.iter_custom(|iters| on_threads(&floor, threads, 0, iters))
         });
     }
     group.finish();

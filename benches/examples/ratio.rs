@@ -11,12 +11,10 @@
 //!
 //! Usage: `cargo run --release --example ratio [rounds]` (default 200).
 
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use routera_auth::RouteraAuthLayer;
-use routera_auth_benches::{Noop, TOKEN, looped, runtime, warm_provider};
+use routera_auth_benches::{Noop, TOKEN, on_threads, runtime, warm_provider};
 use tower::{Layer, Service};
 use tower_http::auth::AddAuthorizationLayer;
 
@@ -79,33 +77,7 @@ where
     S: Service<Request<()>, Response = Response<()>> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
 {
-    let barrier = Arc::new(Barrier::new(threads));
-    let slowest = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let mut service = service.clone();
-                let barrier = Arc::clone(&barrier);
-                scope.spawn(move || {
-                    let mut send = looped(&mut service);
-                    // Warm the thread's caches first.
-                    for _ in 0..BATCH / 10 {
-                        send();
-                    }
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..BATCH {
-                        send();
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().expect("thread"))
-            .max()
-            .unwrap_or(Duration::ZERO)
-    });
+    let slowest = on_threads(service, threads, u64::from(BATCH / 10), u64::from(BATCH));
     slowest.as_nanos() as f64 / f64::from(BATCH)
 }
 

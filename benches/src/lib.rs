@@ -99,6 +99,42 @@ where
     }
 }
 
+/// `requests` requests on each of `threads` threads, each through its own
+/// clone of `service`, after `warm_up` requests to warm its caches; the
+/// slowest thread's time, counted from a common start.
+pub fn on_threads<S>(service: &S, threads: usize, warm_up: u64, requests: u64) -> Duration
+where
+    S: Service<Request<()>, Response = Response<()>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = std::sync::Barrier::new(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut service = service.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let mut send = looped(&mut service);
+                    for _ in 0..warm_up {
+                        send();
+                    }
+                    barrier.wait();
+                    let start = std::time::Instant::now();
+                    for _ in 0..requests {
+                        send();
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("thread"))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    })
+}
+
 /// A multi-thread runtime with `worker_threads` workers and every driver.
 pub fn runtime(worker_threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
