@@ -41,7 +41,10 @@ use std::time::Duration;
 
 use crate::error::BoxError;
 
-pub use cache::SharedCache;
+pub use cache::{
+    DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_KEY_PREFIX,
+    DEFAULT_OPERATION_TIMEOUT, SharedCache,
+};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;

@@ -388,7 +388,8 @@ impl TokenStore for RedisStore {
             let Some(ttl_ms) = millis(ttl) else {
                 return Ok(false);
             };
-            let reply: Value = self
+            // `OK` when taken, nil when held: redis reads them as a bool.
+            let taken: bool = self
                 .run("lock", Again::IfRefused, |mut connection| async move {
                     redis::cmd("SET")
                         .arg(keys.lock())
@@ -400,12 +401,7 @@ impl TokenStore for RedisStore {
                         .await
                 })
                 .await?;
-            match reply {
-                Value::Nil => Ok(false),
-                Value::Okay => Ok(true),
-                Value::SimpleString(status) if status == "OK" => Ok(true),
-                _ => Err(RedisStoreError::new("lock: unexpected reply to SET NX").into()),
-            }
+            Ok(taken)
         })
     }
 
