@@ -563,7 +563,10 @@ impl TokenProvider {
             if rejected_at.is_some() {
                 mail.rejected_at = rejected_at;
             }
-            mail.invalidated = current.as_ref().map(|cached| cached.token.clone());
+            #[cfg(feature = "shared-store")]
+            if state.shared.is_some() {
+                mail.invalidated = current.as_ref().map(|cached| cached.token.clone());
+            }
             mail.stats.invalidations += 1;
             metrics::record(mail.credentials.client_id(), Event::Invalidation);
             tracing::debug!("cached token invalidated");

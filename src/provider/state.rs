@@ -69,7 +69,9 @@ pub(super) struct Mail {
     pub(super) refresh: bool,
     /// When a response last invalidated a token (for pacing).
     pub(super) rejected_at: Option<Instant>,
-    /// The token last invalidated, by a response or by a caller.
+    /// With a shared cache: the token last invalidated, by a response or
+    /// by a caller, for the worker to remove from the fleet's store.
+    #[cfg(feature = "shared-store")]
     pub(super) invalidated: Option<crate::token::AccessToken>,
     /// The latest credentials, and how many changes came before them.
     pub(super) credentials: ClientCredentials,
@@ -119,6 +121,7 @@ impl State {
             need: false,
             refresh: false,
             rejected_at: None,
+            #[cfg(feature = "shared-store")]
             invalidated: None,
             credentials,
             generation: 0,

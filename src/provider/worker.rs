@@ -156,11 +156,9 @@ where
         if let Some(at) = mail.rejected_at.take() {
             self.pacing.record(at, &self.state.options);
         }
-        if let Some(_token) = mail.invalidated.take() {
-            #[cfg(feature = "shared-store")]
-            if let Some(fleet) = &mut self.fleet {
-                fleet.rejected(_token.secret());
-            }
+        #[cfg(feature = "shared-store")]
+        if let (Some(token), Some(fleet)) = (mail.invalidated.take(), &mut self.fleet) {
+            fleet.rejected(token.secret());
         }
         if !mail.credentials_changed {
             return false;
