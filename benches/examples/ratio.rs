@@ -11,7 +11,6 @@
 //!
 //! Usage: `cargo run --release --example ratio [rounds]` (default 200).
 
-
 use http::{Request, Response};
 use routera_auth::RouteraAuthLayer;
 use routera_auth_benches::{Noop, TOKEN, on_threads, runtime, warm_provider};
