@@ -90,6 +90,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
+mod clock;
 mod credentials;
 pub mod error;
 pub mod exchange;
@@ -134,7 +135,7 @@ pub use reqwest;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use reqwest_adapter::{ReqwestFuture, ReqwestService};
-pub use token::{AccessToken, Token, TokenRequest};
+pub use token::{AccessToken, Token, TokenReason, TokenRequest};
 
 /// The README's examples, compiled as doctests.
 #[cfg(all(doctest, feature = "rustls"))]

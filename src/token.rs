@@ -4,28 +4,96 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::ClientCredentials;
 
 /// The request a token exchange service answers: "a token for these
-/// credentials".
+/// credentials", with why it is wanted and by when.
 ///
 /// The exchange is a `tower::Service<TokenRequest, Response = Token>`;
 /// [`TokenProvider`](crate::TokenProvider) sends one of these each time it
-/// needs a new token.
+/// needs a new token. [`reason`](Self::reason) and
+/// [`needed_by`](Self::needed_by) are for exchange middleware (a fleet's
+/// shared cache, a logging or metrics layer): an HTTP exchange ignores them.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
     credentials: ClientCredentials,
+    reason: TokenReason,
+    needed_by: Option<Instant>,
 }
 
 impl TokenRequest {
-    /// A request for a token for `credentials`.
+    /// A request for a token for `credentials`, wanted because there is
+    /// none ([`TokenReason::Missing`]) and needed now.
     pub fn new(credentials: ClientCredentials) -> Self {
-        Self { credentials }
+        Self {
+            credentials,
+            reason: TokenReason::Missing,
+            needed_by: None,
+        }
+    }
+
+    /// Says why the token is wanted.
+    pub fn with_reason(mut self, reason: TokenReason) -> Self {
+        self.reason = reason;
+        self
+    }
+
+    /// Says by when the caller needs the token: the moment its current
+    /// token stops being served.
+    pub fn with_needed_by(mut self, needed_by: Instant) -> Self {
+        self.needed_by = Some(needed_by);
+        self
     }
 
     /// The credentials to authenticate with.
     pub fn credentials(&self) -> &ClientCredentials {
         &self.credentials
+    }
+
+    /// Why the token is wanted.
+    pub fn reason(&self) -> &TokenReason {
+        &self.reason
+    }
+
+    /// By when the caller needs the token: the moment the token it serves
+    /// now stops being served. `None` when it has no token to serve: it
+    /// needs one now.
+    pub fn needed_by(&self) -> Option<Instant> {
+        self.needed_by
+    }
+}
+
+/// Why a [`TokenProvider`](crate::TokenProvider) asks for a token; from
+/// [`TokenRequest::reason`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenReason {
+    /// The provider has no token it may serve: its first token, or the last
+    /// one stopped being served.
+    Missing,
+    /// The current token's refresh is due; it is served meanwhile, until
+    /// [`TokenRequest::needed_by`].
+    RefreshDue,
+    /// This token was rejected: a response refused it (a 401), or
+    /// [`TokenProvider::invalidate`](crate::TokenProvider::invalidate)
+    /// dropped it. A new token must differ from it.
+    Rejected(AccessToken),
+    /// [`TokenProvider::refresh`](crate::TokenProvider::refresh) asked for a
+    /// new token while the current one may still be served.
+    Forced,
+}
+
+impl TokenReason {
+    /// A short snake-case name, for logs and metric labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::RefreshDue => "refresh_due",
+            Self::Rejected(_) => "rejected",
+            Self::Forced => "forced",
+        }
     }
 }
 
@@ -76,6 +144,7 @@ impl fmt::Debug for AccessToken {
 pub struct Token {
     access_token: AccessToken,
     expires_in: Option<Duration>,
+    age: Duration,
 }
 
 impl Token {
@@ -84,6 +153,7 @@ impl Token {
         Self {
             access_token: AccessToken::new(access_token),
             expires_in: Some(expires_in),
+            age: Duration::ZERO,
         }
     }
 
@@ -94,6 +164,7 @@ impl Token {
         Self {
             access_token: AccessToken::new(access_token),
             expires_in: None,
+            age: Duration::ZERO,
         }
     }
 
@@ -105,5 +176,21 @@ impl Token {
     /// The lifetime the endpoint gave, if it gave one.
     pub fn expires_in(&self) -> Option<Duration> {
         self.expires_in
+    }
+
+    /// Says that the token was issued `age` before it is handed over: it
+    /// comes from a cache (a fleet's shared store), not from the endpoint
+    /// just now. A [`TokenProvider`](crate::TokenProvider) counts its
+    /// lifetime, [`expires_in`](Self::expires_in), from its issue time, not
+    /// from the moment it received it.
+    pub fn with_age(mut self, age: Duration) -> Self {
+        self.age = age;
+        self
+    }
+
+    /// How long before it was handed over the token was issued: zero for a
+    /// token fresh from the endpoint.
+    pub fn age(&self) -> Duration {
+        self.age
     }
 }

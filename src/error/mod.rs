@@ -139,6 +139,7 @@ struct Inner {
     retry_after: Option<Duration>,
     detail: Option<Cow<'static, str>>,
     source: Option<Arc<dyn StdError + Send + Sync>>,
+    deferred: bool,
 }
 
 impl TokenError {
@@ -189,6 +190,26 @@ impl TokenError {
         self
     }
 
+    /// Marks the error as a deferral: the exchange stack sent nothing to the
+    /// token endpoint and asks to be called again after
+    /// [`retry_after`](Self::retry_after). An exchange middleware that holds
+    /// calls back on behalf of others (a fleet's shared backoff, a
+    /// client-side rate limiter) answers with one.
+    ///
+    /// A [`TokenProvider`](crate::TokenProvider) waits out exactly its
+    /// `retry_after` before its next attempt, and counts it as no failure of
+    /// its own: its backoff does not grow.
+    pub fn deferred(mut self) -> Self {
+        Arc::make_mut(&mut self.inner).deferred = true;
+        self
+    }
+
+    /// Whether the error is a [deferral](Self::deferred): no request reached
+    /// the token endpoint.
+    pub fn is_deferred(&self) -> bool {
+        self.inner.deferred
+    }
+
     /// Sets the cause, returned by `source()`.
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         Arc::make_mut(&mut self.inner).source = Some(Arc::from(source.into()));
@@ -211,6 +232,7 @@ impl TokenError {
                 retry_after,
                 detail,
                 source: source.map(Arc::from),
+                deferred: false,
             }),
         }
     }
@@ -375,6 +397,9 @@ impl fmt::Debug for TokenError {
         }
         if let Some(source) = &inner.source {
             debug.field("source", source);
+        }
+        if inner.deferred {
+            debug.field("deferred", &true);
         }
         debug.finish()
     }

@@ -29,8 +29,6 @@ pub use self::options::{
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
     TokenProviderBuilder,
 };
-#[cfg(feature = "shared-store")]
-pub(crate) use self::options::{later, random_unit};
 use self::state::{Outcome, State, Stopped, lock};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};

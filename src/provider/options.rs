@@ -2,10 +2,8 @@
 //! the timing math: lifetimes, refresh-ahead jitter, backoff.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower::Service;
 
 use super::TokenProvider;
@@ -129,26 +127,10 @@ impl Options {
     }
 }
 
-/// `at + duration`, or a year after `at` for a longer duration (no option
-/// or store answer can make an `Instant` overflow).
-pub(crate) fn later(at: Instant, duration: Duration) -> Instant {
-    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
-    at.checked_add(duration.min(YEAR)).unwrap_or(at)
-}
-
 /// `duration` times `factor` (in `[0, 1]`); `duration` itself where the
 /// product cannot be represented, so that no option can cause a panic.
 fn scale(duration: Duration, factor: f64) -> Duration {
     Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(duration)
-}
-
-/// A random number in `[0, 1)`, from the standard library's randomly seeded
-/// hasher, whose keys change with every `RandomState` (good enough to spread
-/// a fleet; not for cryptography).
-pub(crate) fn random_unit() -> f64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u8(0);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Builds a [`TokenProvider`]; from [`TokenProvider::builder`].
@@ -361,13 +343,5 @@ mod tests {
         assert_eq!(wait(120), Duration::from_secs(120));
         assert_eq!(wait(0), Duration::from_secs(1));
         assert_eq!(wait(86_400), MAX_RETRY_AFTER);
-    }
-
-    #[test]
-    fn random_units_are_in_range_and_vary() {
-        let draws: Vec<f64> = (0..1000).map(|_| random_unit()).collect();
-        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
-        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
-        assert!((0.4..0.6).contains(&mean), "{mean}");
     }
 }

@@ -24,10 +24,10 @@ use tracing::Instrument;
 
 use super::attempt::{CatchUnwind, Panicked, log_failure};
 use super::cached::CachedToken;
-use super::options::{later, random_unit};
 use super::pacing::Pacing;
 use super::state::{Mail, Outcome, State, Stopped, lock};
 use crate::ClientCredentials;
+use crate::clock::{later, random_unit};
 use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::metrics::{self, Event};
 use crate::token::{Token, TokenRequest};

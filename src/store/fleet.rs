@@ -12,8 +12,9 @@ use tokio::time::Instant;
 
 use super::{Sealer, SharedCache, Snapshot, StoreFuture, StoreKeys, random_id};
 use crate::ClientCredentials;
+use crate::clock::{later, random_unit};
 use crate::error::{ErrorChain, TokenError, TokenErrorKind};
-use crate::provider::{MAX_RETRY_AFTER, Options, ProviderStats, later, random_unit};
+use crate::provider::{MAX_RETRY_AFTER, Options, ProviderStats};
 use crate::token::Token;
 
 /// The first and the longest pause between two looks at the store while
