@@ -21,17 +21,54 @@ pub struct TokenRequest {
     credentials: ClientCredentials,
     reason: TokenReason,
     needed_by: Option<Instant>,
+    timeout: Duration,
+    expiry_skew: Duration,
 }
 
 impl TokenRequest {
     /// A request for a token for `credentials`, wanted because there is
-    /// none ([`TokenReason::Missing`]) and needed now.
+    /// none ([`TokenReason::Missing`]) and needed now, by a provider with
+    /// the default [`exchange_timeout`](crate::DEFAULT_EXCHANGE_TIMEOUT) and
+    /// [`expiry_skew`](crate::DEFAULT_EXPIRY_SKEW).
     pub fn new(credentials: ClientCredentials) -> Self {
         Self {
             credentials,
             reason: TokenReason::Missing,
             needed_by: None,
+            timeout: crate::DEFAULT_EXCHANGE_TIMEOUT,
+            expiry_skew: crate::DEFAULT_EXPIRY_SKEW,
         }
+    }
+
+    /// Says how long the caller waits for the answer before it gives up.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Says how long before its expiry the caller stops serving a token
+    /// (see [`served_for`](Self::served_for)).
+    pub fn with_expiry_skew(mut self, skew: Duration) -> Self {
+        self.expiry_skew = skew;
+        self
+    }
+
+    /// How long the caller waits for the answer: the provider's
+    /// [`exchange_timeout`](crate::TokenProviderBuilder::exchange_timeout).
+    /// A middleware that waits for something else first (another process's
+    /// exchange) keeps within it.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// How long after its issue the caller serves a token of `lifetime`:
+    /// its lifetime less the provider's
+    /// [`expiry_skew`](crate::TokenProviderBuilder::expiry_skew), which is
+    /// capped at a quarter of the lifetime but kept at 1 s where half the
+    /// lifetime allows. A cache that hands out a token issued earlier
+    /// ([`Token::with_age`]) must hand out one with time left to serve.
+    pub fn served_for(&self, lifetime: Duration) -> Duration {
+        served_for(lifetime, self.expiry_skew)
     }
 
     /// Says why the token is wanted.
@@ -63,6 +100,15 @@ impl TokenRequest {
     pub fn needed_by(&self) -> Option<Instant> {
         self.needed_by
     }
+}
+
+/// How long after its issue a token of `lifetime` is served with an expiry
+/// skew of `skew`: the skew is capped at a quarter of the lifetime, but kept
+/// at 1 s (OAuth servers count expiry in whole seconds) where half the
+/// lifetime allows it.
+pub(crate) fn served_for(lifetime: Duration, skew: Duration) -> Duration {
+    const SECOND: Duration = Duration::from_secs(1);
+    lifetime - skew.min((lifetime / 4).max(SECOND.min(lifetime / 2)))
 }
 
 /// Why a [`TokenProvider`](crate::TokenProvider) asks for a token; from
@@ -192,5 +238,23 @@ impl Token {
     /// token fresh from the endpoint.
     pub fn age(&self) -> Duration {
         self.age
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_of_skew_is_kept_where_half_the_lifetime_allows() {
+        let secs = |s: f64| Duration::from_secs_f64(s);
+        let served = |lifetime: f64, skew: f64| served_for(secs(lifetime), secs(skew));
+        assert_eq!(served(3600.0, 30.0), secs(3570.0));
+        assert_eq!(served(60.0, 30.0), secs(45.0));
+        assert_eq!(served(3.0, 30.0), secs(2.0));
+        assert_eq!(served(2.0, 30.0), secs(1.0));
+        assert_eq!(served(1.0, 30.0), secs(0.5));
+        assert_eq!(served(3.0, 0.0), secs(3.0));
+        assert_eq!(served(3.0, 0.2), secs(2.8));
     }
 }
