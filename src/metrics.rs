@@ -13,6 +13,7 @@
 //! | `routera_auth_token_background_refreshes_total` | counter | `client_id` | refreshes started ahead of expiry while the token was served |
 //! | `routera_auth_token_expiry_timestamp_seconds` | gauge | `client_id` | Unix time at which the current token stops being served; minus the current time, its remaining lifetime |
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -42,8 +43,9 @@ pub(crate) enum Event {
 
 /// Records `event` for `client_id`; nothing without the `metrics` feature.
 #[cfg(feature = "metrics")]
-pub(crate) fn record(client_id: &str, event: Event) {
-    let client_id = client_id.to_owned();
+pub(crate) fn record(client_id: &Arc<str>, event: Event) {
+    // A label shares the worker's copy of the client id: no copy per event.
+    let client_id = Arc::clone(client_id);
     match event {
         Event::ExchangeStarted => {
             metrics::counter!("routera_auth_token_exchanges_total", "client_id" => client_id)
@@ -98,4 +100,4 @@ pub(crate) fn record(client_id: &str, event: Event) {
 /// Records `event` for `client_id`; nothing without the `metrics` feature.
 #[cfg(not(feature = "metrics"))]
 #[inline(always)]
-pub(crate) fn record(_client_id: &str, _event: Event) {}
+pub(crate) fn record(_client_id: &Arc<str>, _event: Event) {}

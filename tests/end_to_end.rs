@@ -193,11 +193,12 @@ async fn a_renewed_token_is_accepted_after_the_first_expires() {
     let first = provider.token().await.unwrap();
     assert_eq!(provider.token().await.unwrap(), first);
     // Paused time drives both the provider's clock and the emulator's.
-    // A 2 s token is served for 1.5 s (a quarter of its lifetime is skew).
+    // A 2 s token is served for 1 s (a second of skew, as half of its
+    // lifetime allows).
     let timing = provider.timing().unwrap();
     assert_eq!(
         timing.served_until - timing.fetched_at,
-        Duration::from_millis(1500)
+        Duration::from_millis(1000)
     );
     tokio::time::pause();
     tokio::time::advance(timing.served_until - tokio::time::Instant::now()).await;

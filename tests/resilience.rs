@@ -492,17 +492,18 @@ async fn dropping_a_provider_with_a_token_leaves_no_task_behind() {
     let (inner, _api) = tower_test::mock::pair::<http::Request<()>, http::Response<()>>();
     let service = routera_auth::RouteraAuthLayer::new(provider.clone()).layer(inner);
     provider.token().await.unwrap();
-    // One task per provider: its worker, idle while the token is fresh.
-    assert!(
-        until(|| metrics.num_alive_tasks() == 1).await,
-        "the provider's worker"
-    );
-    drop(service);
-    drop(provider);
+    // No task while the token is fresh: the worker left once it had
+    // nothing to do, not at the token's refresh time (55 minutes away).
     assert!(
         until(|| metrics.num_alive_tasks() == 0).await,
-        "gone with the token, not at its refresh time (55 minutes away)"
+        "the worker left"
     );
+    // A refresh starts one; it leaves with the new token.
+    provider.refresh().await.unwrap();
+    assert!(until(|| metrics.num_alive_tasks() == 0).await);
+    drop(service);
+    drop(provider);
+    assert_eq!(metrics.num_alive_tasks(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -713,9 +714,11 @@ fn a_refresh_asked_of_a_worker_lost_with_its_runtime_is_asked_again() {
     let second = paused();
     second.block_on(async {
         // This runtime's paused clock starts afresh: bring it to the
-        // refresh time.
+        // refresh time, and past the exchange timeout after which an ask
+        // that was never answered is made again.
         let timing = provider.timing().unwrap();
-        advance(timing.refresh_at.saturating_duration_since(Instant::now())).await;
+        let again = timing.refresh_at + Duration::from_secs(10);
+        advance(again.saturating_duration_since(Instant::now())).await;
         assert_eq!(provider.token().await.unwrap().secret(), "token-1");
         settle().await;
         assert_eq!(provider.stats().background_refreshes, 1);

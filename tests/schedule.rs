@@ -10,7 +10,7 @@ use common::credentials;
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use routera_auth::test_util::{MockAnswer, MockExchange};
-use routera_auth::{RouteraAuthLayer, Token, TokenProvider};
+use routera_auth::{RouteraAuthLayer, Token, TokenError, TokenErrorKind, TokenProvider};
 use tokio::time::{Instant, advance};
 use tokio_test::{assert_pending, assert_ready, task};
 use tower::{Layer, Service, ServiceExt};
@@ -178,15 +178,16 @@ async fn steady_traffic_renews_at_most_once_per_half_lifetime_without_waiting() 
     }
 }
 
-/// Nobody uses the provider for ten hours: its worker starts nothing, the
-/// token lapses, and the next caller waits for a new one.
+/// Nobody uses the provider for ten hours: its worker left once it had
+/// nothing to do, the token lapses, and the next caller waits for a new one.
 #[tokio::test(start_paused = true)]
 async fn an_idle_provider_lets_its_token_lapse_and_fetches_on_the_next_call() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::ZERO);
     let provider = exchange.provider();
     assert_eq!(provider.token().await.unwrap().secret(), "token-1");
-    assert_eq!(metrics.num_alive_tasks(), 1, "the worker");
+    tokio::task::yield_now().await;
+    assert_eq!(metrics.num_alive_tasks(), 0, "the worker left");
     let timing = provider.timing().unwrap();
 
     // The runtime jumps straight to the end of a ten-hour sleep unless a
@@ -200,7 +201,8 @@ async fn an_idle_provider_lets_its_token_lapse_and_fetches_on_the_next_call() {
     assert_eq!(provider.stats().waits, 2);
 }
 
-/// A dropped provider ends its worker at once, even with a token cached.
+/// A dropped provider ends its worker at once, even one that has work: here
+/// retrying an endpoint that fails, with a token still served.
 #[tokio::test(start_paused = true)]
 async fn dropping_every_handle_ends_the_worker() {
     let metrics = tokio::runtime::Handle::current().metrics();
@@ -209,7 +211,10 @@ async fn dropping_every_handle_ends_the_worker() {
     let (inner, mut api) = tower_test::mock::pair::<Request<()>, Response<()>>();
     let service = RouteraAuthLayer::new(provider.clone()).layer(inner);
     send(&service, &mut api).await;
-    assert_eq!(metrics.num_alive_tasks(), 1);
+    let failure = TokenError::new(TokenErrorKind::ServerError);
+    exchange.fail_until(Instant::now() + Duration::from_secs(100 * 3600), failure);
+    assert!(provider.refresh().await.is_err());
+    assert_eq!(metrics.num_alive_tasks(), 1, "the worker retries");
     drop(provider);
     tokio::task::yield_now().await;
     assert_eq!(

@@ -1,18 +1,19 @@
 //! A token as the provider keeps it: its `Authorization` header value, built
 //! once, and the instants that decide when it is refreshed and served.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use super::options::Schedule;
+use super::schedule::Schedule;
 use crate::error::{TokenError, TokenErrorKind};
 use crate::token::{AccessToken, Token};
 
-/// A cached token. Immutable once built, except for the flag that lets one
-/// request, and only one, ask for its refresh.
+/// A cached token. Immutable once built, except for the record of when a
+/// request last asked for its refresh.
 pub(crate) struct CachedToken {
     /// Unique among the tokens of one provider: what a request remembers of
     /// the token it carried.
@@ -31,8 +32,9 @@ pub(crate) struct CachedToken {
     /// Before then, a response rejecting the token does not invalidate it:
     /// the pacing of invalidations, decided when the token was stored.
     pub(super) rejectable_from: Instant,
-    /// Set by the first request that finds the refresh due.
-    refresh_asked: AtomicBool,
+    /// When a request last asked for the refresh, in milliseconds after
+    /// `requested_at`, plus one; 0 before any did.
+    refresh_asked: AtomicU64,
 }
 
 impl CachedToken {
@@ -66,7 +68,7 @@ impl CachedToken {
             refresh_at: at(schedule.refresh_after),
             fresh_until: at(schedule.fresh_for),
             rejectable_from,
-            refresh_asked: AtomicBool::new(false),
+            refresh_asked: AtomicU64::new(0),
         })
     }
 
@@ -76,16 +78,25 @@ impl CachedToken {
         now < self.fresh_until
     }
 
-    /// Whether this caller is the first to ask for the token's refresh.
-    pub(super) fn claim_refresh(&self) -> bool {
+    /// Whether this caller is the one to ask for the token's refresh: the
+    /// first to find it due, or the first after `again` since the last ask
+    /// (a worker lost with its runtime never answers it).
+    pub(super) fn claim_refresh(&self, now: Instant, again: Duration) -> bool {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let at = millis(now.saturating_duration_since(self.requested_at)).saturating_add(1);
         // Read first: every later request in the window only reads.
-        !self.refresh_asked.load(Ordering::Relaxed)
-            && !self.refresh_asked.swap(true, Ordering::AcqRel)
+        let last = self.refresh_asked.load(Ordering::Relaxed);
+        if last != 0 && at < last.saturating_add(millis(again)) {
+            return false;
+        }
+        self.refresh_asked
+            .compare_exchange(last, at, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Lets a later request ask again, when asking failed.
     pub(super) fn unclaim_refresh(&self) {
-        self.refresh_asked.store(false, Ordering::Release);
+        self.refresh_asked.store(0, Ordering::Release);
     }
 
     pub(super) fn timing(&self) -> TokenTiming {
@@ -162,13 +173,16 @@ mod tests {
     }
 
     #[test]
-    fn one_refresh_claim_per_token_until_released() {
+    fn one_refresh_claim_per_token_until_released_or_past_its_time() {
         let now = Instant::now();
         let token = Token::new("t", Duration::from_secs(60));
         let cached = CachedToken::new(1, &token, now, schedule(), now).unwrap();
-        assert!(cached.claim_refresh());
-        assert!(!cached.claim_refresh());
+        let again = Duration::from_secs(10);
+        assert!(cached.claim_refresh(now, again));
+        assert!(!cached.claim_refresh(now, again));
+        assert!(!cached.claim_refresh(now + Duration::from_millis(9_999), again));
+        assert!(cached.claim_refresh(now + again, again));
         cached.unclaim_refresh();
-        assert!(cached.claim_refresh());
+        assert!(cached.claim_refresh(now + again, again));
     }
 }

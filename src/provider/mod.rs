@@ -1,10 +1,16 @@
 //! [`TokenProvider`]: the shared token cache in front of a token exchange.
+//!
+//! A handle and a worker: handles read the current token from a slot
+//! (`ArcSwap`) on every request, and send messages to the provider's
+//! worker task (`worker.rs`), which owns the token's life while it has
+//! work. Besides the slot and the sender they share what outlives one
+//! worker: the latest credentials, the pacing of invalidations and the
+//! counters.
 
 mod attempt;
+mod builder;
 mod cached;
-mod options;
-mod pacing;
-mod state;
+mod schedule;
 mod worker;
 
 #[cfg(all(test, feature = "test-util"))]
@@ -14,25 +20,26 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tower::Service;
 
-use self::cached::CachedToken;
-pub use self::cached::TokenTiming;
-pub(crate) use self::options::Options;
-pub use self::options::{
+pub use self::builder::{
     DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
     DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
     TokenProviderBuilder,
 };
-use self::state::{Outcome, State, Stopped, lock};
+use self::cached::CachedToken;
+pub use self::cached::TokenTiming;
+use self::schedule::Options;
+use self::worker::{Message, Receiver};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
-use crate::metrics::{self, Event};
+use crate::metrics;
 use crate::token::{AccessToken, Token, TokenRequest};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -73,7 +80,9 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// response has none), counted from the moment it was requested.
 ///
 /// - It is served until `L - skew`, where
-///   `skew = min(expiry_skew, L / 4)`.
+///   `skew = min(expiry_skew, max(L / 4, min(1 s, L / 2)))`: at most a
+///   quarter of its life, but 1 s where half its life allows, since OAuth
+///   servers count expiry in whole seconds.
 /// - Its refresh is due `window` before that, where
 ///   `window = min(refresh_ahead, L - skew - L / 2)`, shortened by up to
 ///   20 % at random so a fleet does not refresh in lockstep.
@@ -83,7 +92,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// defaults (`expiry_skew` 30 s, `refresh_ahead` 5 min): a 1 h token is
 /// refreshed 4 to 5 min before it stops being served at 59:30; a 120 s
 /// token at 60 s (served until 90 s); a 60 s token at 30 s (served until
-/// 45 s); a 3 s token at 1.5 s (served until 2.25 s).
+/// 45 s); a 3 s token at 1.5 s (served until 2 s).
 ///
 /// The refresh is started by requests: a provider nobody uses lets its
 /// token lapse, costs no CPU, and its next caller waits for a new token.
@@ -92,10 +101,12 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///
 /// # Worker
 ///
-/// Each provider has one worker task, started on the tokio runtime of its
-/// first caller that needs a token and ended when the last handle is
-/// dropped. If that runtime shuts down, the next caller starts a new worker
-/// on its own runtime. The worker runs only while its runtime is driven: a
+/// Each provider has one worker task, which owns the token's life; handles
+/// send it messages over a channel (tower's `buffer` has the same shape).
+/// It is started on the tokio runtime of the first caller that needs it
+/// and ends when the last handle is dropped, since the channel closes. If
+/// its runtime shuts down, a caller waiting on it gets an error at once
+/// and the next caller starts a new worker on its own runtime. The worker runs only while its runtime is driven: a
 /// current-thread runtime kept for the odd `block_on` runs it only inside
 /// `block_on`, so callers on other threads who need a token wait until
 /// then. Use the provider from one runtime, or from a multi-thread one.
@@ -122,18 +133,51 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// ```
 #[derive(Clone)]
 pub struct TokenProvider {
+    inner: Arc<Inner>,
+}
+
+/// What the handles hold. Dropping the last handle drops the sender,
+/// which ends the worker.
+struct Inner {
     shared: Arc<Shared>,
+    /// The sender to the running worker, if one runs. Messages are sent
+    /// under this lock, and a worker with nothing left to do ends under it
+    /// once its channel is empty, so no message is ever lost.
+    worker: Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    start: Box<StartWorker>,
 }
 
-/// What the handles share and the worker does not hold: dropping the last
-/// handle drops it, which tells the worker to end.
-struct Shared {
-    state: Arc<State>,
-    spawn: Box<SpawnWorker>,
+/// Spawns a worker on a runtime.
+type StartWorker =
+    dyn Fn(&tokio::runtime::Handle, Arc<Shared>, Weak<Inner>, Receiver) + Send + Sync;
+
+/// What the handles and the worker share.
+pub(super) struct Shared {
+    /// The token requests are served, if any.
+    current: ArcSwapOption<CachedToken>,
+    /// What a new worker starts from; held while a token is stored.
+    seed: Mutex<Seed>,
+    /// Counted by the worker, on the slow path only.
+    stats: Mutex<ProviderStats>,
+    options: Options,
 }
 
-/// Starts a worker on a runtime.
-type SpawnWorker = dyn Fn(&tokio::runtime::Handle, Stopped) + Send + Sync;
+/// What outlives one worker, and what callers must see without waiting
+/// for it.
+struct Seed {
+    /// The latest credentials, and their client id for logs and metrics.
+    credentials: ClientCredentials,
+    label: Arc<str>,
+    /// The `seq` of the next token stored, whichever worker stores it.
+    next_seq: u64,
+    pacing: schedule::Pacing,
+    /// The token last dropped, until a new one replaces it: the next
+    /// exchange says it was rejected.
+    rejected: Option<AccessToken>,
+    /// The last failure, and when the next attempt starts: until then
+    /// callers with no fresh token get it at once.
+    backoff: Option<(TokenError, Instant)>,
+}
 
 /// What a [`TokenProvider`] has done so far; from [`TokenProvider::stats`].
 ///
@@ -153,24 +197,6 @@ pub struct ProviderStats {
     pub invalidations: u64,
     /// Refreshes started ahead of expiry, while the token was still served.
     pub background_refreshes: u64,
-    /// With a shared cache: tokens taken from the store instead of an
-    /// exchange.
-    pub store_hits: u64,
-    /// With a shared cache: looks at the store that found no token this
-    /// provider could use.
-    pub store_misses: u64,
-    /// With a shared cache: store operations that failed or timed out.
-    pub store_errors: u64,
-    /// With a shared cache: exchanges this provider made for the fleet,
-    /// holding the store's lock.
-    pub store_lock_wins: u64,
-    /// With a shared cache: times this provider waited for another
-    /// process's exchange.
-    pub store_waits: u64,
-    /// With a shared cache: exchanges made without the store's
-    /// coordination (the store failing or its breaker open, a stored token
-    /// that does not open, a lock holder that took too long).
-    pub store_fallbacks: u64,
 }
 
 /// A request path's own view of the current token: it holds the token and
@@ -180,7 +206,7 @@ pub(crate) type TokenCache = arc_swap::Cache<Current, Option<Arc<CachedToken>>>;
 
 /// The current-token slot of a provider, as a [`TokenCache`] reads it.
 #[derive(Clone)]
-pub(crate) struct Current(Arc<State>);
+pub(crate) struct Current(Arc<Shared>);
 
 impl Deref for Current {
     type Target = ArcSwapOption<CachedToken>;
@@ -203,34 +229,26 @@ impl TokenTag {
     /// the pacing of invalidations allows it (a 401 from the API). Returns
     /// whether it was dropped.
     pub(crate) fn reject(&self) -> bool {
-        let state = self.provider.state();
-        let current = state.current.load();
+        let current = self.provider.shared().current.load();
         let Some(cached) = current.as_ref().filter(|cached| cached.seq == self.seq) else {
             return false;
         };
         let now = Instant::now();
-        if now < cached.rejectable_from {
+        if now < cached.rejectable_from && now < cached.refresh_at {
             // Rejected again soon after the last one (a wrong audience, an
             // API that refuses fresh tokens): keep the token for now rather
-            // than fetch one per request.
-            tracing::debug!("token rejected again soon after the last one; not invalidated yet");
+            // than fetch one per request. A token whose refresh is due goes
+            // at once: no exchange is added.
+            let client_id = Arc::clone(&lock(&self.provider.shared().seed).label);
+            let client_id = &*client_id;
+            tracing::debug!(
+                client_id,
+                "token rejected again soon after the last one; not invalidated yet"
+            );
             return false;
         }
-        if !self.provider.drop_token(&current, Some(now)) {
-            return false;
-        }
-        state.wake.notify_one();
-        true
+        self.provider.drop_token(&current, true)
     }
-}
-
-/// What a caller asks of the worker.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ask {
-    /// A token, the current one if it is fresh.
-    Need,
-    /// A new token, even if the current one is fresh.
-    Refresh,
 }
 
 impl TokenProvider {
@@ -239,9 +257,9 @@ impl TokenProvider {
     ///
     /// `exchange` is any `tower::Service<TokenRequest, Response = Token>`:
     /// an [`HttpTokenExchange`](crate::HttpTokenExchange), the same wrapped
-    /// in tower layers (timeout, retry, concurrency limit), or a mock. A
-    /// `TokenError` from it reaches callers unchanged; a tower timeout
-    /// becomes [`TokenErrorKind::Timeout`], any other error
+    /// in tower layers (timeout, retry, concurrency limit, a fleet's shared
+    /// cache), or a mock. A `TokenError` from it reaches callers unchanged;
+    /// a tower timeout becomes [`TokenErrorKind::Timeout`], any other error
     /// [`TokenErrorKind::Transport`].
     pub fn new<S>(exchange: S, credentials: ClientCredentials) -> Self
     where
@@ -258,8 +276,6 @@ impl TokenProvider {
             exchange,
             credentials,
             options: Options::default(),
-            #[cfg(feature = "shared-store")]
-            shared: None,
         }
     }
 
@@ -271,28 +287,37 @@ impl TokenProvider {
     {
         // Each worker gets a clone of the service; this one is the template.
         let exchange = Mutex::new(builder.exchange);
-        let spawn = move |runtime: &tokio::runtime::Handle, stopped: Stopped| {
+        let start = move |runtime: &tokio::runtime::Handle, shared, handles, messages| {
             let exchange = lock(&exchange).clone();
-            // Detached: the worker ends when the last handle is dropped.
-            drop(runtime.spawn(worker::run(stopped, exchange)));
+            // Detached: the worker ends when it has nothing left to do, or
+            // when its channel closes.
+            drop(runtime.spawn(worker::run(shared, handles, exchange, messages)));
         };
-        #[cfg_attr(not(feature = "shared-store"), allow(unused_mut))]
-        let mut state = State::new(builder.options, builder.credentials);
-        #[cfg(feature = "shared-store")]
-        {
-            state.shared = builder.shared.map(Box::new);
-        }
-        let spawn = Box::new(spawn);
+        let seed = Seed {
+            label: Arc::from(builder.credentials.client_id()),
+            credentials: builder.credentials,
+            next_seq: 1,
+            pacing: schedule::Pacing::default(),
+            rejected: None,
+            backoff: None,
+        };
+        let shared = Shared {
+            current: ArcSwapOption::empty(),
+            seed: Mutex::new(seed),
+            stats: Mutex::new(ProviderStats::default()),
+            options: builder.options,
+        };
         Self {
-            shared: Arc::new(Shared {
-                state: Arc::new(state),
-                spawn,
+            inner: Arc::new(Inner {
+                shared: Arc::new(shared),
+                worker: Mutex::new(None),
+                start: Box::new(start),
             }),
         }
     }
 
-    fn state(&self) -> &State {
-        &self.shared.state
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
     }
 
     /// The current access token, fetched first if there is no fresh one.
@@ -318,7 +343,7 @@ impl TokenProvider {
     /// The [`TokenError`] of the exchange; the last error at once while
     /// failed exchanges are backing off.
     pub async fn refresh(&self) -> Result<AccessToken, TokenError> {
-        Ok(self.wait(Ask::Refresh).await?.token.clone())
+        Ok(self.wait(true).await?.token.clone())
     }
 
     /// Drops `token` from the cache if it is still the cached token, so the
@@ -328,52 +353,58 @@ impl TokenProvider {
     /// since `token` was handed out, is never dropped: a burst of 401s for
     /// one token causes one new exchange.
     pub fn invalidate(&self, token: &AccessToken) -> bool {
-        let current = self.state().current.load();
+        let current = self.shared().current.load();
         let is_cached = current
             .as_ref()
             .is_some_and(|cached| cached.token == *token);
-        is_cached && self.drop_token(&current, None)
+        is_cached && self.drop_token(&current, false)
     }
 
     /// Replaces the client credentials, for secret rotation. The next
-    /// exchange uses them, and backoff starts over. An exchange still in
-    /// flight with the old credentials never stores its token.
+    /// exchange uses them, and backoff starts over. An exchange in flight
+    /// with the old credentials is dropped, and its token never stored.
     ///
     /// With the same client id, the cached token stays in use until it is
     /// renewed. With a different client id it is dropped at once: it belongs
     /// to another client.
     pub fn set_credentials(&self, credentials: ClientCredentials) {
-        let state = self.state();
-        let mut mail = state.mail();
-        let same_client = mail.credentials.client_id() == credentials.client_id();
+        let shared = self.shared();
+        let mut seed = lock(&shared.seed);
+        let same_client = seed.credentials.client_id() == credentials.client_id();
         if !same_client {
-            // Under the mail lock, which the worker holds from its check for
-            // new credentials to storing a token.
-            state.current.store(None);
+            // Under the seed lock, which the worker holds while it stores a
+            // token: a token of the old client is never stored after this.
+            shared.current.store(None);
         }
-        mail.credentials = credentials;
-        mail.generation += 1;
-        mail.credentials_changed = true;
-        drop(mail);
-        tracing::info!(same_client, "client credentials replaced");
-        // A worker waiting out a backoff retries now, with the new credentials.
-        state.wake.notify_one();
+        seed.label = Arc::from(credentials.client_id());
+        seed.credentials = credentials;
+        // Backoff starts over, and nothing of the old secret stays.
+        (seed.rejected, seed.backoff) = (None, None);
+        let client_id = Arc::clone(&seed.label);
+        drop(seed);
+        let client_id = &*client_id;
+        tracing::info!(client_id, same_client, "client credentials replaced");
+        // A running worker drops its exchange for the old ones, or retries
+        // now if it backs off; the next worker starts with them.
+        if let Some(sender) = &*lock(&self.inner.worker) {
+            let _ = sender.send(Message::NewCredentials);
+        }
     }
 
     /// The client id this provider fetches tokens for.
     pub fn client_id(&self) -> String {
-        self.state().mail().credentials.client_id().to_owned()
+        lock(&self.shared().seed).credentials.client_id().to_owned()
     }
 
     /// Counters of what the provider has done so far.
     pub fn stats(&self) -> ProviderStats {
-        self.state().mail().stats
+        *lock(&self.shared().stats)
     }
 
     /// When the cached token was fetched, when its refresh is due and when
     /// it stops being served; `None` when no token is cached.
     pub fn timing(&self) -> Option<TokenTiming> {
-        self.state()
+        self.shared()
             .current
             .load()
             .as_deref()
@@ -397,7 +428,8 @@ impl TokenProvider {
             return true;
         }
         let fresh = cached.is_fresh(now);
-        if fresh && cached.claim_refresh() && self.ask(Ask::Need).is_err() {
+        let again = self.shared().options.exchange_timeout;
+        if fresh && cached.claim_refresh(now, again) && self.send(Message::RefreshDue).is_err() {
             // No runtime here: let a later request on a runtime ask.
             cached.unclaim_refresh();
         }
@@ -406,7 +438,7 @@ impl TokenProvider {
 
     /// A [`TokenCache`] of this provider's token, for a request path.
     pub(crate) fn token_cache(&self) -> TokenCache {
-        arc_swap::Cache::new(Current(Arc::clone(&self.shared.state)))
+        arc_swap::Cache::new(Current(Arc::clone(&self.inner.shared)))
     }
 
     /// The `Authorization` header value of a fresh token, fetching one if
@@ -429,164 +461,127 @@ impl TokenProvider {
     async fn cached_token(&self) -> Result<Arc<CachedToken>, TokenError> {
         match self.fresh() {
             Some(cached) => Ok(cached),
-            None => self.wait(Ask::Need).await,
+            None => self.wait(false).await,
         }
     }
 
     fn fresh(&self) -> Option<Arc<CachedToken>> {
-        self.state()
+        self.shared()
             .current
             .load_full()
             .filter(|cached| self.may_serve(cached))
     }
 
-    /// Waits for the worker's answer to `ask`: joins the attempt under
-    /// way, fails fast with the last error while the worker backs off, or
-    /// asks for a new attempt.
-    async fn wait(&self, mut ask: Ask) -> Result<Arc<CachedToken>, TokenError> {
-        let state = self.state();
-        // The number of the outcome this caller saw when it joined: the
-        // next one is its answer.
-        let (mut joined, mut counted) = (None, false);
+    /// Asks the worker for a token (a new one if `refresh`) and waits for
+    /// its answer; fails at once with the last error while failed
+    /// exchanges back off.
+    async fn wait(&self, mut refresh: bool) -> Result<Arc<CachedToken>, TokenError> {
         loop {
-            // Registered before the outcome is read: an outcome published
-            // after the read wakes this caller.
-            let mut answered = std::pin::pin!(state.answered.notified());
-            answered.as_mut().enable();
-            if joined.is_none() && ask == Ask::Need {
-                if let Some(cached) = self.fresh() {
-                    return Ok(cached);
+            if let Some((error, retry_at)) = &lock(&self.shared().seed).backoff {
+                if Instant::now() < *retry_at {
+                    return Err(error.clone());
                 }
             }
-            let mut asked = false;
-            {
-                // The outcome is read and the request left in one critical
-                // section; the worker records outcomes and clears requests
-                // in one too.
-                let mut mail = state.mail();
-                if let Some(seen) = joined.filter(|seen| mail.outcome.0 != *seen) {
-                    // An answer came since this caller joined. If a token
-                    // came, the current one is that token or a newer one,
-                    // unless it was dropped or may no longer be served (the
-                    // runtime was busy since): then any fresh token will do.
-                    let current = state.current.load_full();
-                    match (&mail.outcome.1, current) {
-                        (_, Some(cached))
-                            if mail.last_ready > seen && cached.is_fresh(Instant::now()) =>
-                        {
-                            return Ok(cached);
-                        }
-                        (Outcome::Failed { error, .. }, _) => return Err(error.clone()),
-                        _ => (ask, joined) = (Ask::Need, None),
-                    }
-                }
-                if joined.is_none() {
-                    if let Outcome::Failed {
-                        error,
-                        retry_at: Some(retry_at),
-                        generation,
-                    } = &mail.outcome.1
-                    {
-                        if Instant::now() < *retry_at && *generation == mail.generation {
-                            // Backing off: fail fast rather than wait or add
-                            // attempts.
-                            return Err(error.clone());
-                        }
-                    }
-                    joined = Some(mail.outcome.0);
-                    if !mail.fetching {
-                        mail.request(ask);
-                        asked = true;
-                    }
-                }
-                if ask == Ask::Need && !counted {
-                    counted = true;
-                    mail.stats.waits += 1;
-                    metrics::record(mail.credentials.client_id(), Event::Wait);
-                }
+            let (answer, answered) = oneshot::channel();
+            let message = if refresh {
+                Message::Refresh(answer)
+            } else {
+                Message::Need(answer)
+            };
+            self.send(message)?;
+            match answered.await {
+                Ok(Ok(cached)) if cached.is_fresh(Instant::now()) => return Ok(cached),
+                // Fresh when it was sent, but this caller's runtime was busy
+                // past its end since: any fresh token will do.
+                Ok(Ok(_)) => refresh = false,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(stopped()),
             }
-            if asked {
-                self.wake_worker()?;
+            if let Some(cached) = self.fresh() {
+                return Ok(cached);
             }
-            answered.await;
         }
     }
 
-    /// Leaves `ask` in the worker's mailbox and wakes the worker.
-    fn ask(&self, ask: Ask) -> Result<(), TokenError> {
-        self.state().mail().request(ask);
-        self.wake_worker()
-    }
-
-    /// Wakes the worker for its mail, starting it on the current runtime
-    /// unless it runs.
-    fn wake_worker(&self) -> Result<(), TokenError> {
-        let state = &self.shared.state;
-        let mut mail = state.mail();
-        if !mail.worker_running {
-            let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-                TokenError::with_detail(
-                    TokenErrorKind::Internal,
-                    "no tokio runtime is running to fetch the token on",
-                )
-            })?;
-            mail.worker_running = true;
-            drop(mail);
-            // Spawned outside the lock: a task dropped at once (its runtime
-            // is shutting down) takes the lock to say so.
-            (self.shared.spawn)(&runtime, Stopped(Arc::clone(state)));
-        } else {
-            drop(mail);
-        }
-        state.wake.notify_one();
+    /// Sends `message` to the worker, starting one on the current runtime
+    /// if none runs (never started, or its runtime shut down).
+    fn send(&self, message: Message) -> Result<(), TokenError> {
+        let mut worker = lock(&self.inner.worker);
+        let message = match &*worker {
+            Some(sender) => match sender.send(message) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(message)) => message,
+            },
+            None => message,
+        };
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            TokenError::with_detail(
+                TokenErrorKind::Internal,
+                "no tokio runtime is running to fetch the token on",
+            )
+        })?;
+        let (sender, messages) = mpsc::unbounded_channel();
+        let (shared, handles) = (Arc::clone(&self.inner.shared), Arc::downgrade(&self.inner));
+        (self.inner.start)(&runtime, shared, handles, messages);
+        sender.send(message).map_err(|_| stopped())?;
+        *worker = Some(sender);
         Ok(())
     }
 
     /// Drops the token `current` holds if it is still the current one,
     /// compare-and-swap style: a token stored meanwhile is never dropped.
-    /// `rejected_at`: when a response rejected it, for the pacing.
     fn drop_token(
         &self,
         current: &arc_swap::Guard<Option<Arc<CachedToken>>>,
-        rejected_at: Option<Instant>,
+        by_response: bool,
     ) -> bool {
-        let state = self.state();
-        let previous = state.current.compare_and_swap(current, None);
-        let dropped = match (previous.as_ref(), current.as_ref()) {
-            (Some(previous), Some(expected)) => Arc::ptr_eq(previous, expected),
-            _ => false,
+        let shared = self.shared();
+        let previous = shared.current.compare_and_swap(current, None);
+        let (Some(previous), Some(expected)) = (previous.as_ref(), current.as_ref()) else {
+            return false;
         };
-        if dropped {
-            let mut mail = state.mail();
-            if rejected_at.is_some() {
-                mail.rejected_at = rejected_at;
-            }
-            #[cfg(feature = "shared-store")]
-            if state.shared.is_some() {
-                mail.invalidated = current.as_ref().map(|cached| cached.token.clone());
-            }
-            mail.stats.invalidations += 1;
-            metrics::record(mail.credentials.client_id(), Event::Invalidation);
-            tracing::debug!("cached token invalidated");
+        if !Arc::ptr_eq(previous, expected) {
+            return false;
         }
-        dropped
+        let mut seed = lock(&shared.seed);
+        if by_response {
+            let now = Instant::now();
+            seed.pacing
+                .record(now, expected.requested_at, &shared.options);
+        }
+        // The next exchange says which token was rejected.
+        seed.rejected = Some(expected.token.clone());
+        let client_id = Arc::clone(&seed.label);
+        drop(seed);
+        lock(&shared.stats).invalidations += 1;
+        metrics::record(&client_id, metrics::Event::Invalidation);
+        let client_id = &*client_id;
+        tracing::debug!(client_id, by_response, "cached token invalidated");
+        true
     }
 }
 
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // The worker holds the state, not a handle: tell it to end, at once
-        // if it is idle or backing off, after the exchange otherwise.
-        self.state.mail().closed = true;
-        self.state.wake.notify_one();
-    }
+/// The error of a caller whose worker ended before it answered.
+fn stopped() -> TokenError {
+    TokenError::with_detail(
+        TokenErrorKind::Internal,
+        "the token worker stopped before it finished: its tokio runtime is shutting \
+         down, or was built without a time driver (use `enable_all()` or \
+         `enable_time()` on the runtime builder)",
+    )
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent before anything
+    // that could panic, so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl fmt::Debug for TokenProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenProvider")
             .field("client_id", &self.client_id())
-            .field("options", &self.state().options)
+            .field("options", &self.shared().options)
             .field("timing", &self.timing())
             .finish()
     }

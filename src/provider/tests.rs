@@ -1,86 +1,100 @@
-//! White-box tests of the callers' side of the answer protocol: outcomes
-//! set by hand in the mailbox, as the worker would leave them in races that
-//! a test cannot schedule from outside.
+//! White-box tests of the callers' side of the channel protocol: a test
+//! stands in for the worker, to answer as a worker would in races that a
+//! test cannot schedule from outside.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::{Instant, advance};
 
-use super::state::Outcome;
-use super::{Ask, TokenProvider};
+use super::worker::Message;
+use super::{TokenProvider, lock};
 use crate::test_util::MockExchange;
 use crate::{TokenError, TokenErrorKind};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// A caller waiting on a provider whose exchange is held at the gate.
-async fn waiter_on_a_held_exchange() -> (
-    MockExchange,
-    TokenProvider,
-    tokio::task::JoinHandle<Result<String, TokenError>>,
-) {
-    let exchange = MockExchange::new(MINUTE).gated();
-    let provider = exchange.provider();
-    let waiter = tokio::spawn({
-        let provider = provider.clone();
-        async move { Ok(provider.token().await?.secret().to_owned()) }
-    });
-    exchange.wait_for_calls(1).await;
-    (exchange, provider, waiter)
+/// Puts the test in the worker's place: the messages of `provider`'s
+/// handles arrive on the returned receiver.
+fn stand_in_worker(provider: &TokenProvider) -> mpsc::UnboundedReceiver<Message> {
+    let (sender, messages) = mpsc::unbounded_channel();
+    *lock(&provider.inner.worker) = Some(sender);
+    messages
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failure_is_the_answer_even_if_the_next_attempt_starts_before_the_waiter_reads_it() {
-    let (exchange, provider, waiter) = waiter_on_a_held_exchange().await;
-    {
-        // What a worker retrying at once leaves behind, all before the
-        // waiter runs: the failure, then the next attempt under way.
-        let state = provider.state();
-        let mut mail = state.mail();
-        let generation = mail.generation;
-        mail.set_outcome(Outcome::Failed {
-            error: TokenError::new(TokenErrorKind::ServerError),
-            retry_at: Some(Instant::now()),
-            generation,
-        });
-        mail.fetching = true;
-        drop(mail);
-        state.answered.notify_waiters();
-    }
-    let answer = tokio::time::timeout(MINUTE, waiter).await;
-    let answer = answer.expect("the waiter got its answer").unwrap();
-    assert_eq!(answer.unwrap_err().kind(), TokenErrorKind::ServerError);
+async fn a_failure_is_the_answer_even_if_the_next_attempt_starts_at_once() {
+    let exchange = MockExchange::new(MINUTE).gated();
+    exchange.fail_next(TokenError::new(TokenErrorKind::ServerError));
+    let provider = TokenProvider::builder(exchange.clone(), MockExchange::credentials())
+        .backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .build();
+    let waiter = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.token().await }
+    });
+    exchange.wait_for_calls(1).await;
     exchange.open_gate();
+    // The retry starts 10 ms (or 8 ms, jittered) later, and succeeds.
+    exchange.wait_for_calls(2).await;
+    let answer = waiter.await.unwrap();
+    assert_eq!(answer.unwrap_err().kind(), TokenErrorKind::ServerError);
+    assert_eq!(provider.token().await.unwrap().secret(), "token-2");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_never_gets_a_token_that_may_no_longer_be_served() {
-    let exchange = MockExchange::new(MINUTE).with_delay(Duration::from_secs(1));
+    let exchange = MockExchange::new(MINUTE);
     let provider = exchange.provider();
     provider.token().await.unwrap();
-    let stale = provider.state().current.load_full().unwrap();
+    let stale = provider.shared().current.load_full().unwrap();
     // Served for 45 s (a quarter of the minute is the skew): now past it.
     advance(Duration::from_secs(50)).await;
+    let fresh = {
+        exchange.provider().token().await.unwrap();
+        let other = exchange.provider();
+        other.token().await.unwrap();
+        other.shared().current.load_full().unwrap()
+    };
+    let mut messages = stand_in_worker(&provider);
 
     let waiter = tokio::spawn({
         let provider = provider.clone();
-        async move { provider.wait(Ask::Need).await }
+        async move { provider.wait(false).await }
     });
-    // Exchange 2 is under way, for a second.
-    exchange.wait_for_calls(2).await;
-    {
-        // The outcome as a waiter would find it had its runtime been busy
-        // past the token's end since the worker stored it.
-        let state = provider.state();
-        let mut mail = state.mail();
-        state.current.store(Some(Arc::clone(&stale)));
-        mail.set_outcome(Outcome::Ready);
-        drop(mail);
-        state.answered.notify_waiters();
-    }
-    let answer = tokio::time::timeout(MINUTE, waiter).await;
-    let answer = answer.expect("the waiter got its answer").unwrap().unwrap();
+    // The answer as a waiter would find it had its runtime been busy past
+    // the token's end since the worker sent it.
+    let Some(Message::Need(answer)) = messages.recv().await else {
+        panic!("the waiter did not ask for a token");
+    };
+    answer.send(Ok(Arc::clone(&stale))).ok().unwrap();
+    // It asks again rather than take it.
+    let Some(Message::Need(answer)) = messages.recv().await else {
+        panic!("the waiter did not ask again");
+    };
+    answer.send(Ok(Arc::clone(&fresh))).ok().unwrap();
+    let answer = waiter.await.unwrap().unwrap();
     assert!(answer.is_fresh(Instant::now()));
-    assert_eq!(answer.token.secret(), "token-2");
+    assert!(Arc::ptr_eq(&answer, &fresh));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_worker_ends_without_answering_gets_an_error_at_once() {
+    let provider = MockExchange::new(MINUTE).provider();
+    let mut messages = stand_in_worker(&provider);
+    let waiter = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.token().await }
+    });
+    let Some(Message::Need(answer)) = messages.recv().await else {
+        panic!("the waiter did not ask for a token");
+    };
+    // The worker's task is dropped (its runtime shuts down).
+    drop((answer, messages));
+    let error = waiter.await.unwrap().unwrap_err();
+    assert_eq!(error.kind(), TokenErrorKind::Internal);
+    assert!(error.to_string().contains("worker stopped"), "{error}");
+    // The next call starts a new worker.
+    assert_eq!(provider.token().await.unwrap().secret(), "token-1");
 }

@@ -1,148 +1,157 @@
 //! The worker task of a provider, which owns the token's life.
 //!
-//! Handles and worker share only [`State`](super::state::State): the
-//! current token, read by every request, and a mailbox, which holds the
-//! callers' requests (coalesced: a thousand callers that need a token are
-//! one request) and the worker's last answer, which callers wait on. The
-//! exchange service,
-//! the credentials in use, failures, backoff and the pacing of
-//! invalidations live in the task alone.
+//! Handles send it [`Message`]s over an unbounded `mpsc` channel; a caller
+//! that needs an answer sends a `oneshot` with its message. Everything
+//! else is the worker's own: the credentials in use, the callers waiting,
+//! the exchange in flight, failures, backoff and the pacing of
+//! invalidations. Its loop is one `select!` over the next message, the
+//! exchange in flight and the end of a backoff.
 //!
-//! The worker runs one exchange at a time: when a caller needs a token or a
-//! request finds the refresh due. After a failure it retries with backoff
-//! until an exchange succeeds; then it sleeps until it has mail. No timer of
-//! its decides whether a token is served: the request path compares the
-//! clock with the token's deadline itself.
+//! It ends when the channel closes (the last handle is gone), and as soon
+//! as it has nothing left to do: no caller waiting, no exchange wanted or
+//! in flight. It checks that its channel is empty and leaves under the lock
+//! that handles send under, so a message is never lost: the next one
+//! starts a new worker. An idle provider has no task and no channel.
+//!
+//! The worker runs one exchange at a time, when a caller needs a token, a
+//! request found the refresh due or `refresh()` asks; after a failure it
+//! retries with backoff until an exchange succeeds. No timer of its decides
+//! whether a token is served: the request path compares the clock with the
+//! token's deadline itself.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
-use tracing::Instrument;
+use tower::Service;
 
-use super::attempt::{CatchUnwind, Panicked, log_failure};
+use super::attempt::{Failure, InFlight, attempt, log_failure};
 use super::cached::CachedToken;
-use super::pacing::Pacing;
-use super::state::{Mail, Outcome, State, Stopped, lock};
+use super::{Inner, Shared, lock};
 use crate::ClientCredentials;
 use crate::clock::{later, random_unit};
 use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::metrics::{self, Event};
-use crate::token::{Token, TokenRequest};
+use crate::token::{Token, TokenReason, TokenRequest};
 
-/// Runs a provider's worker until the last handle is dropped.
-pub(super) async fn run<S>(stopped: Stopped, exchange: S)
-where
+/// Where the worker answers a caller: a fresh token, or the error of the
+/// exchange the caller waited for.
+pub(super) type Answer = oneshot::Sender<Result<Arc<CachedToken>, TokenError>>;
+
+/// What a handle tells the worker.
+pub(super) enum Message {
+    /// A token, the current one if it may be served.
+    Need(Answer),
+    /// A new token, even if the current one may be served.
+    Refresh(Answer),
+    /// A request found the current token's refresh due.
+    RefreshDue,
+    /// The credentials in [`Shared::seed`] changed.
+    NewCredentials,
+}
+
+/// What the worker wants next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// A token: there is none that may be served, or its refresh is due.
+    Token,
+    /// A new token even if the current one may be served.
+    Forced,
+}
+
+/// Runs a provider's worker until it has nothing left to do or its
+/// channel closes.
+pub(super) async fn run<S>(
+    shared: Arc<Shared>,
+    handles: Weak<Inner>,
+    exchange: S,
+    mut messages: Receiver,
+) where
     S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    // Boxed, as the exchange is: the task stays small whatever the service.
-    let (credentials, generation) = {
-        let mut mail = stopped.0.mail();
-        mail.credentials_changed = false;
-        (mail.credentials.clone(), mail.generation)
+    let (credentials, label) = {
+        let seed = lock(&shared.seed);
+        (seed.credentials.clone(), Arc::clone(&seed.label))
     };
-    #[cfg(feature = "shared-store")]
-    let fleet = (stopped.0.shared.clone())
-        .map(|cache| Box::new(crate::store::Fleet::new(*cache, &credentials)));
-    let mut worker = Box::new(Worker {
-        state: Arc::clone(&stopped.0),
-        exchange,
-        #[cfg(feature = "shared-store")]
-        fleet,
+    let mut worker = Worker {
+        label,
         credentials,
-        generation,
+        shared,
+        exchange,
+        waiters: Vec::new(),
+        wanted: None,
         failures: 0,
-        pacing: Pacing::default(),
-        _stopped: stopped,
-    });
+    };
+    let mut in_flight: Option<(InFlight, TokenReason, Instant)> = None;
     loop {
-        let state = Arc::clone(&worker.state);
-        let background = {
-            let mut mail = state.mail();
-            if mail.closed {
+        if in_flight.is_none() {
+            in_flight = worker.start();
+        }
+        if in_flight.is_none() && worker.idle() {
+            let Some(inner) = handles.upgrade() else {
                 return;
-            }
-            worker.read(&mut mail);
-            let now = Instant::now();
-            match state.current.load_full() {
-                _ if mail.refresh => Some(false),
-                _ if !mail.need => None,
-                // A caller raced with this token's arrival: answer again.
-                Some(cached) if now < cached.refresh_at => {
-                    mail.set_outcome(Outcome::Ready);
-                    state.answered.notify_waiters();
+            };
+            let mut sender = lock(&inner.worker);
+            match messages.try_recv() {
+                Ok(message) => {
+                    drop(sender);
+                    worker.read(message, false);
                     continue;
                 }
-                Some(cached) => Some(cached.is_fresh(now)),
-                None => Some(false),
-            }
-        };
-        match background {
-            None => state.wake.notified().await,
-            Some(background) => {
-                if background {
-                    lock(&state.mail).stats.background_refreshes += 1;
-                    let client_id = worker.credentials.client_id();
-                    metrics::record(client_id, Event::BackgroundRefresh);
-                    tracing::debug!("token refresh started ahead of expiry");
-                }
-                // Boxed: an idle worker keeps only what waiting needs.
-                if Box::pin(worker.renew()).await.is_break() {
+                Err(_) => {
+                    // Nothing was sent, and nothing can be until the next
+                    // handle that sends starts a new worker.
+                    *sender = None;
                     return;
                 }
             }
         }
+        let retry_at = worker.retry_at().filter(|_| in_flight.is_none());
+        tokio::select! {
+            biased;
+            message = messages.recv() => {
+                let Some(message) = message else { return };
+                if worker.read(message, in_flight.is_some()) {
+                    // New credentials: the exchange for the old ones is
+                    // dropped, and asked again for the new ones.
+                    if let Some((_, _, _)) = in_flight.take() {
+                        worker.want(Want::Token);
+                    }
+                }
+            }
+            result = async { match &mut in_flight {
+                Some((exchange, _, _)) => exchange.await,
+                None => std::future::pending().await,
+            } } => {
+                if let Some((_, reason, sent_at)) = in_flight.take() {
+                    worker.finish(result, &reason, sent_at);
+                }
+            }
+            () = async { match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            } } => {}
+        }
     }
 }
 
+pub(super) type Receiver = mpsc::UnboundedReceiver<Message>;
+
 struct Worker<S> {
-    state: Arc<State>,
+    shared: Arc<Shared>,
     exchange: S,
-    /// Where the fleet's token is shared, if it is.
-    #[cfg(feature = "shared-store")]
-    fleet: Option<Box<crate::store::Fleet>>,
     credentials: ClientCredentials,
-    generation: u64,
+    /// The client id, for logs and metric labels.
+    label: Arc<str>,
+    /// Callers waiting for the exchange in flight, or the next one.
+    waiters: Vec<Answer>,
+    /// An exchange is wanted.
+    wanted: Option<Want>,
     /// Failed exchanges in a row.
     failures: u32,
-    pacing: Pacing,
-    /// Dropped last.
-    _stopped: Stopped,
 }
-
-/// What [`Worker::obtain`] got, and what the fleet is owed for it.
-struct Obtained {
-    result: Result<Token, TokenError>,
-    /// When the token's lifetime started.
-    requested_at: Instant,
-    ticket: Ticket,
-    /// The token, or the error, came from the fleet's store.
-    from_store: bool,
-}
-
-/// With a shared store: the fleet's part of an exchange of this worker's
-/// (`None` for a token taken from the store).
-#[cfg(feature = "shared-store")]
-type Ticket = Option<crate::store::Ticket>;
-#[cfg(not(feature = "shared-store"))]
-type Ticket = ();
-
-/// How an attempt of [`Worker::renew`] ended.
-enum Answered {
-    /// The last handle is gone.
-    Gone,
-    /// The credentials changed meanwhile: the result is not for them.
-    Stale,
-    /// The token stored, or when to retry after a failure.
-    Done(Result<Arc<CachedToken>, Instant>),
-}
-
-/// `Break` once the last handle is gone.
-type Flow = std::ops::ControlFlow<()>;
 
 impl<S> Worker<S>
 where
@@ -150,333 +159,260 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    /// Takes the mail that needs no answer (new credentials, rejections);
-    /// returns whether the credentials changed.
-    fn read(&mut self, mail: &mut Mail) -> bool {
-        if let Some(at) = mail.rejected_at.take() {
-            self.pacing.record(at, &self.state.options);
-        }
-        #[cfg(feature = "shared-store")]
-        if let (Some(token), Some(fleet)) = (mail.invalidated.take(), &mut self.fleet) {
-            fleet.rejected(token.secret());
-        }
-        if !mail.credentials_changed {
-            return false;
-        }
-        mail.credentials_changed = false;
-        self.credentials = mail.credentials.clone();
-        (self.generation, self.failures) = (mail.generation, 0);
-        #[cfg(feature = "shared-store")]
-        if let Some(fleet) = &mut self.fleet {
-            fleet.set_credentials(&self.credentials);
-        }
-        true
-    }
-
-    /// Exchanges until a token is stored, backing off between failures.
-    async fn renew(&mut self) -> Flow {
-        loop {
-            self.state.mail().fetching = true;
-            let Obtained {
-                result,
-                requested_at,
-                ticket,
-                from_store,
-            } = self.obtain().await;
-            let lifetime = result
-                .as_ref()
-                .ok()
-                .map(|token| self.state.options.lifetime(token));
-            let retry_after = result.as_ref().err().and_then(TokenError::retry_after);
-            let state = Arc::clone(&self.state);
-            // From the mail check to the answer in one critical section:
-            // new credentials can never slip in between and see a token of
-            // the old ones stored after them.
-            let answered = 'answer: {
-                let mut mail = state.mail();
-                if mail.closed {
-                    break 'answer Answered::Gone;
+    /// Takes a message; returns whether the credentials changed.
+    fn read(&mut self, message: Message, busy: bool) -> bool {
+        let now = Instant::now();
+        let fresh = || {
+            let current = self.shared.current.load_full();
+            current.filter(|cached| cached.is_fresh(now))
+        };
+        match message {
+            Message::Need(answer) => match fresh() {
+                Some(cached) => drop(answer.send(Ok(cached))),
+                None => self.join(answer, Want::Token, busy, now),
+            },
+            Message::Refresh(answer) => self.join(answer, Want::Forced, busy, now),
+            Message::RefreshDue => {
+                if fresh().is_some() && self.wanted.is_none() && !busy {
+                    self.count(|stats| stats.background_refreshes += 1);
+                    metrics::record(&self.label, Event::BackgroundRefresh);
+                    let client_id = &*self.label;
+                    tracing::debug!(client_id, "token refresh started ahead of expiry");
+                    self.want(Want::Token);
                 }
-                if self.read(&mut mail) {
-                    break 'answer Answered::Stale;
+            }
+            Message::NewCredentials => {
+                let seed = lock(&self.shared.seed);
+                if seed.credentials == self.credentials {
+                    return false;
                 }
-                self.count_store(&mut mail);
-                let elapsed = requested_at.elapsed();
-                match result.and_then(|token| self.store(&token, requested_at)) {
-                    Ok(cached) => {
-                        self.failures = 0;
-                        if from_store {
-                            tracing::debug!("token taken from the shared store");
-                        } else {
-                            let event = Event::ExchangeSucceeded { took: elapsed };
-                            metrics::record(self.credentials.client_id(), event);
-                            tracing::debug!(
-                                duration_ms = elapsed.as_millis() as u64,
-                                refresh_in_secs = (cached.refresh_at - requested_at).as_secs(),
-                                "token exchange succeeded"
-                            );
-                        }
-                        mail.set_outcome(Outcome::Ready);
-                        Answered::Done(Ok(cached))
-                    }
-                    Err(error) => {
-                        if !from_store {
-                            mail.stats.failures += 1;
-                            let event = Event::ExchangeFailed {
-                                took: elapsed,
-                                kind: error.kind(),
-                            };
-                            metrics::record(self.credentials.client_id(), event);
-                        }
-                        let delay = match error.retry_after().filter(|_| from_store) {
-                            // The fleet backs off: wait out what is left of
-                            // it, as one of the fleet; no failure of this
-                            // replica's, so its own backoff does not grow.
-                            Some(left) => {
-                                tracing::debug!(
-                                    retry_in_ms = left.as_millis() as u64,
-                                    "the fleet backs off"
-                                );
-                                left
-                            }
-                            None => {
-                                self.failures = self.failures.saturating_add(1);
-                                let (failures, asked) = (self.failures, error.retry_after());
-                                let delay = state.options.backoff(failures, asked, random_unit());
-                                log_failure(&error, elapsed, failures, delay);
-                                delay
-                            }
-                        };
-                        let retry_at = later(Instant::now(), delay);
-                        let generation = self.generation;
-                        mail.set_outcome(Outcome::Failed {
-                            error,
-                            retry_at: Some(retry_at),
-                            generation,
-                        });
-                        Answered::Done(Err(retry_at))
-                    }
-                }
-            };
-            // The fleet's lock, if this worker held it, is released in
-            // every case.
-            let outcome = match answered {
-                Answered::Gone => {
-                    self.release(ticket).await;
-                    return Flow::Break(());
-                }
-                Answered::Stale => {
-                    // A result for the old credentials: try again.
-                    self.release(ticket).await;
-                    continue;
-                }
-                Answered::Done(outcome) => outcome,
-            };
-            state.answered.notify_waiters();
-            self.share(ticket, &outcome, lifetime, retry_after).await;
-            match outcome {
-                Ok(_) => return Flow::Continue(()),
-                Err(retry_at) => self.back_off(retry_at).await?,
+                (self.credentials, self.label) =
+                    (seed.credentials.clone(), Arc::clone(&seed.label));
+                // Backoff starts over (the handle cleared it).
+                self.failures = 0;
+                return true;
             }
         }
+        false
     }
 
-    /// Waits until `retry_at`, or less if new credentials arrive. Callers
-    /// that ask meanwhile get the last error.
-    async fn back_off(&mut self, retry_at: Instant) -> Flow {
-        while tokio::time::timeout_at(retry_at, self.state.wake.notified())
-            .await
-            .is_ok()
-        {
-            let state = Arc::clone(&self.state);
-            let mut mail = state.mail();
-            if mail.closed {
-                return Flow::Break(());
-            }
-            if self.read(&mut mail) || Instant::now() >= retry_at {
-                break;
+    /// A caller waits for the next outcome, or gets the last error at once
+    /// while failed exchanges back off.
+    fn join(&mut self, answer: Answer, want: Want, busy: bool, now: Instant) {
+        if let Some((error, retry_at)) = &lock(&self.shared.seed).backoff {
+            if !busy && now < *retry_at {
+                drop(answer.send(Err(error.clone())));
+                return;
             }
         }
-        Flow::Continue(())
-    }
-
-    /// A token from the fleet's store, or from an exchange of this worker's.
-    async fn obtain(&mut self) -> Obtained {
-        #[cfg(feature = "shared-store")]
-        if let Some(fleet) = &mut self.fleet {
-            use crate::store::Acquired;
-            let state = Arc::clone(&self.state);
-            let stop = || {
-                let mail = state.mail();
-                mail.closed || mail.credentials_changed
-            };
-            let now = Instant::now();
-            let current = state.current.load();
-            let cold = current.as_ref().is_none_or(|cached| !cached.is_fresh(now));
-            drop(current);
-            let ticket = match fleet.acquire(&state.options, cold, stop).await {
-                Acquired::Shared(token, requested_at) => {
-                    return Obtained {
-                        result: Ok(token),
-                        requested_at,
-                        ticket: None,
-                        from_store: true,
-                    };
-                }
-                Acquired::HoldOff(error) => {
-                    return Obtained {
-                        result: Err(error),
-                        requested_at: now,
-                        ticket: None,
-                        from_store: true,
-                    };
-                }
-                Acquired::Exchange(ticket) => ticket,
-            };
-            if stop() {
-                // The last handle went, or new credentials came, while this
-                // worker waited on the fleet: no exchange; `renew` sees why.
-                let off = TokenError::with_detail(TokenErrorKind::Internal, "exchange called off");
-                return Obtained {
-                    result: Err(off),
-                    requested_at: now,
-                    ticket,
-                    from_store: true,
-                };
-            }
-            let requested_at = Instant::now();
-            return Obtained {
-                result: self.attempt().await,
-                requested_at,
-                ticket,
-                from_store: false,
-            };
+        if want == Want::Token {
+            self.count(|stats| stats.waits += 1);
+            metrics::record(&self.label, Event::Wait);
         }
-        let requested_at = Instant::now();
-        Obtained {
-            result: self.attempt().await,
-            requested_at,
-            ticket: Default::default(),
-            from_store: false,
+        self.waiters.push(answer);
+        if !busy {
+            // Otherwise it joins the exchange in flight.
+            self.want(want);
         }
     }
 
-    /// Moves the store's counts into the stats.
-    fn count_store(&mut self, _mail: &mut Mail) {
-        #[cfg(feature = "shared-store")]
-        if let Some(fleet) = &mut self.fleet {
-            fleet.count(&mut _mail.stats);
-        }
+    fn want(&mut self, want: Want) {
+        self.wanted = Some(match self.wanted {
+            Some(Want::Forced) => Want::Forced,
+            _ => want,
+        });
     }
 
-    /// Releases the fleet's lock if this worker's exchange held it, with
-    /// nothing to share.
-    #[cfg_attr(not(feature = "shared-store"), allow(clippy::unused_async))]
-    async fn release(&mut self, ticket: Ticket) {
-        #[cfg(feature = "shared-store")]
-        if let (Some(fleet), Some(ticket)) = (&mut self.fleet, ticket) {
-            fleet.release(ticket).await;
-        }
-        #[cfg(not(feature = "shared-store"))]
-        let () = ticket;
+    /// Whether nothing is left to do: no caller waits, no exchange is
+    /// wanted (none is after a failure: it is retried until a token comes).
+    fn idle(&self) -> bool {
+        self.wanted.is_none() && self.waiters.is_empty()
     }
 
-    /// After this worker's own exchange: shares its token with the fleet,
-    /// or after a failure the endpoint's `Retry-After` (if it held the
-    /// lock), and releases the lock.
-    #[cfg_attr(not(feature = "shared-store"), allow(clippy::unused_async))]
-    async fn share(
+    /// When the next attempt may start, if one is wanted and failures back
+    /// it off.
+    fn retry_at(&self) -> Option<Instant> {
+        self.wanted?;
+        let seed = lock(&self.shared.seed);
+        seed.backoff.as_ref().map(|(_, retry_at)| *retry_at)
+    }
+
+    /// Starts the exchange wanted, unless failures back it off.
+    fn start(&mut self) -> Option<(InFlight, TokenReason, Instant)> {
+        let want = self.wanted?;
+        let now = Instant::now();
+        if self.retry_at().is_some_and(|retry_at| now < retry_at) {
+            return None;
+        }
+        self.wanted = None;
+        let current = self.shared.current.load_full();
+        let current = current.filter(|cached| cached.is_fresh(now));
+        let rejected = lock(&self.shared.seed).rejected.clone();
+        let reason = match (&current, want, rejected) {
+            (Some(_), Want::Forced, _) => TokenReason::Forced,
+            (Some(_), Want::Token, _) => TokenReason::RefreshDue,
+            (None, _, Some(rejected)) => TokenReason::Rejected(rejected),
+            (None, _, None) => TokenReason::Missing,
+        };
+        let options = &self.shared.options;
+        let mut request = TokenRequest::new(self.credentials.clone())
+            .with_reason(reason.clone())
+            .with_timeout(options.exchange_timeout)
+            .with_expiry_skew(options.expiry_skew);
+        if let Some(cached) = current {
+            request = request.with_needed_by(cached.fresh_until);
+        }
+        self.count(|stats| stats.exchanges += 1);
+        metrics::record(&self.label, Event::ExchangeStarted);
+        let exchange = self.exchange.clone();
+        let in_flight = attempt(exchange, request, options.exchange_timeout, &self.label);
+        Some((in_flight, reason, now))
+    }
+
+    /// Stores the token of an exchange, or backs off after its failure, and
+    /// answers the callers waiting.
+    fn finish(
         &mut self,
-        ticket: Ticket,
-        outcome: &Result<Arc<CachedToken>, Instant>,
-        lifetime: Option<Duration>,
-        retry_after: Option<Duration>,
+        result: Result<Token, TokenError>,
+        reason: &TokenReason,
+        sent_at: Instant,
     ) {
-        #[cfg(feature = "shared-store")]
-        if let (Some(fleet), Some(ticket)) = (&mut self.fleet, ticket) {
-            let now = Instant::now();
-            let shared = match (outcome, lifetime) {
-                (Ok(cached), Some(lifetime)) => Ok(crate::store::Shared {
-                    token: cached.token.secret(),
-                    lifetime,
-                    served_for: cached.fresh_until.saturating_duration_since(now),
-                }),
-                _ => Err(retry_after),
-            };
-            fleet.publish(shared, ticket).await;
-            let mut mail = self.state.mail();
-            fleet.count(&mut mail.stats);
+        let elapsed = sent_at.elapsed();
+        let label = Arc::clone(&self.label);
+        let client_id = &*label;
+        let outcome = match result {
+            Ok(token) => match self.store(&token, sent_at) {
+                Some(stored) => stored.map(|cached| (cached, token.age())),
+                // For credentials replaced meanwhile: the message saying so
+                // is on its way; ask again then.
+                None => return self.want(Want::Token),
+            },
+            Err(error) => Err(error),
+        };
+        let answer = match outcome {
+            Ok((cached, age)) => {
+                self.failures = 0;
+                let duration_ms = elapsed.as_millis() as u64;
+                let refresh_in_secs = (cached.refresh_at - Instant::now()).as_secs();
+                if age.is_zero() {
+                    metrics::record(&self.label, Event::ExchangeSucceeded { took: elapsed });
+                    tracing::debug!(
+                        client_id,
+                        duration_ms,
+                        refresh_in_secs,
+                        "token exchange succeeded"
+                    );
+                } else {
+                    let age_ms = age.as_millis() as u64;
+                    tracing::debug!(
+                        client_id,
+                        duration_ms,
+                        age_ms,
+                        refresh_in_secs,
+                        "token taken from a cache"
+                    );
+                }
+                Ok(cached)
+            }
+            Err(error) => {
+                let retry_in = if error.is_deferred() {
+                    // Held back for others (a fleet's backoff): wait out
+                    // exactly that; no failure of this provider's.
+                    let retry_in = error.retry_after().unwrap_or_default();
+                    let retry_in_ms = retry_in.as_millis() as u64;
+                    tracing::debug!(client_id, retry_in_ms, "token exchange deferred");
+                    retry_in
+                } else {
+                    self.failures = self.failures.saturating_add(1);
+                    self.count(|stats| stats.failures += 1);
+                    let kind = error.kind();
+                    metrics::record(
+                        &self.label,
+                        Event::ExchangeFailed {
+                            took: elapsed,
+                            kind,
+                        },
+                    );
+                    let (options, asked) = (&self.shared.options, error.retry_after());
+                    let retry_in = options.backoff(self.failures, asked, random_unit());
+                    let failures = self.failures;
+                    let failure = Failure {
+                        client_id,
+                        reason,
+                        elapsed,
+                        failures,
+                        retry_in,
+                    };
+                    log_failure(&error, &failure);
+                    retry_in
+                };
+                let retry_at = later(Instant::now(), retry_in);
+                let mut seed = lock(&self.shared.seed);
+                if seed.credentials == self.credentials {
+                    seed.backoff = Some((error.clone(), retry_at));
+                }
+                drop(seed);
+                // Retried until a token comes, whoever waits.
+                self.want(Want::Token);
+                Err(error)
+            }
+        };
+        for waiter in self.waiters.drain(..) {
+            drop(waiter.send(answer.clone()));
         }
-        #[cfg(not(feature = "shared-store"))]
-        let _ = (ticket, outcome, lifetime, retry_after);
     }
 
-    /// One exchange, bounded by the exchange timeout; a panic of the
-    /// service is one more failure, not the end of the worker.
-    async fn attempt(&mut self) -> Result<Token, TokenError> {
-        lock(&self.state.mail).stats.exchanges += 1;
-        metrics::record(self.credentials.client_id(), Event::ExchangeStarted);
-        let timeout = self.state.options.exchange_timeout;
-        let request = TokenRequest::new(self.credentials.clone());
-        let exchange = CatchUnwind(Box::pin(self.exchange.clone().oneshot(request)));
-        let span = tracing::debug_span!(
-            "token_exchange",
-            client_id = %self.credentials.client_id(),
-            failures = self.failures,
-        );
-        let result = tokio::time::timeout(timeout, exchange)
-            .instrument(span)
-            .await;
-        match result {
-            Ok(Ok(result)) => result.map_err(|err| TokenError::from_service_error(err.into())),
-            Ok(Err(Panicked)) => Err(TokenError::with_detail(
-                TokenErrorKind::Internal,
-                "the token exchange service panicked",
-            )),
-            Err(_) => Err(TokenError::with_detail(
-                TokenErrorKind::Timeout,
-                format!("no answer within {} ms", timeout.as_millis()),
-            )),
-        }
-    }
-
-    /// Makes `token` the current token.
+    /// Makes `token` the current token: `Some(Ok(..))` once stored, `None`
+    /// when the credentials changed since it was asked for.
     fn store(
         &mut self,
         token: &Token,
-        requested_at: Instant,
-    ) -> Result<Arc<CachedToken>, TokenError> {
-        let options = &self.state.options;
+        sent_at: Instant,
+    ) -> Option<Result<Arc<CachedToken>, TokenError>> {
+        let options = &self.shared.options;
+        let now = Instant::now();
+        // A token from a cache counts its lifetime from when it was issued.
+        let issued_at = now
+            .checked_sub(token.age())
+            .map_or(sent_at, |at| at.min(sent_at));
         let schedule = options.schedule(token, random_unit());
-        let rejectable_from = self.pacing.next(options).unwrap_or(requested_at);
-        let seq = self.state.next_seq.fetch_add(1, Ordering::Relaxed);
-        let cached = Arc::new(CachedToken::new(
-            seq,
-            token,
-            requested_at,
-            schedule,
-            rejectable_from,
-        )?);
-        if !cached.is_fresh(Instant::now()) {
+        // Held while the token is stored: new credentials are either seen
+        // here or stored after this token, which their handle then drops.
+        let mut seed = lock(&self.shared.seed);
+        if seed.credentials != self.credentials {
+            return None;
+        }
+        let rejectable_from = seed.pacing.next(options).unwrap_or(issued_at);
+        let seq = seed.next_seq;
+        let cached = CachedToken::new(seq, token, issued_at, schedule, rejectable_from);
+        let cached = match cached {
+            Ok(cached) => Arc::new(cached),
+            Err(error) => return Some(Err(error)),
+        };
+        if !cached.is_fresh(now) {
             // It arrived when it may no longer be served: storing it would
             // hand waiting callers a token at or past its end.
-            return Err(TokenError::with_detail(
+            let detail = format!(
+                "the token arrived after the time it may be served: it was issued {} ms ago \
+                 and may be served for {} ms (its lifetime less the expiry skew)",
+                now.saturating_duration_since(issued_at).as_millis(),
+                schedule.fresh_for.as_millis()
+            );
+            return Some(Err(TokenError::with_detail(
                 TokenErrorKind::Timeout,
-                format!(
-                    "the token arrived after the time it may be served: it was \
-                     requested {} ms ago and may be served for {} ms (its lifetime \
-                     less the expiry skew)",
-                    requested_at.elapsed().as_millis(),
-                    schedule.fresh_for.as_millis()
-                ),
-            ));
+                detail,
+            )));
         }
-        self.state.current.store(Some(Arc::clone(&cached)));
+        seed.next_seq += 1;
+        (seed.rejected, seed.backoff) = (None, None);
+        self.shared.current.store(Some(Arc::clone(&cached)));
+        drop(seed);
         let served_until = cached.fresh_until;
-        metrics::record(
-            self.credentials.client_id(),
-            Event::TokenStored { served_until },
-        );
-        Ok(cached)
+        metrics::record(&self.label, Event::TokenStored { served_until });
+        Some(Ok(cached))
+    }
+
+    fn count(&self, count: impl FnOnce(&mut crate::ProviderStats)) {
+        count(&mut lock(&self.shared.stats));
     }
 }

@@ -1,38 +1,16 @@
-//! Options of a [`TokenProvider`](super::TokenProvider), its builder, and
-//! the timing math: lifetimes, refresh-ahead jitter, backoff.
+//! The arithmetic of a provider's options: a token's lifetime and schedule
+//! (when its refresh is due, until when it is served), the backoff between
+//! failed exchanges, and the pacing of invalidations.
 
-use std::fmt;
 use std::time::Duration;
 
-use tower::Service;
+use tokio::time::Instant;
 
-use super::TokenProvider;
-use crate::ClientCredentials;
-use crate::error::BoxError;
-use crate::token::{Token, TokenRequest};
-
-/// Default for [`TokenProviderBuilder::expiry_skew`].
-pub const DEFAULT_EXPIRY_SKEW: Duration = Duration::from_secs(30);
-/// Default for [`TokenProviderBuilder::refresh_ahead`].
-pub const DEFAULT_REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
-/// Default for [`TokenProviderBuilder::assumed_lifetime`].
-pub const DEFAULT_ASSUMED_LIFETIME: Duration = Duration::from_secs(60);
-/// Default for [`TokenProviderBuilder::exchange_timeout`].
-pub const DEFAULT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default first delay of [`TokenProviderBuilder::backoff`].
-pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_secs(1);
-/// Default longest delay of [`TokenProviderBuilder::backoff`].
-pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// The longest lifetime a token is trusted for, whatever `expires_in` says.
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
-/// The longest `Retry-After` honoured; a longer one waits this long.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
-
-/// The shortest first delay of [`TokenProviderBuilder::backoff`]: a
-/// failing endpoint is never retried in a tight loop.
-pub(super) const SHORTEST_BACKOFF: Duration = Duration::from_millis(10);
-/// The longest delay of [`TokenProviderBuilder::backoff`].
-pub(super) const LONGEST_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+use super::builder::{
+    DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
+};
+use crate::token::{Token, served_for};
 
 /// Backoff delays are scaled by a random factor in `[1 - JITTER, 1]`.
 const BACKOFF_JITTER: f64 = 0.2;
@@ -85,14 +63,15 @@ impl Options {
     /// The schedule of `token`, with `jitter` in `[0, 1]` drawn by the caller.
     ///
     /// With `L` the lifetime: the token is served until `L - skew`, where
-    /// `skew = min(expiry_skew, L / 4)`, and its refresh starts `window`
+    /// `skew = min(expiry_skew, max(L / 4, min(1 s, L / 2)))`, and its
+    /// refresh starts `window`
     /// before that, where `window = min(refresh_ahead, L - skew - L / 2)`,
     /// shortened by up to 20 % by the jitter. So every token is served for
     /// at least half of its lifetime before its refresh starts, and a
     /// quarter of its lifetime or more is left for the refresh.
     pub(crate) fn schedule(&self, token: &Token, jitter: f64) -> Schedule {
         let lifetime = self.lifetime(token);
-        let fresh_for = lifetime - self.expiry_skew.min(lifetime / 4);
+        let fresh_for = served_for(lifetime, self.expiry_skew);
         let window = scale(
             self.refresh_ahead
                 .min(fresh_for.saturating_sub(lifetime / 2)),
@@ -133,110 +112,50 @@ fn scale(duration: Duration, factor: f64) -> Duration {
     Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(duration)
 }
 
-/// Builds a [`TokenProvider`]; from [`TokenProvider::builder`].
-pub struct TokenProviderBuilder<S> {
-    pub(super) exchange: S,
-    pub(super) credentials: ClientCredentials,
-    pub(super) options: Options,
-    #[cfg(feature = "shared-store")]
-    pub(super) shared: Option<crate::store::SharedCache>,
+/// Paces the invalidations that responses cause (401, gRPC
+/// UNAUTHENTICATED): the first after a quiet period goes through at once;
+/// one soon after another waits out a delay that doubles like the exchange
+/// backoff. An API that rejects every token gets a trickle of exchanges,
+/// never one per request.
+#[derive(Default)]
+pub(super) struct Pacing {
+    last: Option<Instant>,
+    streak: u32,
 }
 
-impl<S> TokenProviderBuilder<S> {
-    /// Shares tokens with the other processes of a fleet through `cache`
-    /// (feature `shared-store`; see [`crate::store`]): one exchange for the
-    /// fleet at start and at each refresh. The store is consulted only when
-    /// this provider would exchange, never on the request path, and its
-    /// failures never fail a request: the provider exchanges on its own.
-    #[cfg(feature = "shared-store")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
-    pub fn shared_cache(mut self, cache: crate::store::SharedCache) -> Self {
-        self.shared = Some(cache);
-        self
-    }
-
-    /// How long before its `expires_in` runs out a token stops being served
-    /// (default 30 s), to absorb clock skew and request latency. Capped at a
-    /// quarter of each token's lifetime, so short-lived tokens stay usable
-    /// and leave time for a refresh.
-    pub fn expiry_skew(mut self, skew: Duration) -> Self {
-        self.options.expiry_skew = skew;
-        self
-    }
-
-    /// How long before a token stops being served a background refresh
-    /// starts (default 5 min). The token is still served meanwhile, so no
-    /// caller waits for a healthy refresh. Capped so that every token is
-    /// served for at least half of its lifetime before its refresh starts,
-    /// and shortened by up to 20 % at random for each token so a fleet of
-    /// processes does not refresh in lockstep.
-    pub fn refresh_ahead(mut self, window: Duration) -> Self {
-        self.options.refresh_ahead = window;
-        self
-    }
-
-    /// The lifetime assumed for a token whose response has no `expires_in`,
-    /// or `expires_in: 0` (default 60 s, at least 1 s). Short on purpose:
-    /// such a token is renewed often rather than used past its real expiry.
-    pub fn assumed_lifetime(mut self, lifetime: Duration) -> Self {
-        self.options.assumed_lifetime = lifetime.max(Duration::from_secs(1));
-        self
-    }
-
-    /// How long one exchange may take before it fails with
-    /// [`TokenErrorKind::Timeout`](crate::TokenErrorKind::Timeout) and every
-    /// waiting caller is released (default 10 s).
-    pub fn exchange_timeout(mut self, timeout: Duration) -> Self {
-        self.options.exchange_timeout = timeout;
-        self
-    }
-
-    /// The delays between failed exchanges: `min` after the first failure,
-    /// doubling up to `max` (defaults 1 s and 60 s), each shortened by up to
-    /// 20 % at random. A `Retry-After` from the endpoint is waited out.
-    /// Both are kept between 10 ms and 24 h, so that a failing endpoint is
-    /// never retried in a tight loop and a retry always comes.
-    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        let min = min.clamp(SHORTEST_BACKOFF, LONGEST_BACKOFF);
-        self.options.min_backoff = min;
-        self.options.max_backoff = max.clamp(min, LONGEST_BACKOFF);
-        self
-    }
-
-    /// Builds the provider.
-    pub fn build(self) -> TokenProvider
-    where
-        S: Service<TokenRequest, Response = Token> + Clone + Send + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-    {
-        TokenProvider::from_builder(self)
-    }
-}
-
-impl<S> TokenProviderBuilder<S> {
-    fn shared_cache_debug(&self) -> Option<&dyn fmt::Debug> {
-        #[cfg(feature = "shared-store")]
-        if let Some(shared) = &self.shared {
-            return Some(shared);
+impl Pacing {
+    /// A response rejected, at `at`, a token served since `served_since`.
+    /// The streak starts over after a quiet period of twice the longest
+    /// backoff, or when the rejected token had been served without
+    /// rejection for longer than the delay the streak imposes.
+    pub(super) fn record(&mut self, at: Instant, served_since: Instant, options: &Options) {
+        let quiet = options.max_backoff.saturating_mul(2);
+        let since_last = self.last.map(|last| at.saturating_duration_since(last));
+        let served = at.saturating_duration_since(served_since);
+        if since_last.is_some_and(|since| since >= quiet) || served > self.delay(options) {
+            self.streak = 0;
         }
-        None
+        self.last = Some(at);
+        self.streak = self.streak.saturating_add(1);
     }
-}
 
-impl<S> fmt::Debug for TokenProviderBuilder<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenProviderBuilder")
-            .field("credentials", &self.credentials)
-            .field("options", &self.options)
-            .field("shared_cache", &self.shared_cache_debug())
-            .finish_non_exhaustive()
+    /// From when a rejection may invalidate the next token, if not at once.
+    pub(super) fn next(&self, options: &Options) -> Option<Instant> {
+        self.last?.checked_add(self.delay(options))
+    }
+
+    fn delay(&self, options: &Options) -> Duration {
+        if self.streak == 0 {
+            return Duration::ZERO;
+        }
+        options.backoff(self.streak, None, 0.0)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::builder::{DEFAULT_EXPIRY_SKEW, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME};
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -258,11 +177,16 @@ mod tests {
         let at = |secs: u64, jitter| {
             options.schedule(&Token::new("t", Duration::from_secs(secs)), jitter)
         };
-        // 3 s: skew 0.75 s, refresh from 1.5 s (jitter 0) to 1.65 s (jitter 1).
+        // 3 s: skew 1 s (OAuth servers count whole seconds), refresh from
+        // 1.5 s (jitter 0) to 1.6 s (jitter 1).
         let schedule = at(3, 0.0);
-        assert_eq!(schedule.fresh_for, Duration::from_millis(2250));
+        assert_eq!(schedule.fresh_for, Duration::from_millis(2000));
         assert_eq!(schedule.refresh_after, Duration::from_millis(1500));
-        assert_eq!(at(3, 1.0).refresh_after, Duration::from_millis(1650));
+        assert_eq!(at(3, 1.0).refresh_after, Duration::from_millis(1600));
+        // 2 s: skew 1 s, refresh when it stops being served.
+        let schedule = at(2, 0.0);
+        assert_eq!(schedule.fresh_for, Duration::from_secs(1));
+        assert_eq!(schedule.refresh_after, Duration::from_secs(1));
         // 60 s: skew 15 s, refresh at 30 s.
         let schedule = at(60, 0.0);
         assert_eq!(schedule.fresh_for, Duration::from_secs(45));
@@ -281,7 +205,10 @@ mod tests {
                 let schedule = at(secs, jitter);
                 assert!(schedule.refresh_after >= lifetime / 2, "{secs} s {jitter}");
                 assert!(schedule.refresh_after <= schedule.fresh_for);
-                assert!(schedule.fresh_for >= lifetime - lifetime / 4);
+                assert!(schedule.fresh_for >= lifetime / 2);
+                assert!(
+                    schedule.fresh_for <= lifetime - (lifetime / 4).min(Duration::from_secs(1))
+                );
                 assert!(schedule.fresh_for <= lifetime - DEFAULT_EXPIRY_SKEW.min(lifetime / 4));
             }
         }
@@ -343,5 +270,23 @@ mod tests {
         assert_eq!(wait(120), Duration::from_secs(120));
         assert_eq!(wait(0), Duration::from_secs(1));
         assert_eq!(wait(86_400), MAX_RETRY_AFTER);
+    }
+
+    #[test]
+    fn pacing_doubles_and_starts_over_after_a_token_served_long_enough() {
+        let options = Options::default();
+        let start = Instant::now();
+        let mut pacing = Pacing::default();
+        assert_eq!(pacing.next(&options), None);
+        let secs = |s| Duration::from_secs(s);
+        // Tokens rejected right after they were stored: 1 s, then 2 s.
+        pacing.record(start, start, &options);
+        assert_eq!(pacing.next(&options), Some(start + secs(1)));
+        pacing.record(start + secs(1), start + secs(1), &options);
+        assert_eq!(pacing.next(&options), Some(start + secs(3)));
+        // A token served 10 s (more than the 2 s delay) before its
+        // rejection: the streak starts over.
+        pacing.record(start + secs(13), start + secs(3), &options);
+        assert_eq!(pacing.next(&options), Some(start + secs(14)));
     }
 }
