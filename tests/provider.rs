@@ -488,3 +488,69 @@ fn a_token_of_the_old_client_is_never_served_after_rotation() {
         });
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_request_says_why_the_token_is_wanted_and_by_when() {
+    use routera_auth::TokenReason;
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    let provider = exchange.provider();
+    let first = provider.token().await.unwrap();
+    let timing = provider.timing().unwrap();
+    provider.refresh().await.unwrap();
+    let second = provider.token().await.unwrap();
+    assert_ne!(first, second);
+    provider.invalidate(&second);
+    provider.token().await.unwrap();
+
+    let seen = exchange.requests_seen();
+    let reasons: Vec<TokenReason> = seen.iter().map(|r| r.reason().clone()).collect();
+    assert_eq!(
+        reasons,
+        [
+            TokenReason::Missing,
+            TokenReason::Forced,
+            TokenReason::Rejected(second)
+        ]
+    );
+    assert_eq!(seen[0].needed_by(), None, "needed now");
+    assert_eq!(seen[1].needed_by(), Some(timing.served_until));
+    assert_eq!(seen[2].needed_by(), None);
+    assert_eq!(seen[0].timeout(), routera_auth::DEFAULT_EXCHANGE_TIMEOUT);
+    assert_eq!(seen[0].served_for(HOUR), HOUR - DEFAULT_EXPIRY_SKEW);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_handed_over_with_an_age_is_scheduled_from_its_issue() {
+    let exchange = MockExchange::new(HOUR);
+    let cached =
+        Token::new("from-a-cache", Duration::from_secs(60)).with_age(Duration::from_secs(20));
+    exchange.queue(MockAnswer::Token(cached));
+    let provider = expiry_only(&exchange);
+    let now = tokio::time::Instant::now();
+    assert_eq!(provider.token().await.unwrap().secret(), "from-a-cache");
+    let timing = provider.timing().unwrap();
+    // Issued 20 s ago: a 60 s token is served until 45 s after its issue,
+    // 25 s from now, not 45 s from now.
+    assert_eq!(timing.fetched_at, now - Duration::from_secs(20));
+    assert_eq!(timing.served_until, now + Duration::from_secs(25));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferral_is_waited_out_exactly_and_is_no_failure() {
+    let exchange = MockExchange::new(HOUR).with_delay(Duration::ZERO);
+    let held = routera_auth::TokenError::new(TokenErrorKind::RateLimited)
+        .with_retry_after(Duration::from_millis(100))
+        .deferred();
+    exchange.fail_next(held);
+    let provider = exchange.provider();
+    let error = provider.token().await.unwrap_err();
+    assert!(error.is_deferred());
+    // Callers meanwhile get it at once; the retry comes after exactly
+    // 100 ms, not after a backoff of its own (0.8 s or more).
+    assert!(provider.token().await.unwrap_err().is_deferred());
+    advance(Duration::from_millis(100)).await;
+    settle().await;
+    assert_eq!(exchange.calls(), 2);
+    assert_eq!(provider.token().await.unwrap().secret(), "token-2");
+    assert_eq!(provider.stats().failures, 0);
+}

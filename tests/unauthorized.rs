@@ -477,3 +477,43 @@ fn the_policy_fits_incoming_and_tonic_bodies() {
         .service(api);
     is_service::<tonic::body::Body, _>(&grpc);
 }
+
+/// A 401 for a token whose refresh is due drops it whatever the pacing:
+/// its refresh is due anyway, so no exchange is added.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_token_past_its_refresh_time_is_dropped_without_pacing() {
+    // 4 s tokens: served 3 s (1 s of skew), refresh due from 2 s.
+    let exchange = MockExchange::new(Duration::from_secs(4)).with_delay(Duration::ZERO);
+    let provider = exchange.provider();
+    let (always_401, _) =
+        common::answering(|_: Request<String>| reply(StatusCode::UNAUTHORIZED, ""));
+    let api = RouteraAuthLayer::new(provider.clone()).layer(always_401);
+    let reject_current = || async {
+        let response = api.clone().oneshot(Request::new(String::new())).await;
+        assert_eq!(response.unwrap().status(), StatusCode::UNAUTHORIZED);
+    };
+    // Rejections right after each token arrives grow the pacing: 1 s, 2 s,
+    // then 4 s before the next may be dropped.
+    for wait in [0, 1, 2] {
+        tokio::time::advance(Duration::from_secs(wait)).await;
+        reject_current().await;
+    }
+    assert_eq!(provider.stats().invalidations, 3);
+    // Each token is fetched by the request after the drop: token-4 comes
+    // at 3.5 s, paced until 7 s, its refresh due from 5.5 to 5.7 s, served
+    // until 6.5 s.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    reject_current().await;
+    assert_eq!(provider.stats().invalidations, 3, "paced");
+    // Its background refresh fails, so token-4 is still the current one
+    // when the next 401 comes, after its refresh time.
+    let failure = routera_auth::TokenError::new(routera_auth::TokenErrorKind::ServerError);
+    exchange.fail_until(
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        failure,
+    );
+    tokio::time::advance(Duration::from_millis(2_400)).await;
+    reject_current().await;
+    assert_eq!(provider.stats().invalidations, 4, "past its refresh time");
+    assert_eq!(provider.timing(), None, "token-4 was dropped");
+}

@@ -89,7 +89,7 @@ struct Script {
     delay: Duration,
     gate: Option<Arc<Semaphore>>,
     outage: Option<(Instant, TokenError)>,
-    seen: Vec<ClientCredentials>,
+    seen: Vec<TokenRequest>,
 }
 
 impl MockExchange {
@@ -170,6 +170,15 @@ impl MockExchange {
     /// The credentials of every exchange so far, in order: those of call N
     /// (which answers `token-N` by default) at index N - 1.
     pub fn credentials_seen(&self) -> Vec<ClientCredentials> {
+        let seen = &self.script().seen;
+        seen.iter()
+            .map(|request| request.credentials().clone())
+            .collect()
+    }
+
+    /// Every request so far, in order, with why the token was wanted and
+    /// by when ([`TokenRequest::reason`], [`TokenRequest::needed_by`]).
+    pub fn requests_seen(&self) -> Vec<TokenRequest> {
         self.script().seen.clone()
     }
 
@@ -198,7 +207,7 @@ impl MockExchange {
             // `credentials_seen()[N - 1]`, and its default token `token-N`.
             let mut script = self.script();
             let call = self.state.calls.fetch_add(1, Ordering::SeqCst) + 1;
-            script.seen.push(request.credentials().clone());
+            script.seen.push(request.clone());
             self.state.called.notify_waiters();
             (call, script.gate.clone(), script.delay)
         };
