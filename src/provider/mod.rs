@@ -153,24 +153,6 @@ pub struct ProviderStats {
     pub invalidations: u64,
     /// Refreshes started ahead of expiry, while the token was still served.
     pub background_refreshes: u64,
-    /// With a shared cache: tokens taken from the store instead of an
-    /// exchange.
-    pub store_hits: u64,
-    /// With a shared cache: looks at the store that found no token this
-    /// provider could use.
-    pub store_misses: u64,
-    /// With a shared cache: store operations that failed or timed out.
-    pub store_errors: u64,
-    /// With a shared cache: exchanges this provider made for the fleet,
-    /// holding the store's lock.
-    pub store_lock_wins: u64,
-    /// With a shared cache: times this provider waited for another
-    /// process's exchange.
-    pub store_waits: u64,
-    /// With a shared cache: exchanges made without the store's
-    /// coordination (the store failing or its breaker open, a stored token
-    /// that does not open, a lock holder that took too long).
-    pub store_fallbacks: u64,
 }
 
 /// A request path's own view of the current token: it holds the token and
@@ -258,8 +240,6 @@ impl TokenProvider {
             exchange,
             credentials,
             options: Options::default(),
-            #[cfg(feature = "shared-store")]
-            shared: None,
         }
     }
 
@@ -276,12 +256,7 @@ impl TokenProvider {
             // Detached: the worker ends when the last handle is dropped.
             drop(runtime.spawn(worker::run(stopped, exchange)));
         };
-        #[cfg_attr(not(feature = "shared-store"), allow(unused_mut))]
-        let mut state = State::new(builder.options, builder.credentials);
-        #[cfg(feature = "shared-store")]
-        {
-            state.shared = builder.shared.map(Box::new);
-        }
+        let state = State::new(builder.options, builder.credentials);
         let spawn = Box::new(spawn);
         Self {
             shared: Arc::new(Shared {
@@ -561,10 +536,7 @@ impl TokenProvider {
             if rejected_at.is_some() {
                 mail.rejected_at = rejected_at;
             }
-            #[cfg(feature = "shared-store")]
-            if state.shared.is_some() {
-                mail.invalidated = current.as_ref().map(|cached| cached.token.clone());
-            }
+            mail.invalidated = current.as_ref().map(|cached| cached.token.clone());
             mail.stats.invalidations += 1;
             metrics::record(mail.credentials.client_id(), Event::Invalidation);
             tracing::debug!("cached token invalidated");

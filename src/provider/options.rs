@@ -138,23 +138,9 @@ pub struct TokenProviderBuilder<S> {
     pub(super) exchange: S,
     pub(super) credentials: ClientCredentials,
     pub(super) options: Options,
-    #[cfg(feature = "shared-store")]
-    pub(super) shared: Option<crate::store::SharedCache>,
 }
 
 impl<S> TokenProviderBuilder<S> {
-    /// Shares tokens with the other processes of a fleet through `cache`
-    /// (feature `shared-store`; see [`crate::store`]): one exchange for the
-    /// fleet at start and at each refresh. The store is consulted only when
-    /// this provider would exchange, never on the request path, and its
-    /// failures never fail a request: the provider exchanges on its own.
-    #[cfg(feature = "shared-store")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
-    pub fn shared_cache(mut self, cache: crate::store::SharedCache) -> Self {
-        self.shared = Some(cache);
-        self
-    }
-
     /// How long before its `expires_in` runs out a token stops being served
     /// (default 30 s), to absorb clock skew and request latency. Capped at a
     /// quarter of each token's lifetime, so short-lived tokens stay usable
@@ -214,22 +200,11 @@ impl<S> TokenProviderBuilder<S> {
     }
 }
 
-impl<S> TokenProviderBuilder<S> {
-    fn shared_cache_debug(&self) -> Option<&dyn fmt::Debug> {
-        #[cfg(feature = "shared-store")]
-        if let Some(shared) = &self.shared {
-            return Some(shared);
-        }
-        None
-    }
-}
-
 impl<S> fmt::Debug for TokenProviderBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenProviderBuilder")
             .field("credentials", &self.credentials)
             .field("options", &self.options)
-            .field("shared_cache", &self.shared_cache_debug())
             .finish_non_exhaustive()
     }
 }

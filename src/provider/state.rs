@@ -28,9 +28,6 @@ pub(super) struct State {
     pub(super) options: Options,
     /// The `seq` of the next token stored, whichever worker stores it.
     pub(super) next_seq: AtomicU64,
-    /// The fleet's store, if tokens are shared.
-    #[cfg(feature = "shared-store")]
-    pub(super) shared: Option<Box<crate::store::SharedCache>>,
 }
 
 /// The worker's last outcome, as callers see it.
@@ -69,9 +66,8 @@ pub(super) struct Mail {
     pub(super) refresh: bool,
     /// When a response last invalidated a token (for pacing).
     pub(super) rejected_at: Option<Instant>,
-    /// With a shared cache: the token last invalidated, by a response or
-    /// by a caller, for the worker to remove from the fleet's store.
-    #[cfg(feature = "shared-store")]
+    /// The token last invalidated, by a response or by a caller, for the
+    /// worker to name in its next request.
     pub(super) invalidated: Option<crate::token::AccessToken>,
     /// The latest credentials, and how many changes came before them.
     pub(super) credentials: ClientCredentials,
@@ -121,7 +117,6 @@ impl State {
             need: false,
             refresh: false,
             rejected_at: None,
-            #[cfg(feature = "shared-store")]
             invalidated: None,
             credentials,
             generation: 0,
@@ -137,8 +132,6 @@ impl State {
             answered: Notify::new(),
             options,
             next_seq: AtomicU64::new(1),
-            #[cfg(feature = "shared-store")]
-            shared: None,
         }
     }
 

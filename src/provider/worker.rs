@@ -14,8 +14,10 @@
 //! its decides whether a token is served: the request path compares the
 //! clock with the token's deadline itself.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,7 +32,7 @@ use crate::ClientCredentials;
 use crate::clock::{later, random_unit};
 use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::metrics::{self, Event};
-use crate::token::{Token, TokenRequest};
+use crate::token::{AccessToken, Token, TokenReason, TokenRequest};
 
 /// Runs a provider's worker until the last handle is dropped.
 pub(super) async fn run<S>(stopped: Stopped, exchange: S)
@@ -45,14 +47,10 @@ where
         mail.credentials_changed = false;
         (mail.credentials.clone(), mail.generation)
     };
-    #[cfg(feature = "shared-store")]
-    let fleet = (stopped.0.shared.clone())
-        .map(|cache| Box::new(crate::store::Fleet::new(*cache, &credentials)));
     let mut worker = Box::new(Worker {
         state: Arc::clone(&stopped.0),
         exchange,
-        #[cfg(feature = "shared-store")]
-        fleet,
+        rejected: None,
         credentials,
         generation,
         failures: 0,
@@ -102,9 +100,8 @@ where
 struct Worker<S> {
     state: Arc<State>,
     exchange: S,
-    /// Where the fleet's token is shared, if it is.
-    #[cfg(feature = "shared-store")]
-    fleet: Option<Box<crate::store::Fleet>>,
+    /// The token last invalidated, for the next request to name.
+    rejected: Option<AccessToken>,
     credentials: ClientCredentials,
     generation: u64,
     /// Failed exchanges in a row.
@@ -114,22 +111,15 @@ struct Worker<S> {
     _stopped: Stopped,
 }
 
-/// What [`Worker::obtain`] got, and what the fleet is owed for it.
+/// What [`Worker::obtain`] got.
 struct Obtained {
     result: Result<Token, TokenError>,
     /// When the token's lifetime started.
     requested_at: Instant,
-    ticket: Ticket,
-    /// The token, or the error, came from the fleet's store.
-    from_store: bool,
+    /// The token was issued before it was handed over (a cache), or the
+    /// error is a deferral: no exchange of this worker's.
+    from_cache: bool,
 }
-
-/// With a shared store: the fleet's part of an exchange of this worker's
-/// (`None` for a token taken from the store).
-#[cfg(feature = "shared-store")]
-type Ticket = Option<crate::store::Ticket>;
-#[cfg(not(feature = "shared-store"))]
-type Ticket = ();
 
 /// How an attempt of [`Worker::renew`] ended.
 enum Answered {
@@ -156,9 +146,8 @@ where
         if let Some(at) = mail.rejected_at.take() {
             self.pacing.record(at, &self.state.options);
         }
-        #[cfg(feature = "shared-store")]
-        if let (Some(token), Some(fleet)) = (mail.invalidated.take(), &mut self.fleet) {
-            fleet.rejected(token.secret());
+        if let Some(token) = mail.invalidated.take() {
+            self.rejected = Some(token);
         }
         if !mail.credentials_changed {
             return false;
@@ -166,10 +155,6 @@ where
         mail.credentials_changed = false;
         self.credentials = mail.credentials.clone();
         (self.generation, self.failures) = (mail.generation, 0);
-        #[cfg(feature = "shared-store")]
-        if let Some(fleet) = &mut self.fleet {
-            fleet.set_credentials(&self.credentials);
-        }
         true
     }
 
@@ -180,14 +165,8 @@ where
             let Obtained {
                 result,
                 requested_at,
-                ticket,
-                from_store,
+                from_cache,
             } = self.obtain().await;
-            let lifetime = result
-                .as_ref()
-                .ok()
-                .map(|token| self.state.options.lifetime(token));
-            let retry_after = result.as_ref().err().and_then(TokenError::retry_after);
             let state = Arc::clone(&self.state);
             // From the mail check to the answer in one critical section:
             // new credentials can never slip in between and see a token of
@@ -200,13 +179,12 @@ where
                 if self.read(&mut mail) {
                     break 'answer Answered::Stale;
                 }
-                self.count_store(&mut mail);
                 let elapsed = requested_at.elapsed();
                 match result.and_then(|token| self.store(&token, requested_at)) {
                     Ok(cached) => {
                         self.failures = 0;
-                        if from_store {
-                            tracing::debug!("token taken from the shared store");
+                        if from_cache {
+                            tracing::debug!("token issued earlier, taken from a cache");
                         } else {
                             let event = Event::ExchangeSucceeded { took: elapsed };
                             metrics::record(self.credentials.client_id(), event);
@@ -220,7 +198,7 @@ where
                         Answered::Done(Ok(cached))
                     }
                     Err(error) => {
-                        if !from_store {
+                        if !from_cache {
                             mail.stats.failures += 1;
                             let event = Event::ExchangeFailed {
                                 took: elapsed,
@@ -228,9 +206,9 @@ where
                             };
                             metrics::record(self.credentials.client_id(), event);
                         }
-                        let delay = match error.retry_after().filter(|_| from_store) {
-                            // The fleet backs off: wait out what is left of
-                            // it, as one of the fleet; no failure of this
+                        let delay = match error.retry_after().filter(|_| from_cache) {
+                            // A deferral (the fleet backs off): wait out
+                            // what is left of it; no failure of this
                             // replica's, so its own backoff does not grow.
                             Some(left) => {
                                 tracing::debug!(
@@ -258,22 +236,13 @@ where
                     }
                 }
             };
-            // The fleet's lock, if this worker held it, is released in
-            // every case.
             let outcome = match answered {
-                Answered::Gone => {
-                    self.release(ticket).await;
-                    return Flow::Break(());
-                }
-                Answered::Stale => {
-                    // A result for the old credentials: try again.
-                    self.release(ticket).await;
-                    continue;
-                }
+                Answered::Gone => return Flow::Break(()),
+                // A result for the old credentials: try again.
+                Answered::Stale => continue,
                 Answered::Done(outcome) => outcome,
             };
             state.answered.notify_waiters();
-            self.share(ticket, &outcome, lifetime, retry_after).await;
             match outcome {
                 Ok(_) => return Flow::Continue(()),
                 Err(retry_at) => self.back_off(retry_at).await?,
@@ -300,133 +269,80 @@ where
         Flow::Continue(())
     }
 
-    /// A token from the fleet's store, or from an exchange of this worker's.
+    /// A token from the exchange service, with when its lifetime started.
     async fn obtain(&mut self) -> Obtained {
-        #[cfg(feature = "shared-store")]
-        if let Some(fleet) = &mut self.fleet {
-            use crate::store::Acquired;
-            let state = Arc::clone(&self.state);
-            let stop = || {
-                let mail = state.mail();
-                mail.closed || mail.credentials_changed
-            };
-            let now = Instant::now();
-            let current = state.current.load();
-            let cold = current.as_ref().is_none_or(|cached| !cached.is_fresh(now));
-            drop(current);
-            let ticket = match fleet.acquire(&state.options, cold, stop).await {
-                Acquired::Shared(token, requested_at) => {
-                    return Obtained {
-                        result: Ok(token),
-                        requested_at,
-                        ticket: None,
-                        from_store: true,
-                    };
-                }
-                Acquired::HoldOff(error) => {
-                    return Obtained {
-                        result: Err(error),
-                        requested_at: now,
-                        ticket: None,
-                        from_store: true,
-                    };
-                }
-                Acquired::Exchange(ticket) => ticket,
-            };
-            if stop() {
-                // The last handle went, or new credentials came, while this
-                // worker waited on the fleet: no exchange; `renew` sees why.
-                let off = TokenError::with_detail(TokenErrorKind::Internal, "exchange called off");
-                return Obtained {
-                    result: Err(off),
-                    requested_at: now,
-                    ticket,
-                    from_store: true,
-                };
-            }
-            let requested_at = Instant::now();
-            return Obtained {
-                result: self.attempt().await,
-                requested_at,
-                ticket,
-                from_store: false,
-            };
+        let state = Arc::clone(&self.state);
+        let options = &state.options;
+        let now = Instant::now();
+        let fresh_until = (state.current.load().as_ref())
+            .map(|cached| cached.fresh_until)
+            .filter(|until| now < *until);
+        let forced = state.mail().refresh;
+        let reason = match (self.rejected.take(), fresh_until) {
+            (Some(token), _) => TokenReason::Rejected(token),
+            (None, None) => TokenReason::Missing,
+            (None, Some(_)) if forced => TokenReason::Forced,
+            (None, Some(_)) => TokenReason::RefreshDue,
+        };
+        let mut request = TokenRequest::new(self.credentials.clone())
+            .with_reason(reason)
+            .with_timeout(options.exchange_timeout)
+            .with_expiry_skew(options.expiry_skew);
+        if let Some(until) = fresh_until {
+            request = request.with_needed_by(until);
         }
-        let requested_at = Instant::now();
+        let sent_at = Instant::now();
+        let result = self.attempt(request).await;
+        let age = result.as_ref().map_or(Duration::ZERO, Token::age);
+        let from_cache = match &result {
+            Ok(token) => !token.age().is_zero(),
+            Err(error) => error.is_deferred(),
+        };
+        // A token issued before it was handed over lives from its issue
+        // time; never from later than the request.
+        let requested_at = Instant::now()
+            .checked_sub(age)
+            .map_or(sent_at, |issued| issued.min(sent_at));
         Obtained {
-            result: self.attempt().await,
+            result,
             requested_at,
-            ticket: Default::default(),
-            from_store: false,
+            from_cache,
         }
-    }
-
-    /// Moves the store's counts into the stats.
-    fn count_store(&mut self, _mail: &mut Mail) {
-        #[cfg(feature = "shared-store")]
-        if let Some(fleet) = &mut self.fleet {
-            fleet.count(&mut _mail.stats);
-        }
-    }
-
-    /// Releases the fleet's lock if this worker's exchange held it, with
-    /// nothing to share.
-    #[cfg_attr(not(feature = "shared-store"), allow(clippy::unused_async))]
-    async fn release(&mut self, ticket: Ticket) {
-        #[cfg(feature = "shared-store")]
-        if let (Some(fleet), Some(ticket)) = (&mut self.fleet, ticket) {
-            fleet.release(ticket).await;
-        }
-        #[cfg(not(feature = "shared-store"))]
-        let () = ticket;
-    }
-
-    /// After this worker's own exchange: shares its token with the fleet,
-    /// or after a failure the endpoint's `Retry-After` (if it held the
-    /// lock), and releases the lock.
-    #[cfg_attr(not(feature = "shared-store"), allow(clippy::unused_async))]
-    async fn share(
-        &mut self,
-        ticket: Ticket,
-        outcome: &Result<Arc<CachedToken>, Instant>,
-        lifetime: Option<Duration>,
-        retry_after: Option<Duration>,
-    ) {
-        #[cfg(feature = "shared-store")]
-        if let (Some(fleet), Some(ticket)) = (&mut self.fleet, ticket) {
-            let now = Instant::now();
-            let shared = match (outcome, lifetime) {
-                (Ok(cached), Some(lifetime)) => Ok(crate::store::Shared {
-                    token: cached.token.secret(),
-                    lifetime,
-                    served_for: cached.fresh_until.saturating_duration_since(now),
-                }),
-                _ => Err(retry_after),
-            };
-            fleet.publish(shared, ticket).await;
-            let mut mail = self.state.mail();
-            fleet.count(&mut mail.stats);
-        }
-        #[cfg(not(feature = "shared-store"))]
-        let _ = (ticket, outcome, lifetime, retry_after);
     }
 
     /// One exchange, bounded by the exchange timeout; a panic of the
-    /// service is one more failure, not the end of the worker.
-    async fn attempt(&mut self) -> Result<Token, TokenError> {
+    /// service is one more failure, not the end of the worker. Dropped,
+    /// and so cancelled, when the last handle goes or new credentials come.
+    async fn attempt(&mut self, request: TokenRequest) -> Result<Token, TokenError> {
         lock(&self.state.mail).stats.exchanges += 1;
         metrics::record(self.credentials.client_id(), Event::ExchangeStarted);
         let timeout = self.state.options.exchange_timeout;
-        let request = TokenRequest::new(self.credentials.clone());
         let exchange = CatchUnwind(Box::pin(self.exchange.clone().oneshot(request)));
         let span = tracing::debug_span!(
             "token_exchange",
             client_id = %self.credentials.client_id(),
             failures = self.failures,
         );
-        let result = tokio::time::timeout(timeout, exchange)
-            .instrument(span)
-            .await;
+        let exchange = tokio::time::timeout(timeout, exchange).instrument(span);
+        let mut exchange = std::pin::pin!(exchange);
+        let result = loop {
+            let mut woken = std::pin::pin!(self.state.wake.notified());
+            let ended = std::future::poll_fn(|cx| match exchange.as_mut().poll(cx) {
+                Poll::Ready(result) => Poll::Ready(Some(result)),
+                Poll::Pending => woken.as_mut().poll(cx).map(|()| None),
+            });
+            if let Some(result) = ended.await {
+                break result;
+            }
+            let mail = self.state.mail();
+            if mail.closed || mail.credentials_changed {
+                // `renew` sees why.
+                return Err(TokenError::with_detail(
+                    TokenErrorKind::Internal,
+                    "exchange called off",
+                ));
+            }
+        };
         match result {
             Ok(Ok(result)) => result.map_err(|err| TokenError::from_service_error(err.into())),
             Ok(Err(Panicked)) => Err(TokenError::with_detail(
