@@ -35,7 +35,11 @@ impl Deref for Replica {
     }
 }
 
-fn replica_with(cache: SharedCache, exchange: &MockExchange, exchange_timeout: Duration) -> Replica {
+fn replica_with(
+    cache: SharedCache,
+    exchange: &MockExchange,
+    exchange_timeout: Duration,
+) -> Replica {
     let layered = ServiceBuilder::new()
         .layer(cache.clone())
         .service(exchange.clone());
@@ -67,7 +71,11 @@ async fn lock_holder(
     (holder, holding)
 }
 
-fn timed_replica(store: &MemoryStore, exchange: &MockExchange, exchange_timeout: Duration) -> Replica {
+fn timed_replica(
+    store: &MemoryStore,
+    exchange: &MockExchange,
+    exchange_timeout: Duration,
+) -> Replica {
     replica_with(cache(store), exchange, exchange_timeout)
 }
 
@@ -104,7 +112,10 @@ async fn traffic_past_refresh(replicas: &[Replica]) {
 
 /// The sum of a count of the replicas' shared caches.
 fn total(replicas: &[Replica], field: fn(&StoreStats) -> u64) -> u64 {
-    replicas.iter().map(|replica| field(&replica.cache.stats())).sum()
+    replicas
+        .iter()
+        .map(|replica| field(&replica.cache.stats()))
+        .sum()
 }
 
 #[tokio::test(start_paused = true)]

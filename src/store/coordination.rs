@@ -184,7 +184,11 @@ impl Coordinator {
     fn prepare(&self, request: &TokenRequest) -> Option<Arc<Sealer>> {
         let credentials = request.credentials();
         let mut state = self.state();
-        if state.keyed.as_ref().is_none_or(|(last, _)| last != credentials) {
+        if state
+            .keyed
+            .as_ref()
+            .is_none_or(|(last, _)| last != credentials)
+        {
             let config = &self.config;
             let sealer = Sealer::new(
                 &config.key_prefix,
@@ -554,7 +558,11 @@ impl OwnExchange {
 
 impl HeldLock {
     async fn release(mut self) {
-        let unlock = self.fleet.config.store.unlock(&self.keys, &self.fleet.owner);
+        let unlock = self
+            .fleet
+            .config
+            .store
+            .unlock(&self.keys, &self.fleet.owner);
         self.fleet.run(unlock).await;
         self.armed = false;
     }
