@@ -124,3 +124,175 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use tokio_test::{assert_pending, task};
+
+    use super::*;
+    use crate::test_util::{MemoryStore, MockExchange};
+    use crate::{AuthMethod, TokenErrorKind, TokenReason};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// One replica's exchange: `exchange` under a shared cache of its own
+    /// in `store`.
+    fn replica(store: &MemoryStore, exchange: &MockExchange) -> SharedExchange<MockExchange> {
+        let cache = SharedCache::new(
+            store.clone(),
+            "https://auth.test/t",
+            AuthMethod::RequestBody,
+        );
+        tower::Layer::layer(&cache, exchange.clone())
+    }
+
+    /// What a provider with no token to serve sends.
+    fn cold() -> TokenRequest {
+        TokenRequest::new(MockExchange::credentials())
+    }
+
+    async fn ask(
+        service: &SharedExchange<MockExchange>,
+        request: TokenRequest,
+    ) -> Result<Token, TokenError> {
+        service.clone().oneshot(request).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_from_the_store_says_how_long_ago_it_was_issued() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let fresh = ask(&replica(&store, &exchange), cold()).await.unwrap();
+        assert_eq!(fresh.age(), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(600)).await;
+
+        let other = replica(&store, &exchange);
+        let shared = ask(&other, cold()).await.unwrap();
+
+        assert_eq!(exchange.calls(), 1);
+        assert_eq!(shared.access_token().secret(), "token-1");
+        assert_eq!(shared.expires_in(), Some(HOUR));
+        assert_eq!(shared.age(), Duration::from_secs(600));
+        assert_eq!(other.stats().hits, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_token_is_removed_from_the_store_and_never_taken() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let first = ask(&replica(&store, &exchange), cold()).await.unwrap();
+        let fingerprint = store.tokens()[0].1.fingerprint.clone();
+
+        let rejected = TokenReason::Rejected(first.access_token().clone());
+        let other = replica(&store, &exchange);
+        let renewed = ask(&other, cold().with_reason(rejected)).await.unwrap();
+
+        assert_eq!(renewed.access_token().secret(), "token-2");
+        let stored = store.tokens();
+        assert_eq!(stored.len(), 1);
+        assert_ne!(stored[0].1.fingerprint, fingerprint, "token-2 replaced it");
+        assert_eq!(other.stats().lock_wins, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fleets_backoff_is_a_deferred_error() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let asked = Duration::from_secs(30);
+        exchange.fail_next(TokenError::new(TokenErrorKind::RateLimited).with_retry_after(asked));
+        let endpoints = ask(&replica(&store, &exchange), cold()).await.unwrap_err();
+        assert!(!endpoints.is_deferred(), "the endpoint's own answer");
+        tokio::time::advance(Duration::from_secs(10)).await;
+
+        let held_off = ask(&replica(&store, &exchange), cold()).await.unwrap_err();
+
+        assert_eq!(exchange.calls(), 1, "no exchange while the fleet backs off");
+        assert!(held_off.is_deferred());
+        assert_eq!(held_off.kind(), TokenErrorKind::RateLimited);
+        assert_eq!(held_off.retry_after(), Some(Duration::from_secs(20)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_future_dropped_holding_the_lock_releases_it_at_once() {
+        let store = MemoryStore::new();
+        let hung = MockExchange::new(HOUR).gated();
+        let holder = replica(&store, &hung);
+        let mut holding = task::spawn(holder.clone().oneshot(cold()));
+        assert_pending!(holding.poll());
+        assert_eq!(hung.calls(), 1, "it holds the lock and exchanges");
+        drop(holding);
+        // The release runs in a task of its own.
+        tokio::task::yield_now().await;
+
+        let exchange = MockExchange::new(HOUR);
+        let other = replica(&store, &exchange);
+        let started = Instant::now();
+        let token = ask(&other, cold()).await.unwrap();
+
+        assert_eq!(token.access_token().secret(), "token-1");
+        assert_eq!(started.elapsed(), Duration::ZERO, "no wait for the lock");
+        let stats = other.stats();
+        assert_eq!((stats.lock_wins, stats.waits), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_exchanges_on_its_own_after_half_its_timeout() {
+        let store = MemoryStore::new();
+        let hung = MockExchange::new(HOUR).gated();
+        let mut holding = task::spawn(replica(&store, &hung).oneshot(cold()));
+        assert_pending!(holding.poll());
+
+        let exchange = MockExchange::new(HOUR);
+        let waiter = replica(&store, &exchange);
+        let started = Instant::now();
+        let request = cold().with_timeout(Duration::from_secs(4));
+        let token = ask(&waiter, request).await.unwrap();
+
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(token.access_token().secret(), "token-1");
+        let stats = waiter.stats();
+        assert_eq!((stats.waits, stats.fallbacks), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_with_a_token_takes_only_a_newer_one() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let own = replica(&store, &exchange);
+        ask(&own, cold()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3300)).await;
+
+        // Its own token is the stored one: it exchanges.
+        let needed_by = Instant::now() + Duration::from_secs(270);
+        let due = || {
+            cold()
+                .with_reason(TokenReason::RefreshDue)
+                .with_needed_by(needed_by)
+        };
+        let renewed = ask(&own, due()).await.unwrap();
+        assert_eq!(renewed.access_token().secret(), "token-2");
+
+        // Another replica, whose token is older, takes the newer one.
+        let other = replica(&store, &exchange);
+        ask(&other, cold()).await.unwrap();
+        assert_eq!(other.stats().hits, 1);
+        assert_eq!(exchange.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debug_shows_no_secret() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let service = replica(&store, &exchange);
+        ask(&service, cold()).await.unwrap();
+        let text = format!("{service:?}");
+        assert!(text.contains("SharedExchange"), "{text}");
+        assert!(
+            !text.contains("token-1") && !text.contains("mock-secret"),
+            "{text}"
+        );
+    }
+}
