@@ -87,9 +87,10 @@ pub(super) struct OwnExchange {
     /// A store operation failed during the look: publish off the caller's
     /// path, so that a slow store delays it by one operation timeout at most.
     in_background: bool,
-    /// When the exchange was sent, by the fleet's clock and by tokio's.
-    sent_ms: u64,
-    sent_at: Instant,
+    /// When the caller asked, by the fleet's clock and by tokio's: the
+    /// caller counts the token's lifetime from then at the latest, and so
+    /// does the store.
+    asked: (u64, Instant),
 }
 
 /// The fleet's lock, held by this replica.
@@ -111,6 +112,7 @@ struct Call<'a> {
     keys: StoreKeys,
     sealer: Arc<Sealer>,
     failed: bool,
+    asked: (u64, Instant),
 }
 
 /// What a look found that this replica may use.
@@ -216,15 +218,17 @@ impl Coordinator {
     /// waits for the replica that holds it, while an exchange of this
     /// replica's own would still fit in the request's timeout.
     pub(super) async fn coordinate(self: &Arc<Self>, request: &TokenRequest) -> Decision {
+        let asked = (self.now_ms(), Instant::now());
         let Some(sealer) = self.prepare(request) else {
             self.count(|s| &mut s.fallbacks);
-            return Decision::Exchange(self.own_exchange(None, None, false, false));
+            return Decision::Exchange(self.own_exchange(None, None, false, false, asked));
         };
         let mut call = Call {
             fleet: self,
             keys: sealer.keys().clone(),
             sealer,
             failed: false,
+            asked,
         };
         if self.breaker_open() {
             return call.fall_back(None);
@@ -411,6 +415,7 @@ impl Coordinator {
         lock: Option<HeldLock>,
         share: bool,
         in_background: bool,
+        asked: (u64, Instant),
     ) -> OwnExchange {
         OwnExchange {
             fleet: Arc::clone(self),
@@ -418,8 +423,7 @@ impl Coordinator {
             lock,
             share,
             in_background,
-            sent_ms: self.now_ms(),
-            sent_at: Instant::now(),
+            asked,
         }
     }
 
@@ -476,7 +480,7 @@ impl Call<'_> {
 
     fn own_exchange(self, lock: Option<HeldLock>, share: bool) -> OwnExchange {
         let keyed = Some((self.keys, self.sealer));
-        self.fleet.own_exchange(keyed, lock, share, self.failed)
+        (self.fleet).own_exchange(keyed, lock, share, self.failed, self.asked)
     }
 }
 
@@ -489,7 +493,8 @@ impl OwnExchange {
     pub(super) async fn settle(self, result: &Result<Token, TokenError>, request: &TokenRequest) {
         let publication = match result {
             Ok(token) => {
-                let issued_ms = self.sent_ms.saturating_sub(millis(token.age()));
+                let (asked_ms, asked_at) = self.asked;
+                let issued_ms = asked_ms.saturating_sub(millis(token.age()));
                 if self.keyed.is_some() {
                     self.fleet.state().held = Some(issued_ms);
                 }
@@ -498,7 +503,7 @@ impl OwnExchange {
                     None => Publication::Nothing,
                     Some(lifetime) => {
                         let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
-                        let age = self.sent_at.elapsed().saturating_add(token.age());
+                        let age = asked_at.elapsed().saturating_add(token.age());
                         Publication::Token {
                             token: token.access_token().clone(),
                             issued_ms,
