@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::breaker::Breaker;
+use super::held_lock::HeldLock;
 use super::{Sealer, Snapshot, StoreFuture, StoreKeyRing, StoreKeys, StoreStats, TokenStore};
 use crate::clock::{later, random_unit};
 use crate::error::{ErrorChain, TokenError, TokenErrorKind};
@@ -43,7 +44,7 @@ pub(super) struct Config {
 pub(super) struct Coordinator {
     pub(super) config: Config,
     /// This replica's name on the fleet's lock.
-    owner: String,
+    pub(super) owner: String,
     /// The wall clock at the first use, and tokio's instant then: see
     /// [`Coordinator::now_ms`].
     epoch: OnceLock<(u64, Instant)>,
@@ -91,19 +92,6 @@ pub(super) struct OwnExchange {
     /// caller counts the token's lifetime from then at the latest, and so
     /// does the store.
     asked: (u64, Instant),
-}
-
-/// The fleet's lock, held by this replica.
-///
-/// Released by [`HeldLock::release`]; if it is dropped instead (the
-/// caller dropped the exchange's future: new credentials, the provider
-/// gone, its timeout), a task on the current tokio runtime releases it at
-/// once. Best effort: with no runtime, or if that task fails, the lock
-/// runs out after its time.
-struct HeldLock {
-    fleet: Arc<Coordinator>,
-    keys: StoreKeys,
-    armed: bool,
 }
 
 /// One call's keys, and whether a store operation failed during it.
@@ -429,7 +417,7 @@ impl Coordinator {
 
     /// Runs one store operation within the operation timeout, counting a
     /// failure and opening the breaker after enough of them in a row.
-    async fn run<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
+    pub(super) async fn run<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
         let timeout = self.config.operation_timeout;
         let error = match tokio::time::timeout(timeout, operation).await {
             Ok(Ok(value)) => {
@@ -464,11 +452,7 @@ impl Call<'_> {
     }
 
     fn held_lock(&self) -> HeldLock {
-        HeldLock {
-            fleet: Arc::clone(self.fleet),
-            keys: self.keys.clone(),
-            armed: true,
-        }
+        HeldLock::new(Arc::clone(self.fleet), self.keys.clone())
     }
 
     /// Exchanges without the fleet's coordination (and shares the token
@@ -558,35 +542,6 @@ impl OwnExchange {
         if let Some(lock) = self.lock {
             lock.release().await;
         }
-    }
-}
-
-impl HeldLock {
-    async fn release(mut self) {
-        let unlock = self
-            .fleet
-            .config
-            .store
-            .unlock(&self.keys, &self.fleet.owner);
-        self.fleet.run(unlock).await;
-        self.armed = false;
-    }
-}
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let fleet = Arc::clone(&self.fleet);
-        let keys = self.keys.clone();
-        drop(runtime.spawn(async move {
-            let unlock = fleet.config.store.unlock(&keys, &fleet.owner);
-            let _ = tokio::time::timeout(fleet.config.operation_timeout, unlock).await;
-        }));
     }
 }
 

@@ -52,6 +52,7 @@
 mod backend;
 mod breaker;
 mod coordination;
+mod held_lock;
 mod layer;
 mod seal;
 mod service;
