@@ -1,8 +1,9 @@
 //! Fifty replicas of a service, in one process, sharing their token through
 //! Redis: one exchange for the fleet where each replica would make its own.
 //!
-//! Each replica is a `TokenProvider` with its own Redis connection, as the
-//! pods of a deployment would be. The token endpoint is the in-process
+//! Each replica is a `TokenProvider` over an exchange under a `SharedCache`
+//! layer with its own Redis connection, as the pods of a deployment would
+//! be. The token endpoint is the in-process
 //! Routera emulator, answering each exchange about 50 ms late, as a real
 //! one does. The example cold-starts the fleet without and with sharing,
 //! then forces a fleet-wide renewal, and prints the exchanges each made and
@@ -25,10 +26,11 @@ use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use routera_auth::store::{RedisStore, SharedCache};
+use routera_auth::store::{RedisStore, SharedCache, StoreStats};
 use routera_auth::test_util::{Emulator, Fault, RedisServer};
-use routera_auth::{BoxError, ProviderStats, TokenProvider};
+use routera_auth::{BoxError, TokenProvider};
 use tokio::task::JoinSet;
+use tower::ServiceBuilder;
 
 /// Replicas in the fleet.
 const REPLICAS: usize = 50;
@@ -59,8 +61,8 @@ async fn run() -> Result<(), BoxError> {
         emulator.token_url()
     );
 
-    let alone = fleet(&emulator, None)?;
-    let shared = fleet(&emulator, Some(&redis_url))?;
+    let (alone, _) = fleet(&emulator, None)?;
+    let (shared, caches) = fleet(&emulator, Some(&redis_url))?;
 
     println!("\n{REPLICAS} replicas cold-starting at once:");
     let without = count_exchanges(&emulator, all_ask(&alone, false)).await?;
@@ -74,19 +76,17 @@ async fn run() -> Result<(), BoxError> {
     let with_refresh = count_exchanges(&emulator, all_ask(&shared, true)).await?;
     println!("  with sharing:    {}", exchanges(with_refresh));
 
-    let stats = shared
-        .iter()
-        .map(TokenProvider::stats)
-        .fold(ProviderStats::default(), add_store_stats);
+    let stats: Vec<StoreStats> = caches.iter().map(SharedCache::stats).collect();
+    let sum = |count: fn(&StoreStats) -> u64| stats.iter().map(count).sum::<u64>();
     println!(
         "\nStore counters summed over the {REPLICAS} sharing replicas: hits {}, misses {}, \
          errors {}, lock wins {}, waits {}, fallbacks {}",
-        stats.store_hits,
-        stats.store_misses,
-        stats.store_errors,
-        stats.store_lock_wins,
-        stats.store_waits,
-        stats.store_fallbacks,
+        sum(|s| s.hits),
+        sum(|s| s.misses),
+        sum(|s| s.errors),
+        sum(|s| s.lock_wins),
+        sum(|s| s.waits),
+        sum(|s| s.fallbacks),
     );
 
     if with != 1 || with_refresh != 1 {
@@ -129,28 +129,33 @@ async fn find_redis() -> Result<(String, Option<RedisServer>), BoxError> {
     }
 }
 
-/// `REPLICAS` providers for the emulator's client; each with a Redis
-/// connection of its own if `redis_url` is given.
-fn fleet(emulator: &Emulator, redis_url: Option<&str>) -> Result<Vec<TokenProvider>, BoxError> {
+/// `REPLICAS` providers for the emulator's client; if `redis_url` is
+/// given, each exchanges under a shared cache with a Redis connection of
+/// its own, returned too.
+fn fleet(
+    emulator: &Emulator,
+    redis_url: Option<&str>,
+) -> Result<(Vec<TokenProvider>, Vec<SharedCache>), BoxError> {
     // A prefix of this run's own: a shared Redis holds nothing of another.
     let prefix = format!("routera-auth-fleet-example:{}", std::process::id());
-    let mut replicas = Vec::with_capacity(REPLICAS);
+    let (mut replicas, mut caches) = (Vec::with_capacity(REPLICAS), Vec::new());
     for _ in 0..REPLICAS {
         let exchange = emulator.exchange();
-        let builder = TokenProvider::builder(exchange.clone(), emulator.credentials());
         let replica = match redis_url {
             Some(url) => {
                 // Connects on first use, as a service that must start even
                 // while Redis is down would.
                 let store = RedisStore::open(url)?;
                 let cache = SharedCache::for_exchange(store, &exchange).key_prefix(&prefix);
-                builder.shared_cache(cache).build()
+                caches.push(cache.clone());
+                let exchange = ServiceBuilder::new().layer(cache).service(exchange);
+                TokenProvider::new(exchange, emulator.credentials())
             }
-            None => builder.build(),
+            None => TokenProvider::new(exchange, emulator.credentials()),
         };
         replicas.push(replica);
     }
-    Ok(replicas)
+    Ok((replicas, caches))
 }
 
 /// Every replica asks for a token at once (`refresh`: forces a renewal).
@@ -189,17 +194,6 @@ fn exchanges(n: u64) -> String {
     } else {
         format!("{n} exchanges")
     }
-}
-
-/// `sum` with the store counters of `stats` added.
-fn add_store_stats(mut sum: ProviderStats, stats: ProviderStats) -> ProviderStats {
-    sum.store_hits += stats.store_hits;
-    sum.store_misses += stats.store_misses;
-    sum.store_errors += stats.store_errors;
-    sum.store_lock_wins += stats.store_lock_wins;
-    sum.store_waits += stats.store_waits;
-    sum.store_fallbacks += stats.store_fallbacks;
-    sum
 }
 
 /// `error` and its causes, on one line.

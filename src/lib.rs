@@ -80,8 +80,9 @@
 //! - `metrics`: the provider's exchanges, failures, waits, invalidations,
 //!   refreshes, exchange latency and token expiry on the `metrics` facade
 //!   (see the `metrics` module).
-//! - `shared-store`: [`store::SharedCache`], one token and one exchange
-//!   for the processes of a fleet, on a [`store::TokenStore`] backend; and
+//! - `shared-store`: [`store::SharedCache`], a tower layer over the token
+//!   exchange that gives the processes of a fleet one token and one
+//!   exchange, on a [`store::TokenStore`] backend; and
 //!   `test_util::MemoryStore` with `test-util`.
 //! - `redis`: [`store::RedisStore`], the shared store on Redis 6+ or
 //!   Valkey; and `test_util::RedisServer` with `test-util`.

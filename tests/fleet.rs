@@ -1,11 +1,13 @@
 //! Token sharing across a fleet on a real `redis-server` (Debian package
 //! `redis-server`), started by the test harness on a unix socket, against
-//! the emulator. Each replica is a provider with its own Redis connection.
+//! the emulator. Each replica is a provider over an exchange under its own
+//! `SharedCache` layer, with its own Redis connection.
 //!
 //! These tests run on real time: Redis answers over a socket, which paused
 //! time would skip past. They wait for events, not for fixed sleeps, except
 //! where a token's lifetime must pass (the refresh; a few seconds).
 
+use std::ops::Deref;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,12 +15,14 @@ use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use routera_auth::store::{RedisStore, SharedCache, StoreKeyRing};
+use routera_auth::store::{RedisStore, SharedCache, StoreKeyRing, StoreStats};
 use routera_auth::test_util::{Emulator, EmulatorExchange, Fault, MockExchange, RedisServer};
-use routera_auth::{AuthMethod, ProviderStats, RouteraAuthLayer, TokenProvider};
+use routera_auth::{
+    AuthMethod, ClientCredentials, RouteraAuthLayer, Token, TokenError, TokenProvider, TokenRequest,
+};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// Bounds every wait of a test, so a regression fails it instead of hanging.
 const BOUND: Duration = Duration::from_secs(30);
@@ -43,15 +47,46 @@ async fn cache(redis: &RedisServer, exchange: &EmulatorExchange) -> SharedCache 
     SharedCache::for_exchange(store, exchange).breaker(3, Duration::from_millis(500))
 }
 
-async fn replica(redis: &RedisServer, emulator: &Emulator) -> TokenProvider {
-    let exchange = emulator.exchange();
-    let cache = cache(redis, &exchange).await;
-    TokenProvider::builder(exchange, emulator.credentials())
-        .shared_cache(cache)
-        .build()
+/// A provider over an exchange under a shared cache, and that cache.
+#[derive(Clone)]
+struct Replica {
+    provider: TokenProvider,
+    cache: SharedCache,
 }
 
-async fn fleet(n: usize, redis: &RedisServer, emulator: &Emulator) -> Vec<TokenProvider> {
+impl Deref for Replica {
+    type Target = TokenProvider;
+
+    fn deref(&self) -> &TokenProvider {
+        &self.provider
+    }
+}
+
+fn layered<S>(
+    cache: SharedCache,
+    exchange: S,
+    credentials: ClientCredentials,
+    exchange_timeout: Duration,
+) -> Replica
+where
+    S: Service<TokenRequest, Response = Token, Error = TokenError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let layered = ServiceBuilder::new().layer(cache.clone()).service(exchange);
+    let provider = TokenProvider::builder(layered, credentials)
+        .exchange_timeout(exchange_timeout)
+        .build();
+    Replica { provider, cache }
+}
+
+async fn replica(redis: &RedisServer, emulator: &Emulator) -> Replica {
+    let exchange = emulator.exchange();
+    let cache = cache(redis, &exchange).await;
+    let timeout = routera_auth::DEFAULT_EXCHANGE_TIMEOUT;
+    layered(cache, exchange, emulator.credentials(), timeout)
+}
+
+async fn fleet(n: usize, redis: &RedisServer, emulator: &Emulator) -> Vec<Replica> {
     let mut replicas = Vec::with_capacity(n);
     for _ in 0..n {
         replicas.push(replica(redis, emulator).await);
@@ -61,10 +96,10 @@ async fn fleet(n: usize, redis: &RedisServer, emulator: &Emulator) -> Vec<TokenP
 
 /// Every replica asks for a token at once; the tokens they got, and the
 /// longest any of them waited.
-async fn all_ask(replicas: &[TokenProvider]) -> (Vec<String>, Duration) {
+async fn all_ask(replicas: &[Replica]) -> (Vec<String>, Duration) {
     let mut asks = JoinSet::new();
     for (i, replica) in replicas.iter().enumerate() {
-        let replica = replica.clone();
+        let replica = replica.provider.clone();
         asks.spawn(async move {
             let started = Instant::now();
             let token = replica.token().await;
@@ -87,17 +122,21 @@ async fn all_ask(replicas: &[TokenProvider]) -> (Vec<String>, Duration) {
     (tokens, longest)
 }
 
-fn total(replicas: &[TokenProvider], field: fn(&ProviderStats) -> u64) -> u64 {
-    replicas.iter().map(|replica| field(&replica.stats())).sum()
+/// The sum of a count of the replicas' shared caches.
+fn total(replicas: &[Replica], field: fn(&StoreStats) -> u64) -> u64 {
+    replicas
+        .iter()
+        .map(|replica| field(&replica.cache.stats()))
+        .sum()
 }
 
-fn last_refresh(replicas: &[TokenProvider]) -> Instant {
+fn last_refresh(replicas: &[Replica]) -> Instant {
     let refresh_at = replicas.iter().map(|r| r.timing().unwrap().refresh_at);
     refresh_at.max().unwrap()
 }
 
 /// Steady traffic on every replica (each asks every 50 ms) until `until`.
-async fn traffic_until(replicas: &[TokenProvider], until: Instant) {
+async fn traffic_until(replicas: &[Replica], until: Instant) {
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(50)).await;
         all_ask(replicas).await;
@@ -120,8 +159,8 @@ async fn two_hundred_replicas_make_one_exchange_at_start_and_one_at_the_refresh(
     );
     let first = &emulator.issued_tokens()[0];
     assert!(tokens.iter().all(|token| token == first));
-    assert_eq!(total(&replicas, |s| s.store_lock_wins), 1);
-    assert_eq!(total(&replicas, |s| s.store_fallbacks), 0);
+    assert_eq!(total(&replicas, |s| s.lock_wins), 1);
+    assert_eq!(total(&replicas, |s| s.fallbacks), 0);
     // The entry lives as long as the token may be served (3 s of 4).
     let served_for = replicas[0].timing().unwrap().served_until - Instant::now();
     let ttl = Duration::from_millis(token_ttl_ms(&redis).await);
@@ -158,7 +197,7 @@ async fn redis_killed_restarted_frozen_or_flushed_never_fails_a_request() {
         20,
         "each replica on its own"
     );
-    assert!(total(&replicas, |s| s.store_fallbacks) >= 20);
+    assert!(total(&replicas, |s| s.fallbacks) >= 20);
 
     // Redis is back (empty): once the connections are back and the
     // breakers closed, a fleet-wide renewal costs one exchange again.
@@ -215,10 +254,10 @@ async fn token_ttl_ms(redis: &RedisServer) -> u64 {
 }
 
 /// Every replica renews at once; the longest any waited.
-async fn refresh_all(replicas: &[TokenProvider]) -> Duration {
+async fn refresh_all(replicas: &[Replica]) -> Duration {
     let mut asks = JoinSet::new();
     for replica in replicas {
-        let replica = replica.clone();
+        let replica = replica.provider.clone();
         asks.spawn(async move {
             let started = Instant::now();
             replica.refresh().await.map(|_| started.elapsed())
@@ -259,10 +298,8 @@ fn a_lock_holder_that_dies_is_overtaken_after_the_lock_time() {
     doomed.block_on(async {
         let store = RedisStore::connect(&redis.url()).await.unwrap();
         let cache = SharedCache::new(store, emulator.token_url(), AuthMethod::RequestBody);
-        let holder = TokenProvider::builder(hung.clone(), emulator.credentials())
-            .shared_cache(cache)
-            .exchange_timeout(Duration::from_secs(2))
-            .build();
+        let timeout = Duration::from_secs(2);
+        let holder = layered(cache, hung.clone(), emulator.credentials(), timeout);
         tokio::spawn(async move { holder.token().await });
         tokio::time::timeout(BOUND, hung.wait_for_calls(1))
             .await
@@ -273,21 +310,20 @@ fn a_lock_holder_that_dies_is_overtaken_after_the_lock_time() {
     main.block_on(async {
         let exchange = emulator.exchange();
         let cache = cache(&redis, &exchange).await;
-        let survivor = TokenProvider::builder(exchange, emulator.credentials())
-            .shared_cache(cache)
-            .exchange_timeout(Duration::from_secs(2))
-            .build();
+        // It waits for the fleet 5 s at most, half its 10 s timeout.
+        let timeout = routera_auth::DEFAULT_EXCHANGE_TIMEOUT;
+        let survivor = layered(cache, exchange, emulator.credentials(), timeout);
         let started = Instant::now();
         let token = tokio::time::timeout(BOUND, survivor.token()).await.unwrap();
         let waited = started.elapsed();
 
         assert_eq!(token.unwrap().secret(), emulator.issued_tokens()[0]);
         assert_eq!(emulator.exchange_count(), 1);
-        // The dead holder's lock lasted its 2 s exchange timeout + 2 × 250 ms.
+        // The dead holder's lock lasted its 2 s exchange timeout + 3 × 250 ms.
         assert!(waited <= Duration::from_secs(4), "{waited:?}");
-        let stats = survivor.stats();
-        assert_eq!(stats.store_waits, 1);
-        assert_eq!(stats.store_lock_wins + stats.store_fallbacks, 1);
+        let stats = survivor.cache.stats();
+        assert_eq!(stats.waits, 1);
+        assert_eq!(stats.lock_wins + stats.fallbacks, 1);
         // The fleet has the token now.
         let late = replica(&redis, &emulator).await;
         assert_eq!(
@@ -318,9 +354,8 @@ async fn a_replica_with_a_wrong_key_exchanges_for_itself_and_serves_no_garbage()
     let wrong = cache(&redis, &exchange)
         .await
         .key_ring(StoreKeyRing::new("not-the-fleets", [42; 32]));
-    let stranger = TokenProvider::builder(exchange, emulator.credentials())
-        .shared_cache(wrong)
-        .build();
+    let timeout = routera_auth::DEFAULT_EXCHANGE_TIMEOUT;
+    let stranger = layered(wrong, exchange, emulator.credentials(), timeout);
     let token = stranger.token().await.unwrap();
 
     assert!(emulator.token_validator().is_valid(token.secret()));
@@ -330,8 +365,8 @@ async fn a_replica_with_a_wrong_key_exchanges_for_itself_and_serves_no_garbage()
         before,
         "the fleet's entry is untouched"
     );
-    let stats = stranger.stats();
-    assert_eq!((stats.store_misses, stats.store_fallbacks), (1, 1));
+    let stats = stranger.cache.stats();
+    assert_eq!((stats.misses, stats.fallbacks), (1, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,9 +375,9 @@ async fn a_401_on_one_replica_drops_the_shared_token_once_and_costs_one_exchange
     let emulator = emulator(Duration::from_secs(3600)).await;
     let replicas = fleet(10, &redis, &emulator).await;
     all_ask(&replicas).await;
-    let ping = |replica: &TokenProvider| {
+    let ping = |replica: &Replica| {
         let http = Client::builder(TokioExecutor::new()).build_http();
-        let client = RouteraAuthLayer::new(replica.clone()).layer(http);
+        let client = RouteraAuthLayer::new(replica.provider.clone()).layer(http);
         let request = Request::get(emulator.resource_url())
             .body(Empty::<Bytes>::new())
             .unwrap();

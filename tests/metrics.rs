@@ -151,9 +151,10 @@ fn a_token_taken_from_the_fleets_store_sets_the_expiry_gauge() {
             "https://auth.test/t",
             AuthMethod::RequestBody,
         );
-        routera_auth::TokenProvider::builder(exchange.clone(), MockExchange::credentials())
-            .shared_cache(cache)
-            .build()
+        let layered = tower::ServiceBuilder::new()
+            .layer(cache)
+            .service(exchange.clone());
+        routera_auth::TokenProvider::new(layered, MockExchange::credentials())
     };
     let (first, second) = (MockExchange::new(HOUR), MockExchange::new(HOUR));
     let a = replica(&first);

@@ -1,16 +1,17 @@
-//! The fleet protocol of `SharedCache` on an in-memory store and paused
-//! time: one exchange per fleet, the lock, the waits, the fallbacks, the
-//! breaker. The same protocol against a real Redis is in `tests/fleet.rs`.
+//! The fleet protocol of the `SharedCache` layer on an in-memory store and
+//! paused time, with providers over a layered exchange: one exchange per
+//! fleet, the lock, the waits, the fallbacks, the breaker. The same protocol
+//! against a real Redis is in `tests/fleet.rs`.
 
+use std::ops::Deref;
 use std::time::Duration;
 
-use routera_auth::store::{SharedCache, StoreKeyRing};
+use routera_auth::store::{SharedCache, StoreKeyRing, StoreStats};
 use routera_auth::test_util::{MemoryStore, MockExchange};
-use routera_auth::{
-    AccessToken, AuthMethod, ProviderStats, TokenError, TokenErrorKind, TokenProvider,
-};
+use routera_auth::{AccessToken, AuthMethod, TokenError, TokenErrorKind, TokenProvider};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tower::ServiceBuilder;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const URL: &str = "https://auth.routera.test/oauth2/token";
@@ -19,10 +20,37 @@ fn cache(store: &MemoryStore) -> SharedCache {
     SharedCache::new(store.clone(), URL, AuthMethod::RequestBody)
 }
 
-fn replica(store: &MemoryStore, exchange: &MockExchange) -> TokenProvider {
-    TokenProvider::builder(exchange.clone(), MockExchange::credentials())
-        .shared_cache(cache(store))
-        .build()
+/// A provider over `exchange` under a shared cache, and that cache.
+#[derive(Clone)]
+struct Replica {
+    provider: TokenProvider,
+    cache: SharedCache,
+}
+
+impl Deref for Replica {
+    type Target = TokenProvider;
+
+    fn deref(&self) -> &TokenProvider {
+        &self.provider
+    }
+}
+
+fn replica_with(
+    cache: SharedCache,
+    exchange: &MockExchange,
+    exchange_timeout: Duration,
+) -> Replica {
+    let layered = ServiceBuilder::new()
+        .layer(cache.clone())
+        .service(exchange.clone());
+    let provider = TokenProvider::builder(layered, MockExchange::credentials())
+        .exchange_timeout(exchange_timeout)
+        .build();
+    Replica { provider, cache }
+}
+
+fn replica(store: &MemoryStore, exchange: &MockExchange) -> Replica {
+    timed_replica(store, exchange, routera_auth::DEFAULT_EXCHANGE_TIMEOUT)
 }
 
 /// A replica whose exchange never answers, holding the fleet's lock: its
@@ -30,7 +58,7 @@ fn replica(store: &MemoryStore, exchange: &MockExchange) -> TokenProvider {
 async fn lock_holder(
     store: &MemoryStore,
     exchange_timeout: Duration,
-) -> (TokenProvider, JoinHandle<Result<AccessToken, TokenError>>) {
+) -> (Replica, JoinHandle<Result<AccessToken, TokenError>>) {
     let hung = MockExchange::new(HOUR).gated();
     let holder = timed_replica(store, &hung, exchange_timeout);
     let holding = tokio::spawn({
@@ -47,22 +75,19 @@ fn timed_replica(
     store: &MemoryStore,
     exchange: &MockExchange,
     exchange_timeout: Duration,
-) -> TokenProvider {
-    TokenProvider::builder(exchange.clone(), MockExchange::credentials())
-        .shared_cache(cache(store))
-        .exchange_timeout(exchange_timeout)
-        .build()
+) -> Replica {
+    replica_with(cache(store), exchange, exchange_timeout)
 }
 
-fn fleet(n: usize, store: &MemoryStore, exchange: &MockExchange) -> Vec<TokenProvider> {
+fn fleet(n: usize, store: &MemoryStore, exchange: &MockExchange) -> Vec<Replica> {
     (0..n).map(|_| replica(store, exchange)).collect()
 }
 
 /// Every replica asks for a token at once; the tokens they got.
-async fn all_ask(replicas: &[TokenProvider]) -> Vec<String> {
+async fn all_ask(replicas: &[Replica]) -> Vec<String> {
     let mut asks = JoinSet::new();
     for (i, replica) in replicas.iter().enumerate() {
-        let replica = replica.clone();
+        let replica = replica.provider.clone();
         asks.spawn(async move { (i, replica.token().await) });
     }
     let mut tokens = vec![String::new(); replicas.len()];
@@ -76,7 +101,7 @@ async fn all_ask(replicas: &[TokenProvider]) -> Vec<String> {
 /// Steady traffic on every replica, one request a second, until past the
 /// last one's refresh point: each finds its refresh due in its own jittered
 /// second.
-async fn traffic_past_refresh(replicas: &[TokenProvider]) {
+async fn traffic_past_refresh(replicas: &[Replica]) {
     let refresh_at = replicas.iter().map(|r| r.timing().unwrap().refresh_at);
     let last_refresh = refresh_at.max().unwrap();
     while Instant::now() < last_refresh + Duration::from_secs(5) {
@@ -85,8 +110,12 @@ async fn traffic_past_refresh(replicas: &[TokenProvider]) {
     }
 }
 
-fn total(replicas: &[TokenProvider], field: fn(&ProviderStats) -> u64) -> u64 {
-    replicas.iter().map(|replica| field(&replica.stats())).sum()
+/// The sum of a count of the replicas' shared caches.
+fn total(replicas: &[Replica], field: fn(&StoreStats) -> u64) -> u64 {
+    replicas
+        .iter()
+        .map(|replica| field(&replica.cache.stats()))
+        .sum()
 }
 
 #[tokio::test(start_paused = true)]
@@ -99,12 +128,11 @@ async fn a_cold_fleet_makes_one_exchange_and_serves_one_token() {
 
     assert_eq!(exchange.calls(), 1);
     assert!(tokens.iter().all(|token| token == "token-1"), "{tokens:?}");
-    assert_eq!(total(&replicas, |s| s.exchanges), 1);
-    assert_eq!(total(&replicas, |s| s.store_lock_wins), 1);
-    assert_eq!(total(&replicas, |s| s.store_hits), 49);
-    assert_eq!(total(&replicas, |s| s.store_waits), 49);
-    assert_eq!(total(&replicas, |s| s.store_errors), 0);
-    assert_eq!(total(&replicas, |s| s.store_fallbacks), 0);
+    assert_eq!(total(&replicas, |s| s.lock_wins), 1);
+    assert_eq!(total(&replicas, |s| s.hits), 49);
+    assert_eq!(total(&replicas, |s| s.waits), 49);
+    assert_eq!(total(&replicas, |s| s.errors), 0);
+    assert_eq!(total(&replicas, |s| s.fallbacks), 0);
     assert_eq!(store.tokens().len(), 1);
 }
 
@@ -119,7 +147,8 @@ async fn the_refresh_costs_one_exchange_for_the_fleet() {
     assert_eq!(exchange.calls(), 2, "one exchange at start, one at refresh");
     let tokens = all_ask(&replicas).await;
     assert!(tokens.iter().all(|token| token == "token-2"), "{tokens:?}");
-    assert_eq!(total(&replicas, |s| s.background_refreshes), 20);
+    let refreshes = replicas.iter().map(|r| r.stats().background_refreshes);
+    assert_eq!(refreshes.sum::<u64>(), 20);
 }
 
 #[tokio::test(start_paused = true)]
@@ -133,8 +162,8 @@ async fn a_failing_store_never_fails_a_request_and_sharing_resumes() {
 
     assert_eq!(tokens.len(), 10);
     assert_eq!(exchange.calls(), 10, "each replica exchanges on its own");
-    assert_eq!(total(&replicas, |s| s.store_fallbacks), 10);
-    assert!(total(&replicas, |s| s.store_errors) >= 10);
+    assert_eq!(total(&replicas, |s| s.fallbacks), 10);
+    assert!(total(&replicas, |s| s.errors) >= 10);
 
     // The store is back long before the refresh: the fleet shares again.
     store.set_failing(false);
@@ -147,14 +176,13 @@ async fn a_breaker_leaves_a_failing_store_alone() {
     let store = MemoryStore::new();
     store.set_failing(true);
     let exchange = MockExchange::new(Duration::from_secs(60));
-    let replica = TokenProvider::builder(exchange.clone(), MockExchange::credentials())
-        .shared_cache(cache(&store).breaker(2, Duration::from_secs(30)))
-        .build();
+    let cache = cache(&store).breaker(2, Duration::from_secs(30));
+    let replica = replica_with(cache, &exchange, routera_auth::DEFAULT_EXCHANGE_TIMEOUT);
 
     replica.token().await.unwrap();
     // A load failed, then the save after the exchange: two in a row.
     let after_open = store.operations();
-    assert_eq!(replica.stats().store_errors, 2);
+    assert_eq!(replica.cache.stats().errors, 2);
     for _ in 0..5 {
         replica.refresh().await.unwrap();
     }
@@ -182,13 +210,12 @@ async fn a_frozen_store_delays_a_cold_caller_by_one_timeout_at_most() {
 
     // The store's 250 ms timeout, then the exchange's 40 ms.
     assert_eq!(started.elapsed(), Duration::from_millis(290));
-    assert_eq!(replica.stats().store_fallbacks, 1);
+    assert_eq!(replica.cache.stats().fallbacks, 1);
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hung_lock_holder_is_overtaken_after_the_lock_time() {
+async fn a_hung_lock_holder_is_overtaken_after_half_the_waiters_timeout() {
     let store = MemoryStore::new();
-    // The holder's exchange never answers (its exchange timeout is long).
     // The holder's exchange never answers (its exchange timeout is long).
     let (_holder, holding) = lock_holder(&store, HOUR).await;
     let exchange = MockExchange::new(HOUR);
@@ -196,17 +223,17 @@ async fn a_hung_lock_holder_is_overtaken_after_the_lock_time() {
     let started = Instant::now();
     let token = other.token().await.unwrap();
 
-    // It waited for its own lock time (exchange timeout + 3 × 250 ms) and
-    // the last look (250 ms), then exchanged for itself.
+    // It waited half its exchange timeout (1 s of 2 s), so that its own
+    // exchange still fits in the rest, then exchanged for itself.
     assert_eq!(token.secret(), "token-1");
     assert_eq!(exchange.calls(), 1);
     let waited = started.elapsed();
     assert!(
-        (Duration::from_millis(3_000)..Duration::from_millis(3_150)).contains(&waited),
+        (Duration::from_millis(1_000)..Duration::from_millis(1_050)).contains(&waited),
         "{waited:?}"
     );
-    let stats = other.stats();
-    assert_eq!((stats.store_waits, stats.store_fallbacks), (1, 1));
+    let stats = other.cache.stats();
+    assert_eq!((stats.waits, stats.fallbacks), (1, 1));
     assert!(!holding.is_finished());
     // The token it fetched is shared: a new replica takes it.
     let late = replica(&store, &exchange);
@@ -222,15 +249,14 @@ async fn a_replica_with_another_key_exchanges_for_itself_and_leaves_the_entry() 
     first.token().await.unwrap();
     let stored = store.tokens();
 
-    let stranger = TokenProvider::builder(exchange.clone(), MockExchange::credentials())
-        .shared_cache(cache(&store).key_ring(StoreKeyRing::new("other", [9; 32])))
-        .build();
+    let other_key = cache(&store).key_ring(StoreKeyRing::new("other", [9; 32]));
+    let stranger = replica_with(other_key, &exchange, routera_auth::DEFAULT_EXCHANGE_TIMEOUT);
     let token = stranger.token().await.unwrap();
 
     assert_eq!(token.secret(), "token-2", "its own token, never garbage");
     assert_eq!(store.tokens(), stored, "the fleet's entry is untouched");
-    let stats = stranger.stats();
-    assert_eq!((stats.store_misses, stats.store_fallbacks), (1, 1));
+    let stats = stranger.cache.stats();
+    assert_eq!((stats.misses, stats.fallbacks), (1, 1));
     // The fleet still shares the first token.
     assert_eq!(
         replica(&store, &exchange).token().await.unwrap().secret(),
@@ -351,10 +377,10 @@ async fn a_provider_dropped_during_its_exchange_releases_the_fleets_lock() {
     let started = Instant::now();
     other.token().await.unwrap();
 
-    // The lock is free once the dropped provider's exchange ends (1 s), not
-    // after its lock time (10.5 s).
+    // The dropped provider's exchange was cancelled, and its lock released
+    // at once: not after the exchange (1 s), nor after the lock time (10.75 s).
     let waited = started.elapsed();
-    assert!(waited < Duration::from_millis(1_300), "{waited:?}");
+    assert!(waited < Duration::from_millis(50), "{waited:?}");
     assert_eq!(exchange.calls(), 1);
 }
 
@@ -412,7 +438,7 @@ async fn replicas_agree_on_a_shared_tokens_deadline_whatever_their_clocks() {
     skewed.token().await.unwrap();
 
     assert_eq!(exchange.calls(), 1);
-    let deadline = |replica: &TokenProvider| replica.timing().unwrap().served_until;
+    let deadline = |replica: &Replica| replica.timing().unwrap().served_until;
     let gap = deadline(&skewed).saturating_duration_since(deadline(&first));
     assert!(
         gap <= Duration::from_millis(1),
@@ -423,23 +449,24 @@ async fn replicas_agree_on_a_shared_tokens_deadline_whatever_their_clocks() {
 #[tokio::test(start_paused = true)]
 async fn a_lock_holder_whose_exchange_times_out_hands_over_to_a_waiter() {
     let store = MemoryStore::new();
-    let two_seconds = Duration::from_secs(2);
-    let _holder = lock_holder(&store, two_seconds).await;
+    let _holder = lock_holder(&store, Duration::from_secs(2)).await;
     let exchange = MockExchange::new(HOUR);
-    let waiter = timed_replica(&store, &exchange, two_seconds);
+    // It waits for the fleet 5 s at most (half its 10 s timeout).
+    let waiter = replica(&store, &exchange);
 
     let started = Instant::now();
     let token = waiter.token().await;
 
-    // The holder's timeout is its own trouble, not the fleet's: it only
-    // releases the lock, and the waiter takes over at once.
+    // The holder's timeout is its own trouble, not the fleet's: its
+    // exchange is dropped, which releases the lock, and the waiter takes
+    // over at once.
     assert_eq!(token.unwrap().secret(), "token-1");
     assert!(
         started.elapsed() < Duration::from_millis(2_200),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(waiter.stats().store_lock_wins, 1);
+    assert_eq!(waiter.cache.stats().lock_wins, 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,8 +1,9 @@
 //! A fleet's cold start: N replicas (N = 10, 100, 1,000) ask for a token at
 //! the same instant, with and without the shared store on Redis.
 //!
-//! Each replica is a `TokenProvider` of its own; with the store, each has
-//! its own `RedisStore` connection (opened before the start, as a service
+//! Each replica is a `TokenProvider` of its own; with the store, its
+//! exchange is under a `SharedCache` layer with its own `RedisStore`
+//! connection (opened before the start, as a service
 //! connects at boot), on a real `redis-server` the bench starts on a unix
 //! socket (Debian package `redis-server`). The token endpoint is the
 //! in-process emulator, made to answer every exchange 50 ms late. Redis is
@@ -28,9 +29,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use routera_auth::TokenProvider;
 use routera_auth::store::{RedisStore, SharedCache};
 use routera_auth::test_util::{Emulator, Fault, RedisServer};
-use routera_auth::{ProviderStats, TokenProvider};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -56,7 +57,16 @@ struct Run {
     /// The time until each replica had its token, sorted.
     waits: Vec<Duration>,
     /// The store counters summed over the replicas.
-    stats: ProviderStats,
+    stats: StoreCounts,
+}
+
+/// The store counters of a run, summed over its replicas' shared caches.
+#[derive(Default)]
+struct StoreCounts {
+    lock_wins: u64,
+    waits: u64,
+    fallbacks: u64,
+    errors: u64,
 }
 
 fn main() -> ExitCode {
@@ -176,20 +186,20 @@ async fn cold_start(
     redis: Option<&RedisServer>,
     replicas: usize,
 ) -> Result<Run, String> {
-    let mut fleet = Vec::with_capacity(replicas);
+    let (mut fleet, mut caches) = (Vec::with_capacity(replicas), Vec::new());
     for _ in 0..replicas {
         let exchange = emulator.exchange();
-        let builder = TokenProvider::builder(exchange.clone(), emulator.credentials());
         let provider = match redis {
             Some(redis) => {
                 let store = RedisStore::connect(&redis.url())
                     .await
                     .map_err(|error| format!("could not connect to Redis: {error}"))?;
-                builder
-                    .shared_cache(SharedCache::for_exchange(store, &exchange))
-                    .build()
+                let cache = SharedCache::for_exchange(store, &exchange);
+                caches.push(cache.clone());
+                let exchange = tower::ServiceBuilder::new().layer(cache).service(exchange);
+                TokenProvider::new(exchange, emulator.credentials())
             }
-            None => builder.build(),
+            None => TokenProvider::new(exchange, emulator.credentials()),
         };
         fleet.push(provider);
     }
@@ -226,13 +236,13 @@ async fn cold_start(
         .map_err(|_| format!("{replicas} replicas had no token after {BOUND:?}"))??;
     waits.sort();
 
-    let mut stats = ProviderStats::default();
-    for provider in &fleet {
-        let own = provider.stats();
-        stats.store_lock_wins += own.store_lock_wins;
-        stats.store_waits += own.store_waits;
-        stats.store_fallbacks += own.store_fallbacks;
-        stats.store_errors += own.store_errors;
+    let mut stats = StoreCounts::default();
+    for cache in &caches {
+        let own = cache.stats();
+        stats.lock_wins += own.lock_wins;
+        stats.waits += own.waits;
+        stats.fallbacks += own.fallbacks;
+        stats.errors += own.errors;
     }
     Ok(Run {
         replicas,
@@ -266,10 +276,10 @@ fn row(run: &Run, target: Duration) -> String {
         ms(percentile(&run.waits, 0.50)),
         ms(p99),
         ms(run.waits.last().copied().unwrap_or_default()),
-        store(run.stats.store_lock_wins),
-        store(run.stats.store_waits),
-        store(run.stats.store_fallbacks),
-        store(run.stats.store_errors),
+        store(run.stats.lock_wins),
+        store(run.stats.waits),
+        store(run.stats.fallbacks),
+        store(run.stats.errors),
     )
 }
 

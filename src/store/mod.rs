@@ -1,19 +1,39 @@
 //! A second-level token cache shared by the processes of a fleet (feature
-//! `shared-store`; the Redis/Valkey backend is feature `redis`).
+//! `shared-store`; the Redis/Valkey backend is feature `redis`): a
+//! `tower::Layer` over the token exchange.
 //!
 //! Every replica of a service that calls Routera would otherwise fetch and
 //! renew its own token: 500 pods restarting at once send 500 token requests
-//! in the same second. With a [`SharedCache`], the providers of a fleet
-//! share one token and one exchange:
+//! in the same second. Put a [`SharedCache`] over the exchange of each
+//! replica, and the replicas of a fleet share one token and one exchange:
 //!
-//! - A provider consults the store only when it has no token, when its
-//!   refresh is due, and after a response rejected its token: **never on the
-//!   request path**.
+//! ```no_run
+//! # #[cfg(all(feature = "redis", feature = "reqwest"))]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use routera_auth::store::{RedisStore, SharedCache};
+//! use routera_auth::{ClientCredentials, HttpTokenExchange, TokenProvider};
+//! use tower::ServiceBuilder;
+//!
+//! let exchange = HttpTokenExchange::reqwest()?;
+//! let shared_cache = SharedCache::for_exchange(RedisStore::open("redis://127.0.0.1:6379")?, &exchange);
+//! let exchange = ServiceBuilder::new().layer(shared_cache.clone()).service(exchange);
+//! let provider = TokenProvider::new(exchange, ClientCredentials::from_env()?);
+//! # let _ = provider;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - The store is consulted only when the provider calls its exchange: it
+//!   has no token, its refresh is due, a response rejected its token.
+//!   **Never on the request path**. What the layer needs to know travels in
+//!   the [`TokenRequest`](crate::TokenRequest) (why, by when, within which
+//!   timeout) and the [`Token`](crate::Token) it returns (its age).
 //! - **Single flight across processes**: the replica that takes the store's
 //!   lock exchanges and writes the token, if it is newer than the stored
-//!   one; the others keep serving their own valid token, or, when they have
-//!   none, poll for the shared one (bounded, jittered) and exchange for
-//!   themselves if the lock's time runs out.
+//!   one; the others wait for it (bounded, jittered polls) and take the
+//!   shared token, and exchange for themselves if the holder takes too
+//!   long: a replica waits half of the provider's exchange timeout at most.
+//!   A replica that still serves a token takes only a newer one.
 //! - **Nothing readable is stored**: key names are keyed hashes (HMAC) of the
 //!   token URL, client id and auth method, under a key derived from the
 //!   client secret, so changing the secret moves to new keys. Values are
@@ -21,204 +41,34 @@
 //!   A value that does not open is a miss, never an error.
 //! - **The store is never a reason for a request to fail**: each operation
 //!   has a timeout ([`SharedCache::operation_timeout`], 250 ms by default),
-//!   repeated failures open a breaker, and the provider exchanges on its
+//!   repeated failures open a breaker, and the replica exchanges on its
 //!   own meanwhile.
+//! - [`SharedCache::stats`] counts hits, misses, errors, lock wins, waits
+//!   and fallbacks.
 //!
 //! [`TokenStore`] is the backend: six operations, small enough to write for
 //! another database. [`RedisStore`] implements it on Redis 6+ or Valkey.
 
-mod cache;
-mod fleet;
+mod backend;
+mod breaker;
+mod coordination;
+mod held_lock;
+mod layer;
 mod seal;
+mod service;
 
 #[cfg(feature = "redis")]
 mod redis;
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::time::Duration;
-
-use crate::error::BoxError;
-
-pub use cache::{
+pub use backend::{Snapshot, StoreError, StoreFuture, StoreKeys, StoredToken, TokenStore};
+pub use layer::{
     DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_KEY_PREFIX,
-    DEFAULT_OPERATION_TIMEOUT, SharedCache,
+    DEFAULT_OPERATION_TIMEOUT, SharedCache, StoreStats,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;
 pub use seal::StoreKeyRing;
+pub use service::SharedExchange;
 
-pub(crate) use fleet::{Acquired, Fleet, Shared, Ticket};
 pub(crate) use seal::{Sealer, random_id};
-
-/// The future a [`TokenStore`] operation returns.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// A backend for [`SharedCache`]: where the providers of a fleet keep their
-/// shared token, the lock around its exchange and the fleet's backoff.
-///
-/// Every operation is on the keys of one client, [`StoreKeys`], which share
-/// one Redis Cluster hash tag. The provider bounds each call with its
-/// operation timeout, so an implementation need not; an error or a timeout
-/// only makes the provider exchange on its own.
-pub trait TokenStore: Send + Sync + 'static {
-    /// The stored token with its time to live, the lock's time left and
-    /// the fleet's backoff, if any.
-    fn load<'a>(&'a self, keys: &'a StoreKeys) -> StoreFuture<'a, Snapshot>;
-
-    /// Stores `token` under [`StoreKeys::token`] for `ttl`, unless the
-    /// stored token was issued at the same time or later
-    /// ([`StoredToken::issued_at_ms`]). Returns whether it was stored.
-    fn save<'a>(
-        &'a self,
-        keys: &'a StoreKeys,
-        token: &'a StoredToken,
-        ttl: Duration,
-    ) -> StoreFuture<'a, bool>;
-
-    /// Removes the stored token if its fingerprint is `fingerprint` (a
-    /// replica saw it rejected). Returns whether it was removed.
-    fn remove<'a>(&'a self, keys: &'a StoreKeys, fingerprint: &'a str) -> StoreFuture<'a, bool>;
-
-    /// Takes the exchange lock [`StoreKeys::lock`] for `owner` for `ttl`, if
-    /// no one holds it. Returns whether it was taken.
-    fn lock<'a>(
-        &'a self,
-        keys: &'a StoreKeys,
-        owner: &'a str,
-        ttl: Duration,
-    ) -> StoreFuture<'a, bool>;
-
-    /// Releases the lock if `owner` still holds it.
-    fn unlock<'a>(&'a self, keys: &'a StoreKeys, owner: &'a str) -> StoreFuture<'a, ()>;
-
-    /// Asks the whole fleet to make no exchange for `duration` (the token
-    /// endpoint's `Retry-After`), under [`StoreKeys::backoff`].
-    fn back_off<'a>(&'a self, keys: &'a StoreKeys, duration: Duration) -> StoreFuture<'a, ()>;
-}
-
-/// The names of one client's entries in a [`TokenStore`].
-///
-/// They are `<prefix>:{<tag>}:token`, `…:lock` and `…:backoff`, where the
-/// tag is a keyed hash of the token URL, client id and auth method: it
-/// reveals none of them, and the braces put all three on one Redis Cluster
-/// slot.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoreKeys {
-    token: String,
-    lock: String,
-    backoff: String,
-}
-
-impl StoreKeys {
-    /// The names `<prefix>:{<tag>}:token`, `…:lock` and `…:backoff`. The
-    /// provider makes its own from the client's keyed hash; this is for
-    /// tests of a [`TokenStore`] implementation.
-    pub fn new(prefix: &str, tag: &str) -> Self {
-        let name = |suffix: &str| format!("{prefix}:{{{tag}}}:{suffix}");
-        Self {
-            token: name("token"),
-            lock: name("lock"),
-            backoff: name("backoff"),
-        }
-    }
-
-    /// Where the sealed token is kept.
-    pub fn token(&self) -> &str {
-        &self.token
-    }
-
-    /// The exchange lock: its value is the owner's id.
-    pub fn lock(&self) -> &str {
-        &self.lock
-    }
-
-    /// Present while the fleet backs off.
-    pub fn backoff(&self) -> &str {
-        &self.backoff
-    }
-}
-
-impl fmt::Debug for StoreKeys {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreKeys")
-            .field("token", &self.token)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A token as a [`TokenStore`] keeps it: sealed, with what the store
-/// compares in the clear.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoredToken {
-    /// When the exchange that fetched it was sent, in milliseconds since the
-    /// Unix epoch: a newer token has a larger value.
-    pub issued_at_ms: u64,
-    /// When it expires, in milliseconds since the Unix epoch.
-    pub expires_at_ms: u64,
-    /// A keyed hash of the token, to remove it only if it is the one a
-    /// replica saw rejected. It reveals nothing of the token.
-    pub fingerprint: String,
-    /// The token, encrypted and authenticated; opaque to the store.
-    pub sealed: Vec<u8>,
-}
-
-impl fmt::Debug for StoredToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoredToken")
-            .field("issued_at_ms", &self.issued_at_ms)
-            .field("expires_at_ms", &self.expires_at_ms)
-            .field("fingerprint", &self.fingerprint)
-            .field("sealed", &format_args!("[{} bytes]", self.sealed.len()))
-            .finish()
-    }
-}
-
-/// What [`TokenStore::load`] found. Times left are counted by the store
-/// itself, so that replicas whose clocks disagree agree on them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The stored token, if any.
-    pub token: Option<StoredToken>,
-    /// How long the stored token has left in the store (its time to live,
-    /// which is the time it may still be served). `None` if the store cannot
-    /// tell: the provider then counts from [`StoredToken::issued_at_ms`] on
-    /// its own clock.
-    pub token_ttl: Option<Duration>,
-    /// How long the exchange lock is still held, if it is.
-    pub lock_ttl: Option<Duration>,
-    /// How long the fleet still backs off, if it does.
-    pub backoff: Option<Duration>,
-}
-
-/// A failed [`TokenStore`] operation. The provider counts it and exchanges
-/// on its own; it never reaches a request.
-#[derive(Debug)]
-pub struct StoreError {
-    source: BoxError,
-}
-
-impl StoreError {
-    /// An error of the store, with its cause.
-    pub fn new(source: impl Into<BoxError>) -> Self {
-        Self {
-            source: source.into(),
-        }
-    }
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "shared token store: {}", self.source)
-    }
-}
-
-impl std::error::Error for StoreError {
-    /// The cause's own cause: the cause is in the message already, so that
-    /// an error chain names it once.
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.source()
-    }
-}

@@ -22,15 +22,15 @@ use crate::store::{Snapshot, StoreError, StoreFuture, StoreKeys, StoredToken, To
 /// use routera_auth::store::SharedCache;
 /// use routera_auth::test_util::{MemoryStore, MockExchange};
 /// use routera_auth::{AuthMethod, TokenProvider};
+/// use tower::ServiceBuilder;
 ///
 /// let store = MemoryStore::new();
 /// let exchange = MockExchange::new(std::time::Duration::from_secs(3600));
 /// let replicas: Vec<TokenProvider> = (0..10)
 ///     .map(|_| {
 ///         let cache = SharedCache::new(store.clone(), "https://auth.test/oauth2/token", AuthMethod::RequestBody);
-///         TokenProvider::builder(exchange.clone(), MockExchange::credentials())
-///             .shared_cache(cache)
-///             .build()
+///         let exchange = ServiceBuilder::new().layer(cache).service(exchange.clone());
+///         TokenProvider::new(exchange, MockExchange::credentials())
 ///     })
 ///     .collect();
 /// for replica in &replicas {

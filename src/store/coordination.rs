@@ -1,0 +1,572 @@
+//! How the replicas of a fleet share one exchange: look in the store for
+//! the fleet's token; failing that, take the fleet's lock and exchange, or
+//! wait for the replica that holds it; after an exchange, publish its token
+//! (or the endpoint's `Retry-After`) and release the lock.
+//!
+//! [`Coordinator`] is what a [`SharedCache`](super::SharedCache) and every
+//! [`SharedExchange`](super::SharedExchange) it makes share. Every store
+//! operation is bounded by the operation timeout; a failure is counted,
+//! feeds the breaker, and makes the replica exchange on its own.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use super::breaker::Breaker;
+use super::held_lock::HeldLock;
+use super::{Sealer, Snapshot, StoreFuture, StoreKeyRing, StoreKeys, StoreStats, TokenStore};
+use crate::clock::{later, random_unit};
+use crate::error::{ErrorChain, TokenError, TokenErrorKind};
+use crate::token::{AccessToken, Token, TokenReason, TokenRequest};
+use crate::{AuthMethod, ClientCredentials, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME};
+
+/// The first and the longest pause between two looks at the store while
+/// another replica exchanges.
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const LONGEST_POLL: Duration = Duration::from_millis(100);
+
+/// What a [`SharedCache`](super::SharedCache) is configured with.
+#[derive(Clone)]
+pub(super) struct Config {
+    pub(super) store: Arc<dyn TokenStore>,
+    pub(super) token_url: String,
+    pub(super) auth_method: AuthMethod,
+    pub(super) key_ring: Option<StoreKeyRing>,
+    pub(super) key_prefix: String,
+    pub(super) operation_timeout: Duration,
+    pub(super) breaker_failures: u32,
+    pub(super) breaker_open_for: Duration,
+}
+
+/// The configuration and the mutable state of one shared cache, behind the
+/// `Arc` that the layer and its services share.
+pub(super) struct Coordinator {
+    pub(super) config: Config,
+    /// This replica's name on the fleet's lock.
+    pub(super) owner: String,
+    /// The wall clock at the first use, and tokio's instant then: see
+    /// [`Coordinator::now_ms`].
+    epoch: OnceLock<(u64, Instant)>,
+    /// Never held across an await.
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The credentials of the last request and their sealer (`None` if no
+    /// keys can be derived from them).
+    keyed: Option<(ClientCredentials, Option<Arc<Sealer>>)>,
+    /// When the token this replica holds was issued, in ms since the Unix
+    /// epoch, if it came from or went to the store.
+    held: Option<u64>,
+    /// The fingerprint of a rejected token, to remove from the store before
+    /// the next look.
+    removal: Option<String>,
+    breaker: Breaker,
+    stats: StoreStats,
+}
+
+/// What to do instead of, or before, an exchange.
+pub(super) enum Decision {
+    /// The fleet's token, with its age.
+    Stored(Token),
+    /// The fleet backs off: this deferred error, without an exchange.
+    HoldOff(TokenError),
+    /// Exchange, then [`OwnExchange::settle`].
+    Exchange(OwnExchange),
+}
+
+/// An exchange of this replica's, and what it owes the fleet afterwards:
+/// the keys it was made under, the fleet's lock if it holds it, whether its
+/// token may be shared.
+pub(super) struct OwnExchange {
+    fleet: Arc<Coordinator>,
+    /// `None` when the credentials have no keys: nothing to share.
+    keyed: Option<(StoreKeys, Arc<Sealer>)>,
+    lock: Option<HeldLock>,
+    share: bool,
+    /// A store operation failed during the look: publish off the caller's
+    /// path, so that a slow store delays it by one operation timeout at most.
+    in_background: bool,
+    /// When the caller asked, by the fleet's clock and by tokio's: the
+    /// caller counts the token's lifetime from then at the latest, and so
+    /// does the store.
+    asked: (u64, Instant),
+}
+
+/// One call's keys, and whether a store operation failed during it.
+struct Call<'a> {
+    fleet: &'a Arc<Coordinator>,
+    keys: StoreKeys,
+    sealer: Arc<Sealer>,
+    failed: bool,
+    asked: (u64, Instant),
+}
+
+/// What a look found that this replica may use.
+enum Usable {
+    Token(Token),
+    /// Nothing, or nothing this replica may take.
+    Nothing,
+    /// A token sealed with a key this replica does not have.
+    Unreadable,
+}
+
+/// What an exchange leaves for the fleet.
+enum Publication {
+    Token {
+        token: AccessToken,
+        issued_ms: u64,
+        lifetime: Duration,
+        /// How long it may still be served: the entry's time to live.
+        ttl: Duration,
+    },
+    BackOff(Duration),
+    Nothing,
+}
+
+impl Coordinator {
+    pub(super) fn new(config: Config) -> Self {
+        let owner = super::random_id().unwrap_or_else(|| format!("pid-{}", std::process::id()));
+        let breaker = Breaker::new(config.breaker_failures, config.breaker_open_for);
+        Self {
+            config,
+            owner,
+            epoch: OnceLock::new(),
+            state: Mutex::new(State {
+                keyed: None,
+                held: None,
+                removal: None,
+                breaker,
+                stats: StoreStats::default(),
+            }),
+        }
+    }
+
+    pub(super) fn stats(&self) -> StoreStats {
+        self.state().stats
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn count(&self, counter: fn(&mut StoreStats) -> &mut u64) {
+        *counter(&mut self.state().stats) += 1;
+    }
+
+    /// Now, in milliseconds since the Unix epoch: the one clock the replicas
+    /// of a fleet share, read once and then followed on tokio's clock, so
+    /// it never steps back and paused time moves it.
+    fn now_ms(&self) -> u64 {
+        let (wall, instant) = *self.epoch.get_or_init(|| (wall_clock_ms(), Instant::now()));
+        wall.saturating_add(millis(instant.elapsed()))
+    }
+
+    fn breaker_open(&self) -> bool {
+        self.state().breaker.is_open(Instant::now())
+    }
+
+    /// The sealer for the request's credentials, made again only when they
+    /// differ from the last ones (a new secret: new keys, and nothing held
+    /// under the old ones). Notes a rejected token for removal.
+    fn prepare(&self, request: &TokenRequest) -> Option<Arc<Sealer>> {
+        let credentials = request.credentials();
+        let mut state = self.state();
+        if state
+            .keyed
+            .as_ref()
+            .is_none_or(|(last, _)| last != credentials)
+        {
+            let config = &self.config;
+            let sealer = Sealer::new(
+                &config.key_prefix,
+                &config.token_url,
+                config.auth_method,
+                credentials,
+                config.key_ring.as_ref(),
+            );
+            if sealer.is_none() {
+                tracing::warn!(
+                    "the shared token store is not used: no keys can be derived from an empty client secret"
+                );
+            }
+            state.keyed = Some((credentials.clone(), sealer.map(Arc::new)));
+            (state.held, state.removal) = (None, None);
+        }
+        let sealer = state.keyed.as_ref()?.1.clone()?;
+        if let TokenReason::Rejected(token) = request.reason() {
+            state.removal = Some(sealer.fingerprint(token.secret()));
+        }
+        Some(sealer)
+    }
+
+    /// Looks for the fleet's token; failing that, takes the fleet's lock or
+    /// waits for the replica that holds it, while an exchange of this
+    /// replica's own would still fit in the request's timeout.
+    pub(super) async fn coordinate(self: &Arc<Self>, request: &TokenRequest) -> Decision {
+        let asked = (self.now_ms(), Instant::now());
+        let Some(sealer) = self.prepare(request) else {
+            self.count(|s| &mut s.fallbacks);
+            return Decision::Exchange(self.own_exchange(None, None, false, false, asked));
+        };
+        let mut call = Call {
+            fleet: self,
+            keys: sealer.keys().clone(),
+            sealer,
+            failed: false,
+            asked,
+        };
+        if self.breaker_open() {
+            return call.fall_back(None);
+        }
+        let keys = call.keys.clone();
+        let rejected = self.state().removal.clone();
+        if let Some(fingerprint) = &rejected {
+            let remove = self.config.store.remove(&keys, fingerprint);
+            match call.run(remove).await {
+                Some(removed) => {
+                    if removed {
+                        tracing::debug!("rejected token removed from the shared store");
+                    }
+                    let mut state = self.state();
+                    if state.removal == rejected {
+                        state.removal = None;
+                    }
+                }
+                // Tried again at the next look; no more store time now.
+                None => return call.fall_back(None),
+            }
+        }
+        let timeout = request.timeout();
+        let operation = self.config.operation_timeout;
+        let lock_for = timeout.saturating_add(operation.saturating_mul(3));
+        let started = Instant::now();
+        // Waits for the fleet only while an exchange of its own still fits
+        // in the caller's timeout: half of it at most.
+        let wait_until = later(started, timeout / 2);
+        // Waits for the holder's lock time, and again for each new holder,
+        // three lock times at most.
+        let longest = later(started, lock_for.saturating_mul(3)).min(wait_until);
+        let mut give_up_at = later(started, lock_for.saturating_add(operation)).min(wait_until);
+        let mut pause = FIRST_POLL;
+        let mut waiting = false;
+        let mut lock: Option<HeldLock> = None;
+        let mut last_lock_ttl = None;
+        loop {
+            // The store counts times left from before its answer travels.
+            let asked_at = Instant::now();
+            let load = self.config.store.load(&keys);
+            let Some(snapshot) = call.run(load).await else {
+                if waiting && lock.is_none() && !self.breaker_open() && Instant::now() < give_up_at
+                {
+                    // One failed look while waiting: look again later.
+                    pause = self.pause(pause, give_up_at).await;
+                    continue;
+                }
+                return call.fall_back(lock);
+            };
+            let usable = self.usable(&call, &snapshot, asked_at, request, rejected.as_deref());
+            if let Usable::Token(token) = usable {
+                self.count(|s| &mut s.hits);
+                if let Some(lock) = lock {
+                    lock.release().await;
+                }
+                return Decision::Stored(token);
+            }
+            if !waiting && lock.is_none() {
+                self.count(|s| &mut s.misses);
+            }
+            if let Usable::Unreadable = usable {
+                // Sealed by a key this replica does not have: exchange for
+                // itself, and leave the fleet's entry alone.
+                if let Some(lock) = lock {
+                    lock.release().await;
+                }
+                self.count(|s| &mut s.fallbacks);
+                return Decision::Exchange(call.own_exchange(None, false));
+            }
+            if let Some(backoff) = snapshot.backoff {
+                if let Some(lock) = lock {
+                    lock.release().await;
+                }
+                return Decision::HoldOff(hold_off(backoff));
+            }
+            if lock.is_some() {
+                // Looked once more after taking the lock: no replica stored
+                // a token in between.
+                self.count(|s| &mut s.lock_wins);
+                return Decision::Exchange(call.own_exchange(lock, true));
+            }
+            if let Some(held_for) = snapshot.lock_ttl {
+                // The lock's time went up: a new holder (the last one's ran
+                // out, or it released the lock after a failure) gets its
+                // time too.
+                if last_lock_ttl.is_some_and(|last| held_for > last) {
+                    let wait = held_for.min(lock_for).saturating_add(operation);
+                    give_up_at = give_up_at.max(later(Instant::now(), wait)).min(longest);
+                }
+                last_lock_ttl = Some(held_for);
+            }
+            let take = self.config.store.lock(&keys, &self.owner, lock_for);
+            match call.run(take).await {
+                // The lock may have been taken without its answer arriving:
+                // exchange as its holder, whose unlock is safe either way.
+                None => {
+                    let held = call.held_lock();
+                    return call.fall_back(Some(held));
+                }
+                Some(true) => {
+                    lock = Some(call.held_lock());
+                    continue;
+                }
+                Some(false) => {}
+            }
+            if !waiting {
+                waiting = true;
+                self.count(|s| &mut s.waits);
+                tracing::debug!("another replica is fetching the token; waiting for it");
+            }
+            if Instant::now() >= give_up_at {
+                return call.fall_back(None);
+            }
+            pause = self.pause(pause, give_up_at).await;
+        }
+    }
+
+    /// The stored token, if this replica may use it: it opens, it is not
+    /// the one rejected, and it may still be served for more than an
+    /// operation's time. A replica with a token of its own (`needed_by`)
+    /// takes it only if it is newer than that one; a cold one takes it as
+    /// long as it may be served.
+    fn usable(
+        &self,
+        call: &Call<'_>,
+        snapshot: &Snapshot,
+        asked_at: Instant,
+        request: &TokenRequest,
+        rejected: Option<&str>,
+    ) -> Usable {
+        let Some(stored) = &snapshot.token else {
+            return Usable::Nothing;
+        };
+        let Some(secret) = call.sealer.open(stored) else {
+            return Usable::Unreadable;
+        };
+        let lifetime =
+            Duration::from_millis(stored.expires_at_ms.saturating_sub(stored.issued_at_ms));
+        if rejected == Some(stored.fingerprint.as_str()) || lifetime.is_zero() {
+            return Usable::Nothing;
+        }
+        let served_for = request.served_for(lifetime);
+        // How long it may still be served: by the store's own count where
+        // it keeps one, so that replicas' clocks need not agree; else from
+        // its issue time on this replica's clock.
+        let left = snapshot.token_ttl.unwrap_or_else(|| {
+            let age = Duration::from_millis(self.now_ms().saturating_sub(stored.issued_at_ms));
+            served_for.saturating_sub(age)
+        });
+        let now = Instant::now();
+        // Not a token that may stop being served before it is handed over:
+        // one operation's time must be left (the lock's release may come
+        // first).
+        let margin = later(now, self.config.operation_timeout);
+        let issued_at = asked_at
+            .checked_add(left)
+            .filter(|until| *until > margin)
+            .and_then(|until| until.checked_sub(served_for))
+            .map(|at| at.min(now));
+        let Some(issued_at) = issued_at else {
+            return Usable::Nothing;
+        };
+        let mut state = self.state();
+        let newer = state.held.is_none_or(|held| stored.issued_at_ms > held);
+        if request.needed_by().is_some() && !newer {
+            return Usable::Nothing;
+        }
+        state.held = Some(stored.issued_at_ms);
+        Usable::Token(Token::new(secret, lifetime).with_age(now - issued_at))
+    }
+
+    /// Sleeps about `pause` (jittered), never past `until`; the next,
+    /// longer pause.
+    async fn pause(&self, pause: Duration, until: Instant) -> Duration {
+        let jittered = pause.mul_f64(0.5 + random_unit() / 2.0);
+        tokio::time::sleep_until(later(Instant::now(), jittered).min(until)).await;
+        (pause * 2).min(LONGEST_POLL)
+    }
+
+    fn own_exchange(
+        self: &Arc<Self>,
+        keyed: Option<(StoreKeys, Arc<Sealer>)>,
+        lock: Option<HeldLock>,
+        share: bool,
+        in_background: bool,
+        asked: (u64, Instant),
+    ) -> OwnExchange {
+        OwnExchange {
+            fleet: Arc::clone(self),
+            keyed,
+            lock,
+            share,
+            in_background,
+            asked,
+        }
+    }
+
+    /// Runs one store operation within the operation timeout, counting a
+    /// failure and opening the breaker after enough of them in a row.
+    pub(super) async fn run<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
+        let timeout = self.config.operation_timeout;
+        let error = match tokio::time::timeout(timeout, operation).await {
+            Ok(Ok(value)) => {
+                self.state().breaker.succeeded();
+                return Some(value);
+            }
+            Ok(Err(error)) => ErrorChain(&error).to_string(),
+            Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+        };
+        let opened = {
+            let mut state = self.state();
+            state.stats.errors += 1;
+            state.breaker.failed(Instant::now())
+        };
+        match opened {
+            Some(open_for) => tracing::warn!(
+                %error,
+                open_for_ms = open_for.as_millis() as u64,
+                "shared token store failing; exchanging without it for now"
+            ),
+            None => tracing::debug!(%error, "shared token store operation failed"),
+        }
+        None
+    }
+}
+
+impl Call<'_> {
+    async fn run<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
+        let result = self.fleet.run(operation).await;
+        self.failed |= result.is_none();
+        result
+    }
+
+    fn held_lock(&self) -> HeldLock {
+        HeldLock::new(Arc::clone(self.fleet), self.keys.clone())
+    }
+
+    /// Exchanges without the fleet's coordination (and shares the token
+    /// if the store lets it).
+    fn fall_back(self, lock: Option<HeldLock>) -> Decision {
+        self.fleet.count(|s| &mut s.fallbacks);
+        Decision::Exchange(self.own_exchange(lock, true))
+    }
+
+    fn own_exchange(self, lock: Option<HeldLock>, share: bool) -> OwnExchange {
+        let keyed = Some((self.keys, self.sealer));
+        (self.fleet).own_exchange(keyed, lock, share, self.failed, self.asked)
+    }
+}
+
+impl OwnExchange {
+    /// After the exchange: shares its token, or, after a failure with the
+    /// endpoint's `Retry-After`, makes the fleet back off that long if this
+    /// replica held the lock; then releases the lock. Other failures only
+    /// release it, for a waiter to take over. After a store failure during
+    /// the look, this runs in a task of its own, off the caller's path.
+    pub(super) async fn settle(self, result: &Result<Token, TokenError>, request: &TokenRequest) {
+        let publication = match result {
+            Ok(token) => {
+                let (asked_ms, asked_at) = self.asked;
+                let issued_ms = asked_ms.saturating_sub(millis(token.age()));
+                if self.keyed.is_some() {
+                    self.fleet.state().held = Some(issued_ms);
+                }
+                match token.expires_in().filter(|lifetime| !lifetime.is_zero()) {
+                    // Its lifetime is the provider's guess: not shared.
+                    None => Publication::Nothing,
+                    Some(lifetime) => {
+                        let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
+                        let age = asked_at.elapsed().saturating_add(token.age());
+                        Publication::Token {
+                            token: token.access_token().clone(),
+                            issued_ms,
+                            lifetime,
+                            ttl: request.served_for(lifetime).saturating_sub(age),
+                        }
+                    }
+                }
+            }
+            // The endpoint's own answer, not another layer's deferral.
+            Err(error) if self.lock.is_some() && !error.is_deferred() => error
+                .retry_after()
+                .map_or(Publication::Nothing, Publication::BackOff),
+            Err(_) => Publication::Nothing,
+        };
+        if self.in_background {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(self.publish(publication)));
+                return;
+            }
+        }
+        self.publish(publication).await;
+    }
+
+    async fn publish(self, publication: Publication) {
+        let fleet = &self.fleet;
+        let Some((keys, sealer)) = &self.keyed else {
+            return;
+        };
+        match publication {
+            Publication::Token {
+                token,
+                issued_ms,
+                lifetime,
+                ttl,
+            } if self.share && !ttl.is_zero() && !fleet.breaker_open() => {
+                let expires_ms = issued_ms.saturating_add(millis(lifetime));
+                if let Some(stored) = sealer.seal(token.secret(), issued_ms, expires_ms) {
+                    let save = fleet.config.store.save(keys, &stored, ttl);
+                    if fleet.run(save).await == Some(true) {
+                        tracing::debug!("token shared with the fleet");
+                    }
+                }
+            }
+            Publication::BackOff(retry_after) => {
+                let retry_after = retry_after.min(MAX_RETRY_AFTER);
+                let back_off = fleet.config.store.back_off(keys, retry_after);
+                fleet.run(back_off).await;
+            }
+            _ => {}
+        }
+        if let Some(lock) = self.lock {
+            lock.release().await;
+        }
+    }
+}
+
+/// The error of a replica held back by the fleet's backoff, which has
+/// `backoff` left.
+fn hold_off(backoff: Duration) -> TokenError {
+    let backoff = backoff.min(MAX_RETRY_AFTER);
+    TokenError::with_detail(
+        TokenErrorKind::RateLimited,
+        format!(
+            "the token endpoint asked another replica to retry later; the fleet backs off for {} ms more",
+            backoff.as_millis()
+        ),
+    )
+    .with_retry_after(backoff)
+    .deferred()
+}
+
+/// The wall clock in milliseconds since the Unix epoch.
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

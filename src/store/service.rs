@@ -1,0 +1,298 @@
+//! [`SharedExchange`]: a token exchange that a fleet shares, made by the
+//! [`SharedCache`] layer.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::{Service, ServiceExt};
+
+use super::coordination::Decision;
+use super::{SharedCache, StoreStats};
+use crate::error::TokenError;
+use crate::token::{Token, TokenRequest};
+
+/// A token exchange shared by the replicas of a fleet: made by the
+/// [`SharedCache`] layer over an exchange service `S`.
+///
+/// For each [`TokenRequest`] it looks in the store for the fleet's token
+/// and returns it, with its [age](Token::age), if this replica may use it;
+/// otherwise it takes the fleet's lock, calls `S` and shares its token, or
+/// waits for the replica that holds the lock. See the [module](super).
+///
+/// - A request whose [reason](TokenRequest::reason) is a
+///   [rejected](crate::TokenReason::Rejected) token removes that token from
+///   the store first, and never gets it back.
+/// - While the fleet backs off (the token endpoint sent a `Retry-After` to
+///   the replica that held the lock), the answer is a
+///   [`RateLimited`](crate::TokenErrorKind::RateLimited) error marked
+///   [deferred](TokenError::deferred), whose `retry_after` is what is left
+///   of the backoff.
+/// - It waits for another replica's exchange half of the request's
+///   [timeout](TokenRequest::timeout) at most, so that an exchange of its
+///   own still fits in it.
+/// - Cancel-safe: a future dropped while this replica holds the fleet's
+///   lock releases the lock at once, from a task on the current tokio
+///   runtime (best effort: otherwise the lock runs out after its time,
+///   the request's timeout plus three operation timeouts).
+///
+/// `poll_ready` is always ready: `S` is driven to readiness in the future,
+/// only when this replica exchanges, so that a replica waiting for the
+/// fleet holds nothing of `S` (a concurrency limit's permit) meanwhile.
+pub struct SharedExchange<S> {
+    inner: S,
+    cache: SharedCache,
+}
+
+impl<S> SharedExchange<S> {
+    /// `inner`, shared through `cache` (as [`SharedCache`]'s `layer` does).
+    pub fn new(inner: S, cache: &SharedCache) -> Self {
+        Self {
+            inner,
+            cache: cache.clone(),
+        }
+    }
+
+    /// The exchange service underneath.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The exchange service underneath, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The exchange service underneath, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The counts of the [`SharedCache`] that made this service (shared by
+    /// all its services).
+    pub fn stats(&self) -> StoreStats {
+        self.cache.stats()
+    }
+}
+
+impl<S: Clone> Clone for SharedExchange<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for SharedExchange<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedExchange")
+            .field("inner", &self.inner)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl<S> Service<TokenRequest> for SharedExchange<S>
+where
+    S: Service<TokenRequest, Response = Token, Error = TokenError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Token;
+    type Error = TokenError;
+    /// Boxed: this runs once per token, not per request.
+    type Future = Pin<Box<dyn Future<Output = Result<Token, TokenError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TokenError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: TokenRequest) -> Self::Future {
+        let inner = self.inner.clone();
+        let fleet = Arc::clone(self.cache.coordinator());
+        Box::pin(async move {
+            let own = match fleet.coordinate(&request).await {
+                Decision::Stored(token) => return Ok(token),
+                Decision::HoldOff(error) => return Err(error),
+                Decision::Exchange(own) => own,
+            };
+            let result = inner.oneshot(request.clone()).await;
+            own.settle(&result, &request).await;
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use tokio_test::{assert_pending, task};
+
+    use super::*;
+    use crate::test_util::{MemoryStore, MockExchange};
+    use crate::{AuthMethod, TokenErrorKind, TokenReason};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// One replica's exchange: `exchange` under a shared cache of its own
+    /// in `store`.
+    fn replica(store: &MemoryStore, exchange: &MockExchange) -> SharedExchange<MockExchange> {
+        let cache = SharedCache::new(
+            store.clone(),
+            "https://auth.test/t",
+            AuthMethod::RequestBody,
+        );
+        tower::Layer::layer(&cache, exchange.clone())
+    }
+
+    /// What a provider with no token to serve sends.
+    fn cold() -> TokenRequest {
+        TokenRequest::new(MockExchange::credentials())
+    }
+
+    async fn ask(
+        service: &SharedExchange<MockExchange>,
+        request: TokenRequest,
+    ) -> Result<Token, TokenError> {
+        service.clone().oneshot(request).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_from_the_store_says_how_long_ago_it_was_issued() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let fresh = ask(&replica(&store, &exchange), cold()).await.unwrap();
+        assert_eq!(fresh.age(), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(600)).await;
+
+        let other = replica(&store, &exchange);
+        let shared = ask(&other, cold()).await.unwrap();
+
+        assert_eq!(exchange.calls(), 1);
+        assert_eq!(shared.access_token().secret(), "token-1");
+        assert_eq!(shared.expires_in(), Some(HOUR));
+        assert_eq!(shared.age(), Duration::from_secs(600));
+        assert_eq!(other.stats().hits, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_token_is_removed_from_the_store_and_never_taken() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let first = ask(&replica(&store, &exchange), cold()).await.unwrap();
+        let fingerprint = store.tokens()[0].1.fingerprint.clone();
+
+        let rejected = TokenReason::Rejected(first.access_token().clone());
+        let other = replica(&store, &exchange);
+        let renewed = ask(&other, cold().with_reason(rejected)).await.unwrap();
+
+        assert_eq!(renewed.access_token().secret(), "token-2");
+        let stored = store.tokens();
+        assert_eq!(stored.len(), 1);
+        assert_ne!(stored[0].1.fingerprint, fingerprint, "token-2 replaced it");
+        assert_eq!(other.stats().lock_wins, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fleets_backoff_is_a_deferred_error() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let asked = Duration::from_secs(30);
+        exchange.fail_next(TokenError::new(TokenErrorKind::RateLimited).with_retry_after(asked));
+        let endpoints = ask(&replica(&store, &exchange), cold()).await.unwrap_err();
+        assert!(!endpoints.is_deferred(), "the endpoint's own answer");
+        tokio::time::advance(Duration::from_secs(10)).await;
+
+        let held_off = ask(&replica(&store, &exchange), cold()).await.unwrap_err();
+
+        assert_eq!(exchange.calls(), 1, "no exchange while the fleet backs off");
+        assert!(held_off.is_deferred());
+        assert_eq!(held_off.kind(), TokenErrorKind::RateLimited);
+        assert_eq!(held_off.retry_after(), Some(Duration::from_secs(20)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_future_dropped_holding_the_lock_releases_it_at_once() {
+        let store = MemoryStore::new();
+        let hung = MockExchange::new(HOUR).gated();
+        let holder = replica(&store, &hung);
+        let mut holding = task::spawn(holder.clone().oneshot(cold()));
+        assert_pending!(holding.poll());
+        assert_eq!(hung.calls(), 1, "it holds the lock and exchanges");
+        drop(holding);
+        // The release runs in a task of its own.
+        tokio::task::yield_now().await;
+
+        let exchange = MockExchange::new(HOUR);
+        let other = replica(&store, &exchange);
+        let started = Instant::now();
+        let token = ask(&other, cold()).await.unwrap();
+
+        assert_eq!(token.access_token().secret(), "token-1");
+        assert_eq!(started.elapsed(), Duration::ZERO, "no wait for the lock");
+        let stats = other.stats();
+        assert_eq!((stats.lock_wins, stats.waits), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_exchanges_on_its_own_after_half_its_timeout() {
+        let store = MemoryStore::new();
+        let hung = MockExchange::new(HOUR).gated();
+        let mut holding = task::spawn(replica(&store, &hung).oneshot(cold()));
+        assert_pending!(holding.poll());
+
+        let exchange = MockExchange::new(HOUR);
+        let waiter = replica(&store, &exchange);
+        let started = Instant::now();
+        let request = cold().with_timeout(Duration::from_secs(4));
+        let token = ask(&waiter, request).await.unwrap();
+
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(token.access_token().secret(), "token-1");
+        let stats = waiter.stats();
+        assert_eq!((stats.waits, stats.fallbacks), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_with_a_token_takes_only_a_newer_one() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let own = replica(&store, &exchange);
+        ask(&own, cold()).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3300)).await;
+
+        // Its own token is the stored one: it exchanges.
+        let needed_by = Instant::now() + Duration::from_secs(270);
+        let due = || {
+            cold()
+                .with_reason(TokenReason::RefreshDue)
+                .with_needed_by(needed_by)
+        };
+        let renewed = ask(&own, due()).await.unwrap();
+        assert_eq!(renewed.access_token().secret(), "token-2");
+
+        // Another replica, whose token is older, takes the newer one.
+        let other = replica(&store, &exchange);
+        ask(&other, cold()).await.unwrap();
+        assert_eq!(other.stats().hits, 1);
+        assert_eq!(exchange.calls(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debug_shows_no_secret() {
+        let store = MemoryStore::new();
+        let exchange = MockExchange::new(HOUR);
+        let service = replica(&store, &exchange);
+        ask(&service, cold()).await.unwrap();
+        let text = format!("{service:?}");
+        assert!(text.contains("SharedExchange"), "{text}");
+        assert!(
+            !text.contains("token-1") && !text.contains("mock-secret"),
+            "{text}"
+        );
+    }
+}
