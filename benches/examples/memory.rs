@@ -24,12 +24,19 @@ fn main() {
     let runtime = runtime(2);
     let token = "t".repeat(88);
     let exchange = tower::service_fn(move |_: TokenRequest| {
-        ready(Ok::<_, TokenError>(Token::new(token.as_str(), Duration::from_secs(3600))))
+        ready(Ok::<_, TokenError>(Token::new(
+            token.as_str(),
+            Duration::from_secs(3600),
+        )))
     });
     let credentials = ClientCredentials::new("memory-client", "memory-secret");
     let idle = |runtime: &tokio::runtime::Runtime| {
         runtime.block_on(async {
-            while tokio::runtime::Handle::current().metrics().num_alive_tasks() > 0 {
+            while tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+                > 0
+            {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         });
