@@ -29,7 +29,7 @@ pub struct ClientCredentials {
 
 #[derive(PartialEq, Eq)]
 struct Inner {
-    client_id: String,
+    client_id: Arc<str>,
     client_secret: String,
 }
 
@@ -38,7 +38,7 @@ impl ClientCredentials {
     pub fn new(client_id: impl Into<String>, client_secret: impl Into<String>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                client_id: client_id.into(),
+                client_id: Arc::from(client_id.into()),
                 client_secret: client_secret.into(),
             }),
         }
@@ -74,6 +74,12 @@ impl ClientCredentials {
 
     /// The client id.
     pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// The client id, shared: for log fields and metric labels without a
+    /// copy.
+    pub(crate) fn label(&self) -> &Arc<str> {
         &self.inner.client_id
     }
 

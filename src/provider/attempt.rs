@@ -16,15 +16,10 @@ use crate::error::{BoxError, ErrorChain, TokenError, TokenErrorKind};
 use crate::token::{Token, TokenReason, TokenRequest};
 
 /// An exchange attempt in flight, owned by the worker.
-pub(super) type InFlight = Pin<Box<dyn Future<Output = Result<Token, TokenError>> + Send>>;
+pub(super) type Attempt = Pin<Box<dyn Future<Output = Result<Token, TokenError>> + Send>>;
 
 /// Sends `request` through `exchange`, for at most `timeout`.
-pub(super) fn attempt<S>(
-    exchange: S,
-    request: TokenRequest,
-    timeout: Duration,
-    client_id: &str,
-) -> InFlight
+pub(super) fn attempt<S>(exchange: S, request: TokenRequest, timeout: Duration) -> Attempt
 where
     S: Service<TokenRequest, Response = Token> + Send + 'static,
     S::Error: Into<BoxError>,
@@ -32,7 +27,7 @@ where
 {
     let span = tracing::debug_span!(
         "token_exchange",
-        client_id,
+        client_id = request.credentials().client_id(),
         reason = request.reason().as_str()
     );
     let exchange = CatchUnwind {
@@ -76,27 +71,18 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-/// What a failure log line says besides the error.
-pub(super) struct Failure<'a> {
-    pub(super) client_id: &'a str,
-    pub(super) reason: &'a TokenReason,
-    pub(super) elapsed: Duration,
-    pub(super) failures: u32,
-    pub(super) retry_in: Duration,
-}
-
 /// Permanent errors (bad credentials, bad request) at `error`, transient
-/// ones at `warn`, with the client id and why the token was wanted; never
-/// the token or the secret.
-pub(super) fn log_failure(error: &TokenError, failure: &Failure<'_>) {
+/// ones at `warn`, with the client id, why the token was wanted and the
+/// backoff; never the token or the secret.
+pub(super) fn log_failure(
+    error: &TokenError,
+    client_id: &str,
+    reason: &TokenReason,
+    elapsed: Duration,
+    failures: u32,
+    retry_in: Duration,
+) {
     let (status, code) = (error.status().map(|s| s.as_u16()), error.error_code());
-    let Failure {
-        client_id,
-        reason,
-        elapsed,
-        failures,
-        retry_in,
-    } = failure;
     let (retryable, reason) = (error.is_retryable(), reason.as_str());
     let (duration_ms, retry_in_ms) = (elapsed.as_millis() as u64, retry_in.as_millis() as u64);
     let error = ErrorChain(error);

@@ -30,7 +30,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
 
 /// The shortest first delay of [`TokenProviderBuilder::backoff`]: a
 /// failing endpoint is never retried in a tight loop.
-const SHORTEST_BACKOFF: Duration = Duration::from_millis(10);
+pub(super) const SHORTEST_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest delay of [`TokenProviderBuilder::backoff`].
 const LONGEST_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 

@@ -21,6 +21,7 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
@@ -39,7 +40,7 @@ use self::schedule::Options;
 use self::worker::{Message, Receiver};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
-use crate::metrics;
+use crate::metrics::{self, Event};
 use crate::token::{AccessToken, Token, TokenRequest};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -165,9 +166,8 @@ pub(super) struct Shared {
 /// What outlives one worker, and what callers must see without waiting
 /// for it.
 struct Seed {
-    /// The latest credentials, and their client id for logs and metrics.
+    /// The latest credentials.
     credentials: ClientCredentials,
-    label: Arc<str>,
     /// The `seq` of the next token stored, whichever worker stores it.
     next_seq: u64,
     pacing: schedule::Pacing,
@@ -239,8 +239,8 @@ impl TokenTag {
             // API that refuses fresh tokens): keep the token for now rather
             // than fetch one per request. A token whose refresh is due goes
             // at once: no exchange is added.
-            let client_id = Arc::clone(&lock(&self.provider.shared().seed).label);
-            let client_id = &*client_id;
+            let client_id = self.provider.client_id();
+            let client_id = client_id.as_str();
             tracing::debug!(
                 client_id,
                 "token rejected again soon after the last one; not invalidated yet"
@@ -294,7 +294,6 @@ impl TokenProvider {
             drop(runtime.spawn(worker::run(shared, handles, exchange, messages)));
         };
         let seed = Seed {
-            label: Arc::from(builder.credentials.client_id()),
             credentials: builder.credentials,
             next_seq: 1,
             pacing: schedule::Pacing::default(),
@@ -370,17 +369,21 @@ impl TokenProvider {
     pub fn set_credentials(&self, credentials: ClientCredentials) {
         let shared = self.shared();
         let mut seed = lock(&shared.seed);
+        if seed.credentials == credentials {
+            // A reload of the same secret: nothing changes, not even the
+            // backoff.
+            return;
+        }
         let same_client = seed.credentials.client_id() == credentials.client_id();
         if !same_client {
             // Under the seed lock, which the worker holds while it stores a
             // token: a token of the old client is never stored after this.
             shared.current.store(None);
         }
-        seed.label = Arc::from(credentials.client_id());
         seed.credentials = credentials;
         // Backoff starts over, and nothing of the old secret stays.
         (seed.rejected, seed.backoff) = (None, None);
-        let client_id = Arc::clone(&seed.label);
+        let client_id = Arc::clone(seed.credentials.label());
         drop(seed);
         let client_id = &*client_id;
         tracing::info!(client_id, same_client, "client credentials replaced");
@@ -428,7 +431,13 @@ impl TokenProvider {
             return true;
         }
         let fresh = cached.is_fresh(now);
-        let again = self.shared().options.exchange_timeout;
+        // Asked again after the exchange timeout (its worker may have been
+        // lost with its runtime), but never more than once a second.
+        let again = self
+            .shared()
+            .options
+            .exchange_timeout
+            .max(Duration::from_secs(1));
         if fresh && cached.claim_refresh(now, again) && self.send(Message::RefreshDue).is_err() {
             // No runtime here: let a later request on a runtime ask.
             cached.unclaim_refresh();
@@ -551,13 +560,31 @@ impl TokenProvider {
         }
         // The next exchange says which token was rejected.
         seed.rejected = Some(expected.token.clone());
-        let client_id = Arc::clone(&seed.label);
+        let client_id = Arc::clone(seed.credentials.label());
         drop(seed);
-        lock(&shared.stats).invalidations += 1;
-        metrics::record(&client_id, metrics::Event::Invalidation);
+        shared.note(Event::Invalidation);
         let client_id = &*client_id;
         tracing::debug!(client_id, by_response, "cached token invalidated");
         true
+    }
+}
+
+impl Shared {
+    /// Counts `event` in the provider's stats and its metrics.
+    fn note(&self, event: Event) {
+        {
+            let mut stats = lock(&self.stats);
+            match event {
+                Event::ExchangeStarted => stats.exchanges += 1,
+                Event::ExchangeFailed { .. } => stats.failures += 1,
+                Event::Wait => stats.waits += 1,
+                Event::Invalidation => stats.invalidations += 1,
+                Event::BackgroundRefresh => stats.background_refreshes += 1,
+                Event::ExchangeSucceeded { .. } | Event::TokenStored { .. } => {}
+            }
+        }
+        let client_id = Arc::clone(lock(&self.seed).credentials.label());
+        metrics::record(&client_id, event);
     }
 }
 

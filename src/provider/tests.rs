@@ -98,3 +98,112 @@ async fn a_waiter_whose_worker_ends_without_answering_gets_an_error_at_once() {
     // The next call starts a new worker.
     assert_eq!(provider.token().await.unwrap().secret(), "token-1");
 }
+
+/// Lets the worker and the exchange run on the current-thread runtime.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deferral_without_retry_after_waits_the_first_backoff_not_a_busy_loop() {
+    let exchange = MockExchange::new(MINUTE);
+    exchange.fail_next(TokenError::new(TokenErrorKind::RateLimited).deferred());
+    let provider = exchange.provider();
+    assert!(provider.token().await.unwrap_err().is_deferred());
+    settle().await;
+    assert_eq!(exchange.calls(), 1);
+    advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(exchange.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_due_message_for_a_token_not_due_starts_nothing() {
+    let exchange = MockExchange::new(MINUTE);
+    let provider = exchange.provider();
+    provider.token().await.unwrap();
+    // Sent for the token before this one, by a request that loaded it
+    // just before it was replaced.
+    provider.send(Message::RefreshDue).unwrap();
+    settle().await;
+    assert_eq!(exchange.calls(), 1);
+    assert_eq!(provider.stats().background_refreshes, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_for_replaced_credentials_reaches_no_waiter() {
+    let exchange = MockExchange::new(MINUTE).gated();
+    exchange.fail_next(TokenError::new(TokenErrorKind::InvalidClient));
+    let provider = exchange.provider();
+    let waiter = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.token().await }
+    });
+    exchange.wait_for_calls(1).await;
+    // The credentials change, and the exchange with the old ones fails,
+    // before the worker reads the message that says so.
+    let rotated = crate::ClientCredentials::new(crate::test_util::MOCK_CLIENT_ID, "rotated");
+    lock(&provider.shared().seed).credentials = rotated.clone();
+    exchange.open_gate();
+    let token = waiter
+        .await
+        .unwrap()
+        .expect("a token for the new credentials");
+    assert_eq!(token.secret(), "token-2");
+    assert_eq!(exchange.credentials_seen()[1], rotated);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_credentials_again_do_not_cut_a_backoff_short() {
+    let exchange = MockExchange::new(MINUTE);
+    exchange.fail_until(
+        Instant::now() + MINUTE,
+        TokenError::new(TokenErrorKind::ServerError),
+    );
+    let provider = exchange.provider();
+    assert!(provider.token().await.is_err());
+    for _ in 0..10 {
+        provider.set_credentials(MockExchange::credentials());
+        settle().await;
+    }
+    assert_eq!(exchange.calls(), 1);
+    assert!(provider.token().await.is_err(), "still backing off");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_due_refresh_is_asked_once_a_second_at_most_whatever_the_exchange_timeout() {
+    let exchange = MockExchange::new(MINUTE);
+    let provider = TokenProvider::builder(exchange, MockExchange::credentials())
+        .exchange_timeout(Duration::ZERO)
+        .build();
+    // The first token, through a worker that answers at once.
+    let mut messages = stand_in_worker(&provider);
+    let fetch = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.token().await }
+    });
+    let Some(Message::Need(answer)) = messages.recv().await else {
+        panic!("no request for the first token");
+    };
+    let token = {
+        let other = MockExchange::new(MINUTE).provider();
+        other.token().await.unwrap();
+        other.shared().current.load_full().unwrap()
+    };
+    provider.shared().current.store(Some(Arc::clone(&token)));
+    answer.send(Ok(token)).ok().unwrap();
+    fetch.await.unwrap().unwrap();
+    // Past its refresh time (30 s of a minute), a hundred requests.
+    advance(Duration::from_secs(31)).await;
+    for _ in 0..100 {
+        provider.token().await.unwrap();
+    }
+    let mut asked = 0;
+    while let Ok(message) = messages.try_recv() {
+        assert!(matches!(message, Message::RefreshDue));
+        asked += 1;
+    }
+    assert_eq!(asked, 1);
+}
