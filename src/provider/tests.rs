@@ -195,8 +195,9 @@ async fn a_due_refresh_is_asked_once_a_second_at_most_whatever_the_exchange_time
     provider.shared().current.store(Some(Arc::clone(&token)));
     answer.send(Ok(token)).ok().unwrap();
     fetch.await.unwrap().unwrap();
-    // Past its refresh time (30 s of a minute), a hundred requests.
-    advance(Duration::from_secs(31)).await;
+    // Past its refresh time (30 to 33 s into a minute, with the jitter),
+    // before it stops being served (45 s): a hundred requests.
+    advance(Duration::from_secs(34)).await;
     for _ in 0..100 {
         provider.token().await.unwrap();
     }
