@@ -7,8 +7,11 @@
 //! time would skip past. They wait for events, not for fixed sleeps, except
 //! where a token's lifetime must pass (the refresh; a few seconds).
 
-use std::ops::Deref;
+mod common;
+
 use std::time::Duration;
+
+use common::{Replica, layered};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -17,12 +20,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use routera_auth::store::{RedisStore, SharedCache, StoreKeyRing, StoreStats};
 use routera_auth::test_util::{Emulator, EmulatorExchange, Fault, MockExchange, RedisServer};
-use routera_auth::{
-    AuthMethod, ClientCredentials, RouteraAuthLayer, Token, TokenError, TokenProvider, TokenRequest,
-};
+use routera_auth::{AuthMethod, RouteraAuthLayer};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceExt};
 
 /// Bounds every wait of a test, so a regression fails it instead of hanging.
 const BOUND: Duration = Duration::from_secs(30);
@@ -45,38 +46,6 @@ async fn emulator(lifetime: Duration) -> Emulator {
 async fn cache(redis: &RedisServer, exchange: &EmulatorExchange) -> SharedCache {
     let store = RedisStore::connect(&redis.url()).await.unwrap();
     SharedCache::for_exchange(store, exchange).breaker(3, Duration::from_millis(500))
-}
-
-/// A provider over an exchange under a shared cache, and that cache.
-#[derive(Clone)]
-struct Replica {
-    provider: TokenProvider,
-    cache: SharedCache,
-}
-
-impl Deref for Replica {
-    type Target = TokenProvider;
-
-    fn deref(&self) -> &TokenProvider {
-        &self.provider
-    }
-}
-
-fn layered<S>(
-    cache: SharedCache,
-    exchange: S,
-    credentials: ClientCredentials,
-    exchange_timeout: Duration,
-) -> Replica
-where
-    S: Service<TokenRequest, Response = Token, Error = TokenError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    let layered = ServiceBuilder::new().layer(cache.clone()).service(exchange);
-    let provider = TokenProvider::builder(layered, credentials)
-        .exchange_timeout(exchange_timeout)
-        .build();
-    Replica { provider, cache }
 }
 
 async fn replica(redis: &RedisServer, emulator: &Emulator) -> Replica {

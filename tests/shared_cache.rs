@@ -3,15 +3,17 @@
 //! fleet, the lock, the waits, the fallbacks, the breaker. The same protocol
 //! against a real Redis is in `tests/fleet.rs`.
 
-use std::ops::Deref;
+mod common;
+
 use std::time::Duration;
+
+use common::{Replica, layered};
 
 use routera_auth::store::{SharedCache, StoreKeyRing, StoreStats};
 use routera_auth::test_util::{MemoryStore, MockExchange};
-use routera_auth::{AccessToken, AuthMethod, TokenError, TokenErrorKind, TokenProvider};
+use routera_auth::{AccessToken, AuthMethod, TokenError, TokenErrorKind};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
-use tower::ServiceBuilder;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const URL: &str = "https://auth.routera.test/oauth2/token";
@@ -20,33 +22,17 @@ fn cache(store: &MemoryStore) -> SharedCache {
     SharedCache::new(store.clone(), URL, AuthMethod::RequestBody)
 }
 
-/// A provider over `exchange` under a shared cache, and that cache.
-#[derive(Clone)]
-struct Replica {
-    provider: TokenProvider,
-    cache: SharedCache,
-}
-
-impl Deref for Replica {
-    type Target = TokenProvider;
-
-    fn deref(&self) -> &TokenProvider {
-        &self.provider
-    }
-}
-
 fn replica_with(
     cache: SharedCache,
     exchange: &MockExchange,
     exchange_timeout: Duration,
 ) -> Replica {
-    let layered = ServiceBuilder::new()
-        .layer(cache.clone())
-        .service(exchange.clone());
-    let provider = TokenProvider::builder(layered, MockExchange::credentials())
-        .exchange_timeout(exchange_timeout)
-        .build();
-    Replica { provider, cache }
+    layered(
+        cache,
+        exchange.clone(),
+        MockExchange::credentials(),
+        exchange_timeout,
+    )
 }
 
 fn replica(store: &MemoryStore, exchange: &MockExchange) -> Replica {

@@ -132,3 +132,43 @@ pub async fn transport_error() -> TokenError {
     );
     exchange_error(Err(reset)).await
 }
+
+/// A replica of a fleet: a provider over an exchange under a shared cache,
+/// and that cache (whose `stats()` count what the replica did with the
+/// store). Derefs to the provider.
+#[cfg(feature = "shared-store")]
+#[derive(Clone)]
+pub struct Replica {
+    pub provider: routera_auth::TokenProvider,
+    pub cache: routera_auth::store::SharedCache,
+}
+
+#[cfg(feature = "shared-store")]
+impl std::ops::Deref for Replica {
+    type Target = routera_auth::TokenProvider;
+
+    fn deref(&self) -> &routera_auth::TokenProvider {
+        &self.provider
+    }
+}
+
+/// A replica over `exchange` under `cache`, with `exchange_timeout`.
+#[cfg(feature = "shared-store")]
+pub fn layered<S>(
+    cache: routera_auth::store::SharedCache,
+    exchange: S,
+    credentials: ClientCredentials,
+    exchange_timeout: std::time::Duration,
+) -> Replica
+where
+    S: tower::Service<TokenRequest, Response = Token, Error = TokenError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let layered = tower::ServiceBuilder::new()
+        .layer(cache.clone())
+        .service(exchange);
+    let provider = routera_auth::TokenProvider::builder(layered, credentials)
+        .exchange_timeout(exchange_timeout)
+        .build();
+    Replica { provider, cache }
+}
