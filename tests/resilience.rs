@@ -536,6 +536,11 @@ fn a_worker_lost_with_its_runtime_is_replaced_and_the_token_still_expires_on_tim
         .unwrap();
     let armed = first.block_on(async {
         provider.token().await.unwrap();
+        // A refresh that fails keeps the worker at work (it retries), so
+        // that there is a worker to lose.
+        let failure = routera_auth::TokenError::new(TokenErrorKind::ServerError);
+        exchange.fail_until(Instant::now() + MINUTE, failure);
+        assert!(provider.refresh().await.is_err());
         let metrics = tokio::runtime::Handle::current().metrics();
         until(|| metrics.num_alive_tasks() == 1).await
     });
@@ -559,7 +564,8 @@ fn a_worker_lost_with_its_runtime_is_replaced_and_the_token_still_expires_on_tim
         (before, after)
     });
     assert_eq!(seen.0, "Bearer token-1");
-    assert_eq!(seen.1, "Bearer token-2");
+    // Exchange 2 was the failed refresh.
+    assert_eq!(seen.1, "Bearer token-3");
 }
 
 #[tokio::test(start_paused = true)]

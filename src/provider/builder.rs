@@ -1,4 +1,4 @@
-//! [`TokenProviderBuilder`] and the defaults of its options.
+//! [`TokenProviderBuilder`]: the options of a provider, set before it is built.
 
 use std::fmt;
 use std::time::Duration;
@@ -6,33 +6,10 @@ use std::time::Duration;
 use tower::Service;
 
 use super::TokenProvider;
-use super::schedule::Options;
+use super::schedule::{LONGEST_BACKOFF, Options, SHORTEST_BACKOFF};
 use crate::ClientCredentials;
 use crate::error::BoxError;
 use crate::token::{Token, TokenRequest};
-
-/// Default for [`TokenProviderBuilder::expiry_skew`].
-pub const DEFAULT_EXPIRY_SKEW: Duration = Duration::from_secs(30);
-/// Default for [`TokenProviderBuilder::refresh_ahead`].
-pub const DEFAULT_REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
-/// Default for [`TokenProviderBuilder::assumed_lifetime`].
-pub const DEFAULT_ASSUMED_LIFETIME: Duration = Duration::from_secs(60);
-/// Default for [`TokenProviderBuilder::exchange_timeout`].
-pub const DEFAULT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default first delay of [`TokenProviderBuilder::backoff`].
-pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_secs(1);
-/// Default longest delay of [`TokenProviderBuilder::backoff`].
-pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// The longest lifetime a token is trusted for, whatever `expires_in` says.
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
-/// The longest `Retry-After` honoured; a longer one waits this long.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
-
-/// The shortest first delay of [`TokenProviderBuilder::backoff`]: a
-/// failing endpoint is never retried in a tight loop.
-pub(super) const SHORTEST_BACKOFF: Duration = Duration::from_millis(10);
-/// The longest delay of [`TokenProviderBuilder::backoff`].
-const LONGEST_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Builds a [`TokenProvider`]; from [`TokenProvider::builder`].
 pub struct TokenProviderBuilder<S> {

@@ -11,6 +11,7 @@ mod attempt;
 mod builder;
 mod cached;
 mod schedule;
+mod stats;
 mod worker;
 
 #[cfg(all(test, feature = "test-util"))]
@@ -29,18 +30,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tower::Service;
 
-pub use self::builder::{
-    DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
-    DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
-    TokenProviderBuilder,
-};
+pub use self::builder::TokenProviderBuilder;
 use self::cached::CachedToken;
 pub use self::cached::TokenTiming;
 use self::schedule::Options;
+pub use self::schedule::{
+    DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
+};
+pub use self::stats::ProviderStats;
 use self::worker::{Message, Receiver};
 use crate::ClientCredentials;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
-use crate::metrics::{self, Event};
+use crate::metrics::Event;
 use crate::token::{AccessToken, Token, TokenRequest};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -177,26 +179,6 @@ struct Seed {
     /// The last failure, and when the next attempt starts: until then
     /// callers with no fresh token get it at once.
     backoff: Option<(TokenError, Instant)>,
-}
-
-/// What a [`TokenProvider`] has done so far; from [`TokenProvider::stats`].
-///
-/// The counters are kept on the slow path only: serving a fresh token
-/// counts nothing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ProviderStats {
-    /// Exchange attempts started.
-    pub exchanges: u64,
-    /// Exchange attempts that failed.
-    pub failures: u64,
-    /// Callers that had to wait for an exchange because no token was fresh.
-    pub waits: u64,
-    /// Tokens dropped by [`TokenProvider::invalidate`] or by a response
-    /// that rejected them.
-    pub invalidations: u64,
-    /// Refreshes started ahead of expiry, while the token was still served.
-    pub background_refreshes: u64,
 }
 
 /// A request path's own view of the current token: it holds the token and
@@ -566,25 +548,6 @@ impl TokenProvider {
         let client_id = &*client_id;
         tracing::debug!(client_id, by_response, "cached token invalidated");
         true
-    }
-}
-
-impl Shared {
-    /// Counts `event` in the provider's stats and its metrics.
-    fn note(&self, event: Event) {
-        {
-            let mut stats = lock(&self.stats);
-            match event {
-                Event::ExchangeStarted => stats.exchanges += 1,
-                Event::ExchangeFailed { .. } => stats.failures += 1,
-                Event::Wait => stats.waits += 1,
-                Event::Invalidation => stats.invalidations += 1,
-                Event::BackgroundRefresh => stats.background_refreshes += 1,
-                Event::ExchangeSucceeded { .. } | Event::TokenStored { .. } => {}
-            }
-        }
-        let client_id = Arc::clone(lock(&self.seed).credentials.label());
-        metrics::record(&client_id, event);
     }
 }
 

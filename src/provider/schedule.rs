@@ -1,16 +1,36 @@
-//! The arithmetic of a provider's options: a token's lifetime and schedule
-//! (when its refresh is due, until when it is served), the backoff between
-//! failed exchanges, and the pacing of invalidations.
+//! A provider's options, their defaults, and their arithmetic: a token's
+//! lifetime and schedule (when its refresh is due, until when it is
+//! served), the backoff between failed exchanges, and the pacing of
+//! invalidations.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::builder::{
-    DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
-    DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME,
-};
 use crate::token::{Token, served_for};
+
+/// Default for [`TokenProviderBuilder::expiry_skew`](super::TokenProviderBuilder::expiry_skew).
+pub const DEFAULT_EXPIRY_SKEW: Duration = Duration::from_secs(30);
+/// Default for [`TokenProviderBuilder::refresh_ahead`](super::TokenProviderBuilder::refresh_ahead).
+pub const DEFAULT_REFRESH_AHEAD: Duration = Duration::from_secs(5 * 60);
+/// Default for [`TokenProviderBuilder::assumed_lifetime`](super::TokenProviderBuilder::assumed_lifetime).
+pub const DEFAULT_ASSUMED_LIFETIME: Duration = Duration::from_secs(60);
+/// Default for [`TokenProviderBuilder::exchange_timeout`](super::TokenProviderBuilder::exchange_timeout).
+pub const DEFAULT_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default first delay of [`TokenProviderBuilder::backoff`](super::TokenProviderBuilder::backoff).
+pub const DEFAULT_MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Default longest delay of [`TokenProviderBuilder::backoff`](super::TokenProviderBuilder::backoff).
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest lifetime a token is trusted for, whatever `expires_in` says.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest `Retry-After` honoured; a longer one waits this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// The shortest first delay of [`TokenProviderBuilder::backoff`](super::TokenProviderBuilder::backoff)(super::TokenProviderBuilder::backoff): a
+/// failing endpoint is never retried in a tight loop.
+pub(super) const SHORTEST_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest delay of [`TokenProviderBuilder::backoff`](super::TokenProviderBuilder::backoff)(super::TokenProviderBuilder::backoff).
+pub(super) const LONGEST_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Backoff delays are scaled by a random factor in `[1 - JITTER, 1]`.
 const BACKOFF_JITTER: f64 = 0.2;
@@ -155,7 +175,6 @@ impl Pacing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::builder::{DEFAULT_EXPIRY_SKEW, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME};
 
     const HOUR: Duration = Duration::from_secs(3600);
 

@@ -314,7 +314,7 @@ where
                     retry_in
                 };
                 // Never a retry at once: a failing exchange is no busy loop.
-                let retry_in = retry_in.max(super::builder::SHORTEST_BACKOFF);
+                let retry_in = retry_in.max(super::schedule::SHORTEST_BACKOFF);
                 seed.backoff = Some((error.clone(), later(Instant::now(), retry_in)));
                 drop(seed);
                 if !error.is_deferred() {
