@@ -160,8 +160,6 @@ pub(super) struct Shared {
     current: ArcSwapOption<CachedToken>,
     /// What a new worker starts from; held while a token is stored.
     seed: Mutex<Seed>,
-    /// Counted by the worker, on the slow path only.
-    stats: Mutex<ProviderStats>,
     options: Options,
 }
 
@@ -179,6 +177,8 @@ struct Seed {
     /// The last failure, and when the next attempt starts: until then
     /// callers with no fresh token get it at once.
     backoff: Option<(TokenError, Instant)>,
+    /// Counted on the slow path only.
+    stats: ProviderStats,
 }
 
 /// A request path's own view of the current token: it holds the token and
@@ -281,11 +281,11 @@ impl TokenProvider {
             pacing: schedule::Pacing::default(),
             rejected: None,
             backoff: None,
+            stats: ProviderStats::default(),
         };
         let shared = Shared {
             current: ArcSwapOption::empty(),
             seed: Mutex::new(seed),
-            stats: Mutex::new(ProviderStats::default()),
             options: builder.options,
         };
         Self {
@@ -310,7 +310,7 @@ impl TokenProvider {
     /// [`TokenErrorKind::Internal`] when no tokio runtime is running or it
     /// shut down during the exchange.
     pub async fn token(&self) -> Result<AccessToken, TokenError> {
-        Ok(self.cached_token().await?.token.clone())
+        Ok(self.wait(false).await?.token.clone())
     }
 
     /// Fetches a new token now, even if the cached one is fresh, and returns
@@ -383,7 +383,7 @@ impl TokenProvider {
 
     /// Counters of what the provider has done so far.
     pub fn stats(&self) -> ProviderStats {
-        *lock(&self.shared().stats)
+        lock(&self.shared().seed).stats
     }
 
     /// When the cached token was fetched, when its refresh is due and when
@@ -437,7 +437,7 @@ impl TokenProvider {
     pub(crate) fn header(&self) -> BoxFuture<Result<(HeaderValue, TokenTag), TokenError>> {
         let provider = self.clone();
         Box::pin(async move {
-            let cached = provider.cached_token().await?;
+            let cached = provider.wait(false).await?;
             Ok((cached.header.clone(), provider.tag(&cached)))
         })
     }
@@ -449,13 +449,6 @@ impl TokenProvider {
         }
     }
 
-    async fn cached_token(&self) -> Result<Arc<CachedToken>, TokenError> {
-        match self.fresh() {
-            Some(cached) => Ok(cached),
-            None => self.wait(false).await,
-        }
-    }
-
     fn fresh(&self) -> Option<Arc<CachedToken>> {
         self.shared()
             .current
@@ -463,11 +456,14 @@ impl TokenProvider {
             .filter(|cached| self.may_serve(cached))
     }
 
-    /// Asks the worker for a token (a new one if `refresh`) and waits for
-    /// its answer; fails at once with the last error while failed
-    /// exchanges back off.
+    /// The current token if it may be served; else (or if `refresh`) asks
+    /// the worker for one and waits for its answer. Fails at once with the
+    /// last error while failed exchanges back off.
     async fn wait(&self, mut refresh: bool) -> Result<Arc<CachedToken>, TokenError> {
         loop {
+            if let Some(cached) = (!refresh).then(|| self.fresh()).flatten() {
+                return Ok(cached);
+            }
             if let Some((error, retry_at)) = &lock(&self.shared().seed).backoff {
                 if Instant::now() < *retry_at {
                     return Err(error.clone());
@@ -487,9 +483,6 @@ impl TokenProvider {
                 Ok(Ok(_)) => refresh = false,
                 Ok(Err(error)) => return Err(error),
                 Err(_) => return Err(stopped()),
-            }
-            if let Some(cached) = self.fresh() {
-                return Ok(cached);
             }
         }
     }

@@ -30,8 +30,9 @@ pub struct ProviderStats {
 impl Shared {
     /// Counts `event` in the provider's stats and its metrics.
     pub(super) fn note(&self, event: Event) {
-        {
-            let mut stats = lock(&self.stats);
+        let client_id = {
+            let mut seed = lock(&self.seed);
+            let stats = &mut seed.stats;
             match event {
                 Event::ExchangeStarted => stats.exchanges += 1,
                 Event::ExchangeFailed { .. } => stats.failures += 1,
@@ -40,8 +41,9 @@ impl Shared {
                 Event::BackgroundRefresh => stats.background_refreshes += 1,
                 Event::ExchangeSucceeded { .. } | Event::TokenStored { .. } => {}
             }
-        }
-        let client_id = Arc::clone(lock(&self.seed).credentials.label());
+            Arc::clone(seed.credentials.label())
+        };
+        // Outside the lock.
         metrics::record(&client_id, event);
     }
 }

@@ -270,26 +270,19 @@ where
             Ok(None) => return self.want(Some(false)),
             Ok(Some((cached, age))) => {
                 self.failures = 0;
-                let duration_ms = elapsed.as_millis() as u64;
-                let refresh_in_secs = (cached.refresh_at - Instant::now()).as_secs();
                 if age.is_zero() {
                     self.shared.note(Event::ExchangeSucceeded { took: elapsed });
-                    tracing::debug!(
-                        client_id,
-                        duration_ms,
-                        refresh_in_secs,
-                        "token exchange succeeded"
-                    );
-                } else {
-                    let age_ms = age.as_millis() as u64;
-                    tracing::debug!(
-                        client_id,
-                        duration_ms,
-                        age_ms,
-                        refresh_in_secs,
-                        "token taken from a cache"
-                    );
                 }
+                let (duration_ms, age_ms) = (elapsed.as_millis() as u64, age.as_millis() as u64);
+                let refresh_in_secs = (cached.refresh_at - Instant::now()).as_secs();
+                // A token with an age came from a cache under the exchange.
+                tracing::debug!(
+                    client_id,
+                    duration_ms,
+                    age_ms,
+                    refresh_in_secs,
+                    "token exchange succeeded"
+                );
                 Ok(cached)
             }
             Err(error) => {
