@@ -243,6 +243,16 @@ async fn no_secret_or_token_in_logs_debug_or_display() {
         "successes are logged"
     );
     assert!(logs.contains(CLIENT_ID), "the client id is not a secret");
+    // Every failure says which client failed, and why the token was wanted.
+    let failures: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("token exchange failed"))
+        .collect();
+    assert!(!failures.is_empty());
+    for line in &failures {
+        assert!(line.contains(CLIENT_ID), "no client id: {line}");
+        assert!(line.contains("reason="), "no reason: {line}");
+    }
     assert_clean("the logs", &logs, &tokens);
     assert_clean("Debug and Display", &shown.join("\n"), &tokens);
 }
