@@ -85,21 +85,17 @@ pub(super) struct OwnExchange {
     keyed: Option<(StoreKeys, Arc<Sealer>)>,
     lock: Option<HeldLock>,
     share: bool,
-    /// A store operation failed during the look: publish off the caller's
-    /// path, so that a slow store delays it by one operation timeout at most.
-    in_background: bool,
     /// When the caller asked, by the fleet's clock and by tokio's: the
     /// caller counts the token's lifetime from then at the latest, and so
     /// does the store.
     asked: (u64, Instant),
 }
 
-/// One call's keys, and whether a store operation failed during it.
+/// One call's keys.
 struct Call<'a> {
     fleet: &'a Arc<Coordinator>,
     keys: StoreKeys,
     sealer: Arc<Sealer>,
-    failed: bool,
     asked: (u64, Instant),
 }
 
@@ -209,13 +205,12 @@ impl Coordinator {
         let asked = (self.now_ms(), Instant::now());
         let Some(sealer) = self.prepare(request) else {
             self.count(|s| &mut s.fallbacks);
-            return Decision::Exchange(self.own_exchange(None, None, false, false, asked));
+            return Decision::Exchange(self.own_exchange(None, None, false, asked));
         };
         let mut call = Call {
             fleet: self,
             keys: sealer.keys().clone(),
             sealer,
-            failed: false,
             asked,
         };
         if self.breaker_open() {
@@ -242,18 +237,19 @@ impl Coordinator {
         let timeout = request.timeout();
         let operation = self.config.operation_timeout;
         let lock_for = timeout.saturating_add(operation.saturating_mul(3));
-        let started = Instant::now();
         // Waits for the fleet only while an exchange of its own still fits
-        // in the caller's timeout: half of it at most.
-        let wait_until = later(started, timeout / 2);
-        // Waits for the holder's lock time, and again for each new holder,
-        // three lock times at most.
-        let longest = later(started, lock_for.saturating_mul(3)).min(wait_until);
-        let mut give_up_at = later(started, lock_for.saturating_add(operation)).min(wait_until);
+        // in the caller's timeout: half of it at most, counted from the
+        // call, less the look and the lock that may follow the last pause;
+        // and, for a replica with a token to serve, half of the time that
+        // token is still served, so that its callers never wait for it.
+        let mut give_up_at = later(asked.1, (timeout / 2).saturating_sub(operation * 2));
+        if let Some(needed_by) = request.needed_by() {
+            let served = needed_by.saturating_duration_since(asked.1);
+            give_up_at = give_up_at.min(later(asked.1, served / 2));
+        }
         let mut pause = FIRST_POLL;
         let mut waiting = false;
         let mut lock: Option<HeldLock> = None;
-        let mut last_lock_ttl = None;
         loop {
             // The store counts times left from before its answer travels.
             let asked_at = Instant::now();
@@ -299,29 +295,19 @@ impl Coordinator {
                 self.count(|s| &mut s.lock_wins);
                 return Decision::Exchange(call.own_exchange(lock, true));
             }
-            if let Some(held_for) = snapshot.lock_ttl {
-                // The lock's time went up: a new holder (the last one's ran
-                // out, or it released the lock after a failure) gets its
-                // time too.
-                if last_lock_ttl.is_some_and(|last| held_for > last) {
-                    let wait = held_for.min(lock_for).saturating_add(operation);
-                    give_up_at = give_up_at.max(later(Instant::now(), wait)).min(longest);
-                }
-                last_lock_ttl = Some(held_for);
-            }
+            // Held before it is asked for: a call dropped while the store
+            // takes it still releases it (the release is owner-checked).
+            let held = call.held_lock();
             let take = self.config.store.lock(&keys, &self.owner, lock_for);
             match call.run(take).await {
                 // The lock may have been taken without its answer arriving:
-                // exchange as its holder, whose unlock is safe either way.
-                None => {
-                    let held = call.held_lock();
-                    return call.fall_back(Some(held));
-                }
+                // exchange as its holder.
+                None => return call.fall_back(Some(held)),
                 Some(true) => {
-                    lock = Some(call.held_lock());
+                    lock = Some(held);
                     continue;
                 }
-                Some(false) => {}
+                Some(false) => held.disarm(),
             }
             if !waiting {
                 waiting = true;
@@ -402,7 +388,6 @@ impl Coordinator {
         keyed: Option<(StoreKeys, Arc<Sealer>)>,
         lock: Option<HeldLock>,
         share: bool,
-        in_background: bool,
         asked: (u64, Instant),
     ) -> OwnExchange {
         OwnExchange {
@@ -410,7 +395,6 @@ impl Coordinator {
             keyed,
             lock,
             share,
-            in_background,
             asked,
         }
     }
@@ -446,9 +430,7 @@ impl Coordinator {
 
 impl Call<'_> {
     async fn run<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
-        let result = self.fleet.run(operation).await;
-        self.failed |= result.is_none();
-        result
+        self.fleet.run(operation).await
     }
 
     fn held_lock(&self) -> HeldLock {
@@ -464,7 +446,7 @@ impl Call<'_> {
 
     fn own_exchange(self, lock: Option<HeldLock>, share: bool) -> OwnExchange {
         let keyed = Some((self.keys, self.sealer));
-        (self.fleet).own_exchange(keyed, lock, share, self.failed, self.asked)
+        (self.fleet).own_exchange(keyed, lock, share, self.asked)
     }
 }
 
@@ -472,8 +454,8 @@ impl OwnExchange {
     /// After the exchange: shares its token, or, after a failure with the
     /// endpoint's `Retry-After`, makes the fleet back off that long if this
     /// replica held the lock; then releases the lock. Other failures only
-    /// release it, for a waiter to take over. After a store failure during
-    /// the look, this runs in a task of its own, off the caller's path.
+    /// release it, for a waiter to take over. This runs in a task of its
+    /// own, off the caller's path.
     pub(super) async fn settle(self, result: &Result<Token, TokenError>, request: &TokenRequest) {
         let publication = match result {
             Ok(token) => {
@@ -503,11 +485,11 @@ impl OwnExchange {
                 .map_or(Publication::Nothing, Publication::BackOff),
             Err(_) => Publication::Nothing,
         };
-        if self.in_background {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                drop(runtime.spawn(self.publish(publication)));
-                return;
-            }
+        // Off the caller's path: the token goes to the provider at once,
+        // whatever the store's latency.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            drop(runtime.spawn(self.publish(publication)));
+            return;
         }
         self.publish(publication).await;
     }

@@ -28,6 +28,11 @@ impl HeldLock {
         }
     }
 
+    /// Forgets the lock: it was not taken.
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+
     /// Releases the lock, within the operation timeout.
     pub(super) async fn release(mut self) {
         let unlock = self

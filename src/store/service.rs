@@ -154,11 +154,17 @@ mod tests {
         TokenRequest::new(MockExchange::credentials())
     }
 
+    /// The answer to `request`, once what follows it (the save, the
+    /// unlock: a task of their own) has run.
     async fn ask(
         service: &SharedExchange<MockExchange>,
         request: TokenRequest,
     ) -> Result<Token, TokenError> {
-        service.clone().oneshot(request).await
+        let answer = service.clone().oneshot(request).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        answer
     }
 
     #[tokio::test(start_paused = true)]
@@ -239,7 +245,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiter_exchanges_on_its_own_after_half_its_timeout() {
+    async fn a_waiter_exchanges_on_its_own_after_half_its_timeout_less_two_store_calls() {
         let store = MemoryStore::new();
         let hung = MockExchange::new(HOUR).gated();
         let mut holding = task::spawn(replica(&store, &hung).oneshot(cold()));
@@ -251,10 +257,48 @@ mod tests {
         let request = cold().with_timeout(Duration::from_secs(4));
         let token = ask(&waiter, request).await.unwrap();
 
-        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        // Half of 4 s, less the two store calls (250 ms each) that may
+        // follow its last pause.
+        assert_eq!(started.elapsed(), Duration::from_millis(1_500));
         assert_eq!(token.access_token().secret(), "token-1");
         let stats = waiter.stats();
         assert_eq!((stats.waits, stats.fallbacks), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_with_a_token_waits_half_of_its_serving_time_at_most() {
+        let store = MemoryStore::new();
+        let hung = MockExchange::new(HOUR).gated();
+        let mut holding = task::spawn(replica(&store, &hung).oneshot(cold()));
+        assert_pending!(holding.poll());
+
+        let exchange = MockExchange::new(HOUR);
+        let refreshing = replica(&store, &exchange);
+        let started = Instant::now();
+        // Its token is served 2 s more: it waits 1 s, not half its timeout.
+        let request = cold()
+            .with_reason(TokenReason::RefreshDue)
+            .with_needed_by(started + Duration::from_secs(2));
+        let token = ask(&refreshing, request).await.unwrap();
+
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert_eq!(token.access_token().secret(), "token-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_store_is_written_after_the_answer_not_before() {
+        // A store that takes 200 ms an operation (under its timeout).
+        let store = MemoryStore::new();
+        store.set_delay(Some(Duration::from_millis(200)));
+        let exchange = MockExchange::new(HOUR);
+        let started = Instant::now();
+        let token = replica(&store, &exchange).oneshot(cold()).await.unwrap();
+        // Look, lock, look again: 600 ms; the save and the unlock follow.
+        assert_eq!(started.elapsed(), Duration::from_millis(600));
+        assert_eq!(token.access_token().secret(), "token-1");
+        assert!(store.tokens().is_empty(), "saved after the answer");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(store.tokens().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
