@@ -221,8 +221,9 @@ impl TokenTag {
             // API that refuses fresh tokens): keep the token for now rather
             // than fetch one per request. A token whose refresh is due goes
             // at once: no exchange is added.
-            let client_id = self.provider.client_id();
-            let client_id = client_id.as_str();
+            // The shared client id: no copy on a path a 401 storm takes.
+            let client_id = Arc::clone(lock(&self.provider.shared().seed).credentials.label());
+            let client_id = &*client_id;
             tracing::debug!(
                 client_id,
                 "token rejected again soon after the last one; not invalidated yet"
