@@ -4,12 +4,13 @@
 
 #![cfg(feature = "rustls")]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use common::Capture;
 use http::Request;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
@@ -20,30 +21,9 @@ use routera_auth::{
     RouteraAuthLayer, Token, TokenProvider, TokenRequest,
 };
 use tower::{Layer, ServiceBuilder, ServiceExt};
-use tracing_subscriber::fmt::format::FmtSpan;
 
 const CLIENT_ID: &str = "secret-test-client";
 const SECRET: &str = "S3cr3t+/=value with spaces é";
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// Every form in which the secret travels: as it is, form-urlencoded, and
 /// inside the Basic header.
@@ -106,15 +86,7 @@ fn provider_for(emulator: &Emulator, client: ExchangeClient, method: AuthMethod)
 
 #[tokio::test]
 async fn no_secret_or_token_in_logs_debug_or_display() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(FmtSpan::FULL)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = Capture::install();
 
     let mut shown = Vec::new();
     let emulator = Emulator::builder()

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Replica, layered};
+use common::{Capture, Replica, layered};
 
 use routera_auth::store::{SharedCache, StoreKeyRing, StoreStats};
 use routera_auth::test_util::{MemoryStore, MockExchange};
@@ -175,13 +175,75 @@ async fn a_breaker_leaves_a_failing_store_alone() {
     assert_eq!(store.operations(), after_open, "the breaker is open");
     assert_eq!(exchange.calls(), 6);
 
-    // After 30 s one operation is tried again; it fails, and the breaker
-    // opens again at once.
+    // After 30 s one probe goes to the store; it fails, and the breaker
+    // stays open for 30 s more.
     tokio::time::sleep(Duration::from_secs(31)).await;
     replica.refresh().await.unwrap();
     assert_eq!(store.operations(), after_open + 1);
     replica.refresh().await.unwrap();
     assert_eq!(store.operations(), after_open + 1);
+
+    // The store answers again: the next probe's writes close the breaker,
+    // and the store is used from then on.
+    store.set_failing(false);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    replica.refresh().await.unwrap();
+    let closed = store.operations();
+    assert!(closed > after_open + 2, "a probe went through");
+    assert_eq!(store.tokens().len(), 1, "and shared its token");
+    replica.refresh().await.unwrap();
+    assert!(store.operations() > closed, "the breaker is closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sharing_resumes_one_probe_after_the_store_answers_again() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let replicas = fleet(10, &store, &exchange);
+    store.set_failing(true);
+    all_ask(&replicas).await;
+    assert_eq!(
+        exchange.calls(),
+        10,
+        "each on its own while the store fails"
+    );
+
+    // The store answers again; the default breaker probes every 250 ms.
+    store.set_failing(false);
+    tokio::time::sleep(routera_auth::store::DEFAULT_BREAKER_PROBE_EVERY).await;
+    let mut refreshes = JoinSet::new();
+    for replica in &replicas {
+        let replica = replica.provider.clone();
+        refreshes.spawn(async move { replica.refresh().await.unwrap() });
+    }
+    refreshes.join_all().await;
+    assert_eq!(exchange.calls(), 11, "one exchange for the whole fleet");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_refuses_writes_opens_the_breaker_and_says_so() {
+    let (logs, _guard) = Capture::install();
+    let store = MemoryStore::new();
+    store.set_read_only(true);
+    let exchange = MockExchange::new(Duration::from_secs(60));
+    let replica = replica(&store, &exchange);
+    for _ in 0..3 {
+        replica.refresh().await.unwrap();
+    }
+    // Every look succeeded; the locks and the save failed, and the third
+    // failure with no write between them opened the breaker.
+    let stats = replica.cache.stats();
+    assert_eq!(stats.errors, 3);
+    assert_eq!(exchange.calls(), 3);
+    let before = store.operations();
+    replica.refresh().await.unwrap();
+    assert_eq!(store.operations(), before, "the breaker is open");
+    let text = logs.text();
+    assert!(
+        text.lines()
+            .any(|line| line.contains("WARN") && line.contains("shared token store failing")),
+        "{text}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -229,26 +291,65 @@ async fn a_hung_lock_holder_is_overtaken_after_half_the_waiters_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_replica_with_another_key_exchanges_for_itself_and_leaves_the_entry() {
+async fn replicas_with_another_key_cost_one_exchange_per_key_group_not_per_replica() {
+    let (logs, _guard) = Capture::install();
     let store = MemoryStore::new();
     let exchange = MockExchange::new(HOUR);
     let first = replica(&store, &exchange);
     first.token().await.unwrap();
-    let stored = store.tokens();
 
-    let other_key = cache(&store).key_ring(StoreKeyRing::new("other", [9; 32]));
-    let stranger = replica_with(other_key, &exchange, routera_auth::DEFAULT_EXCHANGE_TIMEOUT);
-    let token = stranger.token().await.unwrap();
-
-    assert_eq!(token.secret(), "token-2", "its own token, never garbage");
-    assert_eq!(store.tokens(), stored, "the fleet's entry is untouched");
-    let stats = stranger.cache.stats();
-    assert_eq!((stats.misses, stats.fallbacks), (1, 1));
-    // The fleet still shares the first token.
+    // Three replicas sealing with another key: the first finds an entry it
+    // cannot open, replaces it through the lock; the others take its token.
+    let other_key = || cache(&store).key_ring(StoreKeyRing::new("other-key", [9; 32]));
+    let strangers: Vec<Replica> = (0..3)
+        .map(|_| {
+            replica_with(
+                other_key(),
+                &exchange,
+                routera_auth::DEFAULT_EXCHANGE_TIMEOUT,
+            )
+        })
+        .collect();
+    for stranger in &strangers {
+        let token = stranger.token().await.unwrap();
+        assert_eq!(
+            token.secret(),
+            "token-2",
+            "its group's token, never garbage"
+        );
+    }
     assert_eq!(
-        replica(&store, &exchange).token().await.unwrap().secret(),
-        "token-1"
+        exchange.calls(),
+        2,
+        "one exchange for the other key's group"
     );
+    let stranger_stats = total(&strangers, |s| s.unreadable);
+    assert_eq!(stranger_stats, 1);
+    assert_eq!(total(&strangers, |s| s.hits), 2);
+
+    // The first key's group likewise: one exchange for all of its cold
+    // replicas, the first of which replaces the other group's entry.
+    let cold = fleet(3, &store, &exchange);
+    for replica in &cold {
+        assert_eq!(replica.token().await.unwrap().secret(), "token-3");
+    }
+    assert_eq!(exchange.calls(), 3);
+    assert_eq!(total(&cold, |s| s.unreadable), 1);
+
+    // Each replica warned once for the entry it could not open, naming the
+    // key it was sealed under, not a secret.
+    let text = logs.text();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("cannot open"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{text}");
+    assert!(warnings[0].contains(r#"key_id=Some("secret")"#), "{text}");
+    assert!(
+        warnings[1].contains(r#"key_id=Some("other-key")"#),
+        "{text}"
+    );
+    assert!(warnings.iter().all(|line| line.contains("WARN")), "{text}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -46,6 +46,15 @@ pub trait TokenStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> StoreFuture<'a, bool>;
 
+    /// Extends the lock to `ttl` from now if `owner` still holds it: the
+    /// holder renews its lease while it exchanges. Returns whether it did.
+    fn renew_lock<'a>(
+        &'a self,
+        keys: &'a StoreKeys,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool>;
+
     /// Releases the lock if `owner` still holds it.
     fn unlock<'a>(&'a self, keys: &'a StoreKeys, owner: &'a str) -> StoreFuture<'a, ()>;
 

@@ -1,4 +1,5 @@
-//! [`Breaker`]: leaves a failing store alone for a while.
+//! [`Breaker`]: leaves a failing store alone, and lets one probe through
+//! now and then to find out when it answers again.
 
 use std::time::Duration;
 
@@ -6,48 +7,76 @@ use tokio::time::Instant;
 
 use crate::clock::later;
 
-/// After enough failed store operations in a row, the store is left alone
-/// for a while; then one operation is let through, and a failure opens the
-/// breaker again at once.
+/// After enough failed store operations with no successful write between
+/// them, the breaker opens: the store is left alone, except for one probe
+/// every `probe_every`. A probe whose write succeeds closes it; a probe
+/// that fails keeps it open.
+///
+/// Reads do not close it: a store that answers reads but refuses every
+/// write (a read-only replica after a failover) opens it too.
 pub(super) struct Breaker {
     failures_to_open: u32,
-    open_for: Duration,
-    /// Failed operations in a row, and until when the store is left alone.
+    probe_every: Duration,
+    /// Failed operations since the last successful write.
     failures: u32,
-    open_until: Option<Instant>,
+    /// While open: when the next probe may go.
+    next_probe: Option<Instant>,
+}
+
+/// What a failure did to the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// Still closed.
+    Counted,
+    /// It opened.
+    Opened,
+    /// A probe failed: it stays open.
+    StillOpen,
 }
 
 impl Breaker {
-    pub(super) fn new(failures_to_open: u32, open_for: Duration) -> Self {
+    pub(super) fn new(failures_to_open: u32, probe_every: Duration) -> Self {
         Self {
             failures_to_open: failures_to_open.max(1),
-            open_for,
+            probe_every,
             failures: 0,
-            open_until: None,
+            next_probe: None,
         }
     }
 
-    /// Whether the store is left alone at `now`.
-    pub(super) fn is_open(&self, now: Instant) -> bool {
-        self.open_until.is_some_and(|until| now < until)
+    /// Whether the breaker is open.
+    pub(super) fn is_open(&self) -> bool {
+        self.next_probe.is_some()
     }
 
-    pub(super) fn succeeded(&mut self) {
-        (self.failures, self.open_until) = (0, None);
+    /// Whether the store may be used at `now`: the breaker is closed, or
+    /// a probe is due (which this call takes).
+    pub(super) fn admits(&mut self, now: Instant) -> bool {
+        match self.next_probe {
+            None => true,
+            Some(at) if now >= at => {
+                self.next_probe = Some(later(now, self.probe_every));
+                true
+            }
+            Some(_) => false,
+        }
     }
 
-    /// Counts a failure at `now`; how long the breaker is open for if it
-    /// opens.
-    pub(super) fn failed(&mut self, now: Instant) -> Option<Duration> {
+    /// A write succeeded: the breaker closes.
+    pub(super) fn wrote(&mut self) {
+        (self.failures, self.next_probe) = (0, None);
+    }
+
+    /// Counts a failure at `now`.
+    pub(super) fn failed(&mut self, now: Instant) -> Failure {
         self.failures = self.failures.saturating_add(1);
-        // A failure after the breaker let one operation through opens it
-        // again at once.
-        if self.failures < self.failures_to_open && self.open_until.is_none() {
-            return None;
-        }
-        self.open_until = Some(later(now, self.open_for));
-        self.failures = 0;
-        Some(self.open_for)
+        let failure = match self.next_probe {
+            Some(_) => Failure::StillOpen,
+            None if self.failures >= self.failures_to_open => Failure::Opened,
+            None => return Failure::Counted,
+        };
+        self.next_probe = Some(later(now, self.probe_every));
+        failure
     }
 }
 
@@ -55,19 +84,27 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    const PROBE: Duration = Duration::from_millis(250);
+
     #[tokio::test(start_paused = true)]
-    async fn opens_after_failures_in_a_row_and_again_at_once_after_a_trial() {
-        let second = Duration::from_secs(1);
-        let mut breaker = Breaker::new(2, second);
+    async fn opens_after_failures_without_a_write_and_probes_until_a_write_succeeds() {
+        let mut breaker = Breaker::new(2, PROBE);
         let now = Instant::now();
-        assert_eq!(breaker.failed(now), None);
-        breaker.succeeded();
-        assert_eq!(breaker.failed(now), None);
-        assert_eq!(breaker.failed(now), Some(second));
-        assert!(breaker.is_open(now));
-        let after = now + second;
-        assert!(!breaker.is_open(after));
-        assert_eq!(breaker.failed(after), Some(second), "the trial failed");
-        assert!(breaker.is_open(after));
+        assert_eq!(breaker.failed(now), Failure::Counted);
+        breaker.wrote();
+        assert_eq!(breaker.failed(now), Failure::Counted);
+        assert_eq!(breaker.failed(now), Failure::Opened);
+        assert!(breaker.is_open() && !breaker.admits(now));
+
+        let due = now + PROBE;
+        assert!(breaker.admits(due), "one probe");
+        assert!(!breaker.admits(due), "one probe only");
+        assert_eq!(breaker.failed(due), Failure::StillOpen);
+        assert!(!breaker.admits(due + PROBE / 2));
+
+        assert!(breaker.admits(due + PROBE));
+        breaker.wrote();
+        assert!(!breaker.is_open());
+        assert!(breaker.admits(due + PROBE));
     }
 }

@@ -8,14 +8,17 @@
 //! operation is bounded by the operation timeout; a failure is counted,
 //! feeds the breaker, and makes the replica exchange on its own.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Failure};
 use super::held_lock::HeldLock;
-use super::{Sealer, Snapshot, StoreFuture, StoreKeyRing, StoreKeys, StoreStats, TokenStore};
+use super::{
+    Sealer, Snapshot, StoreFuture, StoreKeyRing, StoreKeys, StoreStats, StoredToken, TokenStore,
+};
 use crate::clock::{later, random_unit};
 use crate::error::{ErrorChain, TokenError, TokenErrorKind};
 use crate::token::{AccessToken, Token, TokenReason, TokenRequest};
@@ -25,6 +28,8 @@ use crate::{AuthMethod, ClientCredentials, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME};
 /// another replica exchanges.
 const FIRST_POLL: Duration = Duration::from_millis(10);
 const LONGEST_POLL: Duration = Duration::from_millis(100);
+/// The shortest lease on the fleet's lock; see [`Coordinator::lease`].
+const SHORTEST_LEASE: Duration = Duration::from_secs(1);
 
 /// What a [`SharedCache`](super::SharedCache) is configured with.
 #[derive(Clone)]
@@ -36,7 +41,7 @@ pub(super) struct Config {
     pub(super) key_prefix: String,
     pub(super) operation_timeout: Duration,
     pub(super) breaker_failures: u32,
-    pub(super) breaker_open_for: Duration,
+    pub(super) breaker_probe_every: Duration,
 }
 
 /// The configuration and the mutable state of one shared cache, behind the
@@ -62,6 +67,9 @@ struct State {
     /// The fingerprint of a rejected token, to remove from the store before
     /// the next look.
     removal: Option<String>,
+    /// The fingerprint of the last entry found that this replica cannot
+    /// open, so that it is reported once.
+    unreadable: Option<String>,
     breaker: Breaker,
     stats: StoreStats,
 }
@@ -77,14 +85,12 @@ pub(super) enum Decision {
 }
 
 /// An exchange of this replica's, and what it owes the fleet afterwards:
-/// the keys it was made under, the fleet's lock if it holds it, whether its
-/// token may be shared.
+/// the keys it was made under and the fleet's lock if it holds it.
 pub(super) struct OwnExchange {
     fleet: Arc<Coordinator>,
     /// `None` when the credentials have no keys: nothing to share.
     keyed: Option<(StoreKeys, Arc<Sealer>)>,
     lock: Option<HeldLock>,
-    share: bool,
     /// When the caller asked, by the fleet's clock and by tokio's: the
     /// caller counts the token's lifetime from then at the latest, and so
     /// does the store.
@@ -104,8 +110,9 @@ enum Usable {
     Token(Token),
     /// Nothing, or nothing this replica may take.
     Nothing,
-    /// A token sealed with a key this replica does not have.
-    Unreadable,
+    /// An entry this replica cannot open (sealed with a key it does not
+    /// have, or garbage), with its fingerprint.
+    Unreadable(String),
 }
 
 /// What an exchange leaves for the fleet.
@@ -124,7 +131,7 @@ enum Publication {
 impl Coordinator {
     pub(super) fn new(config: Config) -> Self {
         let owner = super::random_id().unwrap_or_else(|| format!("pid-{}", std::process::id()));
-        let breaker = Breaker::new(config.breaker_failures, config.breaker_open_for);
+        let breaker = Breaker::new(config.breaker_failures, config.breaker_probe_every);
         Self {
             config,
             owner,
@@ -133,6 +140,7 @@ impl Coordinator {
                 keyed: None,
                 held: None,
                 removal: None,
+                unreadable: None,
                 breaker,
                 stats: StoreStats::default(),
             }),
@@ -161,7 +169,18 @@ impl Coordinator {
     }
 
     fn breaker_open(&self) -> bool {
-        self.state().breaker.is_open(Instant::now())
+        self.state().breaker.is_open()
+    }
+
+    /// How long the fleet's lock lives unless its holder renews it, which
+    /// it does every third of that while it exchanges: four operation
+    /// timeouts, a second at least. A holder that dies (or stalls) loses it
+    /// that long after its last renewal.
+    pub(super) fn lease(&self) -> Duration {
+        self.config
+            .operation_timeout
+            .saturating_mul(4)
+            .max(SHORTEST_LEASE)
     }
 
     /// The sealer for the request's credentials, made again only when they
@@ -205,7 +224,7 @@ impl Coordinator {
         let asked = (self.now_ms(), Instant::now());
         let Some(sealer) = self.prepare(request) else {
             self.count(|s| &mut s.fallbacks);
-            return Decision::Exchange(self.own_exchange(None, None, false, asked));
+            return Decision::Exchange(self.own_exchange(None, None, asked));
         };
         let mut call = Call {
             fleet: self,
@@ -213,14 +232,14 @@ impl Coordinator {
             sealer,
             asked,
         };
-        if self.breaker_open() {
+        if !self.state().breaker.admits(Instant::now()) {
             return call.fall_back(None);
         }
         let keys = call.keys.clone();
         let rejected = self.state().removal.clone();
         if let Some(fingerprint) = &rejected {
             let remove = self.config.store.remove(&keys, fingerprint);
-            match call.run(remove).await {
+            match call.write(remove).await {
                 Some(removed) => {
                     if removed {
                         tracing::debug!("rejected token removed from the shared store");
@@ -236,7 +255,7 @@ impl Coordinator {
         }
         let timeout = request.timeout();
         let operation = self.config.operation_timeout;
-        let lock_for = timeout.saturating_add(operation.saturating_mul(3));
+        let lease = self.lease();
         // Waits for the fleet only while an exchange of its own still fits
         // in the caller's timeout: half of it at most, counted from the
         // call, less the look and the lock that may follow the last pause;
@@ -249,12 +268,13 @@ impl Coordinator {
         }
         let mut pause = FIRST_POLL;
         let mut waiting = false;
+        let mut replaced = false;
         let mut lock: Option<HeldLock> = None;
         loop {
             // The store counts times left from before its answer travels.
             let asked_at = Instant::now();
             let load = self.config.store.load(&keys);
-            let Some(snapshot) = call.run(load).await else {
+            let Some(snapshot) = call.read(load).await else {
                 if waiting && lock.is_none() && !self.breaker_open() && Instant::now() < give_up_at
                 {
                     // One failed look while waiting: look again later.
@@ -271,17 +291,20 @@ impl Coordinator {
                 }
                 return Decision::Stored(token);
             }
+            if let Usable::Unreadable(fingerprint) = usable {
+                if !replaced {
+                    // A miss this replica may replace through the lock:
+                    // removed if it is still there, then looked for again.
+                    replaced = true;
+                    let remove = self.config.store.remove(&keys, &fingerprint);
+                    if call.write(remove).await.is_none() {
+                        return call.fall_back(lock);
+                    }
+                    continue;
+                }
+            }
             if !waiting && lock.is_none() {
                 self.count(|s| &mut s.misses);
-            }
-            if let Usable::Unreadable = usable {
-                // Sealed by a key this replica does not have: exchange for
-                // itself, and leave the fleet's entry alone.
-                if let Some(lock) = lock {
-                    lock.release().await;
-                }
-                self.count(|s| &mut s.fallbacks);
-                return Decision::Exchange(call.own_exchange(None, false));
             }
             if let Some(backoff) = snapshot.backoff {
                 if let Some(lock) = lock {
@@ -293,13 +316,13 @@ impl Coordinator {
                 // Looked once more after taking the lock: no replica stored
                 // a token in between.
                 self.count(|s| &mut s.lock_wins);
-                return Decision::Exchange(call.own_exchange(lock, true));
+                return Decision::Exchange(call.own_exchange(lock));
             }
             // Held before it is asked for: a call dropped while the store
             // takes it still releases it (the release is owner-checked).
             let held = call.held_lock();
-            let take = self.config.store.lock(&keys, &self.owner, lock_for);
-            match call.run(take).await {
+            let take = self.config.store.lock(&keys, &self.owner, lease);
+            match call.write(take).await {
                 // The lock may have been taken without its answer arriving:
                 // exchange as its holder.
                 None => return call.fall_back(Some(held)),
@@ -338,7 +361,8 @@ impl Coordinator {
             return Usable::Nothing;
         };
         let Some(secret) = call.sealer.open(stored) else {
-            return Usable::Unreadable;
+            self.report_unreadable(stored);
+            return Usable::Unreadable(stored.fingerprint.clone());
         };
         let lifetime =
             Duration::from_millis(stored.expires_at_ms.saturating_sub(stored.issued_at_ms));
@@ -387,50 +411,84 @@ impl Coordinator {
         self: &Arc<Self>,
         keyed: Option<(StoreKeys, Arc<Sealer>)>,
         lock: Option<HeldLock>,
-        share: bool,
         asked: (u64, Instant),
     ) -> OwnExchange {
         OwnExchange {
             fleet: Arc::clone(self),
             keyed,
             lock,
-            share,
             asked,
         }
     }
 
-    /// Runs one store operation within the operation timeout, counting a
-    /// failure and opening the breaker after enough of them in a row.
-    pub(super) async fn run<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
+    /// Warns once per entry that this replica cannot open: replicas with
+    /// different keys (a wrong key ring, a different client secret) share
+    /// the client's entries.
+    fn report_unreadable(&self, stored: &StoredToken) {
+        let mut state = self.state();
+        state.stats.unreadable += 1;
+        if state.unreadable.as_deref() == Some(stored.fingerprint.as_str()) {
+            return;
+        }
+        state.unreadable = Some(stored.fingerprint.clone());
+        drop(state);
+        tracing::warn!(
+            key_id = ?super::seal::key_id(stored),
+            "the shared token store holds a token this replica cannot open (sealed under another key, or not a token); replacing it with its own. Check that every replica has the same client secret and key ring"
+        );
+    }
+
+    /// Runs one store operation that only reads, within the operation
+    /// timeout; a failure is counted and may open the breaker, a success
+    /// does not close it.
+    pub(super) async fn read<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
+        self.run(operation, false).await
+    }
+
+    /// Runs one store operation that writes, within the operation timeout;
+    /// a success closes the breaker, a failure is counted and may open it.
+    pub(super) async fn write<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
+        self.run(operation, true).await
+    }
+
+    async fn run<T>(&self, operation: StoreFuture<'_, T>, writes: bool) -> Option<T> {
         let timeout = self.config.operation_timeout;
         let error = match tokio::time::timeout(timeout, operation).await {
             Ok(Ok(value)) => {
-                self.state().breaker.succeeded();
+                if writes {
+                    self.state().breaker.wrote();
+                }
                 return Some(value);
             }
             Ok(Err(error)) => ErrorChain(&error).to_string(),
             Err(_) => format!("no answer within {} ms", timeout.as_millis()),
         };
-        let opened = {
+        let failure = {
             let mut state = self.state();
             state.stats.errors += 1;
             state.breaker.failed(Instant::now())
         };
-        match opened {
-            Some(open_for) => tracing::warn!(
+        let probe_every_ms = self.config.breaker_probe_every.as_millis() as u64;
+        match failure {
+            Failure::Opened => tracing::warn!(
                 %error,
-                open_for_ms = open_for.as_millis() as u64,
-                "shared token store failing; exchanging without it for now"
+                probe_every_ms,
+                "shared token store failing; exchanging without it, and trying it again now and then"
             ),
-            None => tracing::debug!(%error, "shared token store operation failed"),
+            Failure::StillOpen => tracing::debug!(%error, "shared token store still failing"),
+            Failure::Counted => tracing::debug!(%error, "shared token store operation failed"),
         }
         None
     }
 }
 
 impl Call<'_> {
-    async fn run<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
-        self.fleet.run(operation).await
+    async fn read<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
+        self.fleet.read(operation).await
+    }
+
+    async fn write<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
+        self.fleet.write(operation).await
     }
 
     fn held_lock(&self) -> HeldLock {
@@ -441,16 +499,25 @@ impl Call<'_> {
     /// if the store lets it).
     fn fall_back(self, lock: Option<HeldLock>) -> Decision {
         self.fleet.count(|s| &mut s.fallbacks);
-        Decision::Exchange(self.own_exchange(lock, true))
+        Decision::Exchange(self.own_exchange(lock))
     }
 
-    fn own_exchange(self, lock: Option<HeldLock>, share: bool) -> OwnExchange {
+    fn own_exchange(self, lock: Option<HeldLock>) -> OwnExchange {
         let keyed = Some((self.keys, self.sealer));
-        (self.fleet).own_exchange(keyed, lock, share, self.asked)
+        (self.fleet).own_exchange(keyed, lock, self.asked)
     }
 }
 
 impl OwnExchange {
+    /// Runs the exchange `work`, renewing the fleet's lock meanwhile if
+    /// this replica holds it.
+    pub(super) async fn run<F: Future>(&self, work: F) -> F::Output {
+        match &self.lock {
+            Some(lock) => lock.renew_while(work).await,
+            None => work.await,
+        }
+    }
+
     /// After the exchange: shares its token, or, after a failure with the
     /// endpoint's `Retry-After`, makes the fleet back off that long if this
     /// replica held the lock; then releases the lock. Other failures only
@@ -505,11 +572,11 @@ impl OwnExchange {
                 issued_ms,
                 lifetime,
                 ttl,
-            } if self.share && !ttl.is_zero() && !fleet.breaker_open() => {
+            } if !ttl.is_zero() && !fleet.breaker_open() => {
                 let expires_ms = issued_ms.saturating_add(millis(lifetime));
                 if let Some(stored) = sealer.seal(token.secret(), issued_ms, expires_ms) {
                     let save = fleet.config.store.save(keys, &stored, ttl);
-                    if fleet.run(save).await == Some(true) {
+                    if fleet.write(save).await == Some(true) {
                         tracing::debug!("token shared with the fleet");
                     }
                 }
@@ -517,7 +584,7 @@ impl OwnExchange {
             Publication::BackOff(retry_after) => {
                 let retry_after = retry_after.min(MAX_RETRY_AFTER);
                 let back_off = fleet.config.store.back_off(keys, retry_after);
-                fleet.run(back_off).await;
+                fleet.write(back_off).await;
             }
             _ => {}
         }

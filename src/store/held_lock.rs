@@ -1,12 +1,18 @@
-//! [`HeldLock`]: the fleet's lock while this replica holds it, released
-//! even if the future that holds it is dropped.
+//! [`HeldLock`]: the fleet's lock while this replica holds it: a lease,
+//! renewed while the exchange runs, and released even if the future that
+//! holds it is dropped.
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 
 use super::StoreKeys;
 use super::coordination::Coordinator;
 
-/// The fleet's lock, held by this replica.
+/// The fleet's lock, held by this replica: a lease of
+/// [`Coordinator::lease`], which lapses unless renewed
+/// ([`HeldLock::renew_while`]), so that a holder that dies holds up the
+/// fleet that long at most.
 ///
 /// Released by [`HeldLock::release`]; if it is dropped instead (the
 /// caller dropped the exchange's future: new credentials, the provider
@@ -33,6 +39,33 @@ impl HeldLock {
         self.armed = false;
     }
 
+    /// Runs `work`, renewing the lease every third of its time until
+    /// `work` ends. A renewal that fails, or finds that another replica
+    /// holds the lock (the lease lapsed), ends the renewals; `work` goes on.
+    pub(super) async fn renew_while<F: Future>(&self, work: F) -> F::Output {
+        let fleet = &self.fleet;
+        let lease = fleet.lease();
+        let renewals = async {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let renew = fleet
+                    .config
+                    .store
+                    .renew_lock(&self.keys, &fleet.owner, lease);
+                if fleet.write(renew).await != Some(true) {
+                    tracing::debug!("the lease on the fleet's lock was not renewed");
+                    return;
+                }
+            }
+        };
+        let mut work = pin!(work);
+        tokio::select! {
+            output = &mut work => return output,
+            () = renewals => {}
+        }
+        work.await
+    }
+
     /// Releases the lock, within the operation timeout.
     pub(super) async fn release(mut self) {
         let unlock = self
@@ -40,7 +73,7 @@ impl HeldLock {
             .config
             .store
             .unlock(&self.keys, &self.fleet.owner);
-        self.fleet.run(unlock).await;
+        self.fleet.write(unlock).await;
         self.armed = false;
     }
 }

@@ -15,8 +15,9 @@ use crate::AuthMethod;
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_millis(250);
 /// Default of [`SharedCache::breaker`]: failures in a row that open it.
 pub const DEFAULT_BREAKER_FAILURES: u32 = 3;
-/// Default of [`SharedCache::breaker`]: how long it stays open.
-pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+/// Default of [`SharedCache::breaker`]: how often an open breaker lets one
+/// probe through.
+pub const DEFAULT_BREAKER_PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Default of [`SharedCache::key_prefix`].
 pub const DEFAULT_KEY_PREFIX: &str = "routera-auth";
 
@@ -76,9 +77,13 @@ pub struct StoreStats {
     /// Times this replica waited for another replica's exchange.
     pub waits: u64,
     /// Exchanges made without the store's coordination (the store failing
-    /// or its breaker open, a stored token that does not open, a lock
-    /// holder that took too long, a client secret with no keys).
+    /// or its breaker open, a lock holder that took too long, a client
+    /// secret with no keys).
     pub fallbacks: u64,
+    /// Stored entries this replica could not open (sealed under another
+    /// key, or not a token), which it then replaced with its own token
+    /// through the lock, as on a miss.
+    pub unreadable: u64,
 }
 
 impl SharedCache {
@@ -99,7 +104,7 @@ impl SharedCache {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             breaker_failures: DEFAULT_BREAKER_FAILURES,
-            breaker_open_for: DEFAULT_BREAKER_OPEN_FOR,
+            breaker_probe_every: DEFAULT_BREAKER_PROBE_EVERY,
         })
     }
 
@@ -126,13 +131,19 @@ impl SharedCache {
         self.configure(|config| config.operation_timeout = timeout)
     }
 
-    /// After `failures` failed or timed-out store operations in a row
-    /// (at least 1), the replica leaves the store alone for `open_for`,
-    /// then tries it again. Default: 3 failures, 5 s.
-    pub fn breaker(self, failures: u32, open_for: Duration) -> Self {
+    /// After `failures` failed or timed-out store operations (at least 1)
+    /// with no successful write between them, the replica leaves the store
+    /// alone and exchanges on its own, except that every `probe_every` one
+    /// token request tries the store again (a probe); the first probe whose
+    /// write succeeds closes the breaker. Reads alone do not close it, so
+    /// a store that answers reads but refuses writes (a read-only replica
+    /// after a failover) opens it too. Default: 3 failures, a probe every
+    /// 250 ms, so that sharing resumes about one operation timeout after
+    /// the store answers again.
+    pub fn breaker(self, failures: u32, probe_every: Duration) -> Self {
         self.configure(|config| {
             config.breaker_failures = failures.max(1);
-            config.breaker_open_for = open_for;
+            config.breaker_probe_every = probe_every;
         })
     }
 
@@ -182,7 +193,7 @@ impl fmt::Debug for SharedCache {
             .field("key_prefix", &config.key_prefix)
             .field("operation_timeout", &config.operation_timeout)
             .field("breaker_failures", &config.breaker_failures)
-            .field("breaker_open_for", &config.breaker_open_for)
+            .field("breaker_probe_every", &config.breaker_probe_every)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }

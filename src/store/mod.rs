@@ -62,7 +62,7 @@ mod redis;
 
 pub use backend::{Snapshot, StoreError, StoreFuture, StoreKeys, StoredToken, TokenStore};
 pub use layer::{
-    DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_OPEN_FOR, DEFAULT_KEY_PREFIX,
+    DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_PROBE_EVERY, DEFAULT_KEY_PREFIX,
     DEFAULT_OPERATION_TIMEOUT, SharedCache, StoreStats,
 };
 #[cfg(feature = "redis")]

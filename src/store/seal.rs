@@ -183,14 +183,8 @@ impl Sealer {
     /// The token in `stored`, if it was sealed by a key of this sealer for
     /// this key name and lifetime, and matches its fingerprint.
     pub(crate) fn open(&self, stored: &StoredToken) -> Option<String> {
-        let (&version, rest) = stored.sealed.split_first()?;
-        let (&id_len, rest) = rest.split_first()?;
-        if version != VERSION || rest.len() < usize::from(id_len) + NONCE_LEN {
-            return None;
-        }
-        let (id, rest) = rest.split_at(usize::from(id_len));
+        let (id, rest) = split_header(&stored.sealed)?;
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let id = std::str::from_utf8(id).ok()?;
         let (_, cipher) = self.ciphers.iter().find(|(known, _)| known == id)?;
         let aad = self.aad(id, stored.issued_at_ms, stored.expires_at_ms);
         let nonce = XNonce::try_from(nonce).ok()?;
@@ -212,6 +206,24 @@ impl Sealer {
         aad.extend_from_slice(id.as_bytes());
         aad
     }
+}
+
+/// The key id and the rest of a sealed value (at least a nonce long), if
+/// it is one of this version.
+fn split_header(sealed: &[u8]) -> Option<(&str, &[u8])> {
+    let (&version, rest) = sealed.split_first()?;
+    let (&id_len, rest) = rest.split_first()?;
+    if version != VERSION || rest.len() < usize::from(id_len) + NONCE_LEN {
+        return None;
+    }
+    let (id, rest) = rest.split_at(usize::from(id_len));
+    Some((std::str::from_utf8(id).ok()?, rest))
+}
+
+/// The id of the key that sealed `stored`, if it reads as a sealed value:
+/// no secret (ids name keys), for the log of a value that does not open.
+pub(crate) fn key_id(stored: &StoredToken) -> Option<&str> {
+    split_header(&stored.sealed).map(|(id, _)| id)
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> Option<[u8; 32]> {

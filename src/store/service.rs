@@ -118,7 +118,7 @@ where
                 Decision::HoldOff(error) => return Err(error),
                 Decision::Exchange(own) => own,
             };
-            let result = inner.oneshot(request.clone()).await;
+            let result = own.run(inner.oneshot(request.clone())).await;
             own.settle(&result, &request).await;
             result
         })
@@ -244,12 +244,54 @@ mod tests {
         assert_eq!((stats.lock_wins, stats.waits), (1, 0));
     }
 
+    /// A replica whose exchange has started and never ends, holding the
+    /// fleet's lock: alive (its future runs on the runtime, and renews the
+    /// lease).
+    async fn live_holder(store: &MemoryStore) -> tokio::task::JoinHandle<()> {
+        let hung = MockExchange::new(HOUR).gated();
+        let holder = replica(store, &hung);
+        let holding = tokio::spawn(async move {
+            let _ = holder.oneshot(cold()).await;
+        });
+        while hung.calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+        holding
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_waiter_exchanges_on_its_own_after_half_its_timeout_less_two_store_calls() {
+    async fn a_dead_holders_lease_lapses_and_a_waiter_takes_over() {
         let store = MemoryStore::new();
         let hung = MockExchange::new(HOUR).gated();
         let mut holding = task::spawn(replica(&store, &hung).oneshot(cold()));
         assert_pending!(holding.poll());
+        assert_eq!(hung.calls(), 1, "it holds the lock and exchanges");
+        // Never polled again: a replica that died (its lock is not
+        // released, its lease not renewed).
+
+        let exchange = MockExchange::new(HOUR);
+        let waiter = replica(&store, &exchange);
+        let started = Instant::now();
+        let token = ask(&waiter, cold()).await.unwrap();
+
+        // The lease (1 s), then at most one pause between looks (100 ms).
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(1)..=Duration::from_millis(1_100)).contains(&waited),
+            "{waited:?}"
+        );
+        assert_eq!(token.access_token().secret(), "token-1");
+        let stats = waiter.stats();
+        assert_eq!((stats.waits, stats.lock_wins, stats.fallbacks), (1, 1, 0));
+        drop(holding);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_exchanges_on_its_own_after_half_its_timeout_less_two_store_calls() {
+        let store = MemoryStore::new();
+        // Alive past its lease: it renews it, so the waiter waits its whole
+        // bound.
+        let _holding = live_holder(&store).await;
 
         let exchange = MockExchange::new(HOUR);
         let waiter = replica(&store, &exchange);
@@ -268,9 +310,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_replica_with_a_token_waits_half_of_its_serving_time_at_most() {
         let store = MemoryStore::new();
-        let hung = MockExchange::new(HOUR).gated();
-        let mut holding = task::spawn(replica(&store, &hung).oneshot(cold()));
-        assert_pending!(holding.poll());
+        let _holding = live_holder(&store).await;
 
         let exchange = MockExchange::new(HOUR);
         let refreshing = replica(&store, &exchange);

@@ -50,6 +50,7 @@ struct Inner {
     locks: HashMap<String, (String, Instant)>,
     backoffs: HashMap<String, Instant>,
     failing: bool,
+    read_only: bool,
     delay: Option<Duration>,
     operations: u64,
 }
@@ -72,6 +73,13 @@ impl MemoryStore {
     /// called again with `false`.
     pub fn set_failing(&self, failing: bool) {
         self.inner().failing = failing;
+    }
+
+    /// With `true`, every operation that writes fails while reads succeed
+    /// (a read-only replica after a failover), until called again with
+    /// `false`.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.inner().read_only = read_only;
     }
 
     /// Every operation answers only after `delay` (a slow or frozen store),
@@ -107,9 +115,20 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `operation` on the store after the delay, unless it is failing.
+    /// Runs `operation`, which writes, on the store after the delay, unless
+    /// it is failing or read-only.
     fn operate<'a, T: Send + 'a>(
         &'a self,
+        operation: impl FnOnce(&mut Inner, Instant) -> T + Send + 'a,
+    ) -> StoreFuture<'a, T> {
+        self.operate_as(true, operation)
+    }
+
+    /// Runs `operation` on the store after the delay, unless it is failing
+    /// (or read-only, if it `writes`).
+    fn operate_as<'a, T: Send + 'a>(
+        &'a self,
+        writes: bool,
         operation: impl FnOnce(&mut Inner, Instant) -> T + Send + 'a,
     ) -> StoreFuture<'a, T> {
         Box::pin(async move {
@@ -124,6 +143,11 @@ impl MemoryStore {
             let mut inner = self.inner();
             if inner.failing {
                 return Err(StoreError::new("the memory store is set to fail"));
+            }
+            if writes && inner.read_only {
+                return Err(StoreError::new(
+                    "the memory store is set to be read-only: writes fail",
+                ));
             }
             let now = Instant::now();
             inner.expire(now);
@@ -145,7 +169,7 @@ impl std::fmt::Debug for MemoryStore {
 
 impl TokenStore for MemoryStore {
     fn load<'a>(&'a self, keys: &'a StoreKeys) -> StoreFuture<'a, Snapshot> {
-        self.operate(move |inner, now| {
+        self.operate_as(false, move |inner, now| {
             let token = inner.tokens.get(keys.token());
             Snapshot {
                 token: token.map(|(token, _)| token.clone()),
@@ -198,6 +222,21 @@ impl TokenStore for MemoryStore {
             let lock = (owner.to_owned(), later(now, ttl));
             inner.locks.insert(keys.lock().to_owned(), lock);
             true
+        })
+    }
+
+    fn renew_lock<'a>(
+        &'a self,
+        keys: &'a StoreKeys,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.operate(move |inner, now| match inner.locks.get_mut(keys.lock()) {
+            Some((holder, until)) if holder == owner && !ttl.is_zero() => {
+                *until = later(now, ttl);
+                true
+            }
+            _ => false,
         })
     }
 

@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, RedisResult, Value};
 
 use self::error::RedisStoreError;
-use self::scripts::{BACK_OFF, FIELDS, REMOVE, SAVE, UNLOCK, millis, parse_token};
+use self::scripts::{BACK_OFF, FIELDS, REMOVE, RENEW, SAVE, UNLOCK, millis, parse_token};
 use super::{Snapshot, StoreError, StoreFuture, StoreKeys, StoredToken, TokenStore};
 
 /// How long a command may wait for its answer before it fails.
@@ -44,8 +44,9 @@ const RECONNECT_RETRIES: usize = 0;
 ///   no longer be served. It is replaced only by a token issued later, and
 ///   removed only by a replica that names its fingerprint. An entry that
 ///   misses a field or holds a malformed number reads as no entry.
-/// - `…:lock`: the exchange lock, `SET NX PX`, holding its owner's id and
-///   released only by that owner.
+/// - `…:lock`: the exchange lock, `SET NX PX`, holding its owner's id: a
+///   lease that its owner renews while it exchanges, and releases; no other
+///   replica renews or releases it.
 /// - `…:backoff`: present while the fleet backs off; a backoff is never
 ///   shortened.
 ///
@@ -402,6 +403,34 @@ impl TokenStore for RedisStore {
                 })
                 .await?;
             Ok(taken)
+        })
+    }
+
+    fn renew_lock<'a>(
+        &'a self,
+        keys: &'a StoreKeys,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(ttl_ms) = millis(ttl) else {
+                return Ok(false);
+            };
+            let renewed: i64 = self
+                .run(
+                    "renew_lock",
+                    Again::IfConnectionLost,
+                    |mut connection| async move {
+                        RENEW
+                            .key(keys.lock())
+                            .arg(owner)
+                            .arg(ttl_ms)
+                            .invoke_async(&mut connection)
+                            .await
+                    },
+                )
+                .await?;
+            Ok(renewed == 1)
         })
     }
 

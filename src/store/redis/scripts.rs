@@ -92,6 +92,15 @@ end
 return 0
 ";
 
+/// `renew_lock`: KEYS[1] the lock; ARGV[1] the owner, ARGV[2] the new time
+/// to live in milliseconds. Extends the lock only if that owner holds it.
+const RENEW_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
 /// `back_off`: KEYS[1] the backoff key; ARGV[1] the duration in
 /// milliseconds. Sets it unless it already has at least that long to live,
 /// so a backoff is never shortened; a key without expiry (never written by
@@ -110,6 +119,7 @@ return 1
 pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| Script::new(SAVE_LUA));
 pub(super) static REMOVE: LazyLock<Script> = LazyLock::new(|| Script::new(REMOVE_LUA));
 pub(super) static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(UNLOCK_LUA));
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LUA));
 pub(super) static BACK_OFF: LazyLock<Script> = LazyLock::new(|| Script::new(BACK_OFF_LUA));
 
 /// A duration in whole milliseconds for `PX`/`PEXPIRE`: `None` for zero,

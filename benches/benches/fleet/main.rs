@@ -24,7 +24,11 @@
 //! ```
 //!
 //! Run without `--bench` (`cargo test --benches`) or with `--test`
-//! (`cargo bench -- --test`), it checks N = 10 only.
+//! (`cargo bench -- --test`), it checks N = 10 only. A full run then puts
+//! the fleet under faults (see `faults.rs`): the lock holder killed at a
+//! cold start and at a renewal, and a store outage.
+
+mod faults;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -158,6 +162,10 @@ async fn bench(quick: bool) -> Result<(), String> {
             "single flight across replicas is broken: {}",
             failures.join("; ")
         ));
+    }
+    if !quick {
+        println!();
+        faults::run(&redis).await?;
     }
     Ok(())
 }
