@@ -54,6 +54,7 @@ mod breaker;
 mod coordination;
 mod held_lock;
 mod layer;
+mod publish;
 mod seal;
 mod service;
 

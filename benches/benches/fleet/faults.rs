@@ -83,6 +83,8 @@ pub(crate) async fn run(redis: &RedisServer) -> Result<(), String> {
     let fleet = Fleet::new(&quick, redis, OUTAGE_REPLICAS).await?;
     fleet.cold_start().await?;
     let counts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Borrowed: the emulator outlives the request loops.
+    let quick = &quick;
     let outage = {
         let counts = Arc::clone(&counts);
         move |started: Instant| async move {
