@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use routera_auth::store::{RedisStore, SharedCache};
+use routera_auth::store::{
+    DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_PROBE_EVERY, RedisStore, SharedCache,
+};
 use routera_auth::test_util::{Emulator, Fault, RedisServer};
 use routera_auth::{Token, TokenError, TokenProvider, TokenRequest};
 use tokio::sync::watch;
@@ -78,9 +80,18 @@ pub(crate) async fn run(redis: &RedisServer) -> Result<(), String> {
         verdict(stall <= target),
     );
 
+    for probe_every in [DEFAULT_BREAKER_PROBE_EVERY, Duration::from_secs(5)] {
+        outage(redis, probe_every).await?;
+    }
+    Ok(())
+}
+
+/// A store outage: Redis frozen while a fleet serves requests; the
+/// exchanges during it and after it.
+async fn outage(redis: &RedisServer, probe_every: Duration) -> Result<(), String> {
     let quick = emulator(SHORT_LIFETIME, Duration::from_millis(50)).await?;
     redis.flush_all().await.map_err(flush_error)?;
-    let fleet = Fleet::new(&quick, redis, OUTAGE_REPLICAS).await?;
+    let fleet = Fleet::probing(&quick, redis, OUTAGE_REPLICAS, probe_every).await?;
     fleet.cold_start().await?;
     let counts = Arc::new(std::sync::Mutex::new(Vec::new()));
     // Borrowed: the emulator outlives the request loops.
@@ -88,45 +99,50 @@ pub(crate) async fn run(redis: &RedisServer) -> Result<(), String> {
     let outage = {
         let counts = Arc::clone(&counts);
         move |started: Instant| async move {
+            // Frozen from the fleet's first refresh on.
             tokio::time::sleep_until(started + SHORT_LIFETIME / 2).await;
+            let frozen = quick.exchange_count();
             if redis.freeze().is_err() {
                 return;
             }
             tokio::time::sleep(OUTAGE).await;
-            let before = quick.exchange_count();
+            let thawed = quick.exchange_count();
             if redis.thaw().is_err() {
                 return;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let first_second = quick.exchange_count();
-            tokio::time::sleep(SHORT_LIFETIME * 2).await;
-            let after = quick.exchange_count();
+            let mut marks = vec![frozen, thawed];
+            for wait in [1, 5, 12] {
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                marks.push(quick.exchange_count());
+            }
             if let Ok(mut counts) = counts.lock() {
-                counts.extend([first_second - before, after - first_second]);
+                counts.extend(marks.windows(2).map(|pair| pair[1] - pair[0]));
             }
         }
     };
     fleet
-        .request_loops(SHORT_LIFETIME / 2 + OUTAGE + SHORT_LIFETIME * 3, outage)
+        .request_loops(
+            SHORT_LIFETIME / 2 + OUTAGE + Duration::from_secs(18),
+            outage,
+        )
         .await?;
     let counts = counts
         .lock()
         .map(|counts| counts.clone())
         .unwrap_or_default();
-    if let [first_second, later] = counts[..] {
-        println!(
-            "store outage ({OUTAGE_REPLICAS} replicas, {} s tokens, Redis frozen {} s): \
-             {first_second} exchanges in the second after Redis answered again (target at most \
-             {OUTAGE_REPLICAS}: {}), then {later} in the next {} s (one per refresh: about {})",
-            SHORT_LIFETIME.as_secs(),
-            OUTAGE.as_secs(),
-            verdict(first_second <= OUTAGE_REPLICAS as u64),
-            (SHORT_LIFETIME * 2).as_secs(),
-            (SHORT_LIFETIME * 2).as_secs_f64() / 3.0,
-        );
-    } else {
+    let [during, first_second, next_five, next_twelve] = counts[..] else {
         return Err("the outage run could not freeze or thaw Redis".to_owned());
-    }
+    };
+    println!(
+        "store outage ({OUTAGE_REPLICAS} replicas, {} s tokens refreshed about every 3 s, Redis \
+         frozen {} s from the first refresh, breaker probing every {} ms): {during} exchanges during the outage; after it, \
+         {first_second} in the first second (target at most {OUTAGE_REPLICAS}: {}), {next_five} \
+         in the next 5 s, {next_twelve} in the 12 s after that (one per refresh: about 4)",
+        SHORT_LIFETIME.as_secs(),
+        OUTAGE.as_secs(),
+        probe_every.as_millis(),
+        verdict(first_second <= OUTAGE_REPLICAS as u64),
+    );
     Ok(())
 }
 
@@ -163,6 +179,16 @@ struct Life {
 
 impl Fleet {
     async fn new(emulator: &Emulator, redis: &RedisServer, n: usize) -> Result<Self, String> {
+        Self::probing(emulator, redis, n, DEFAULT_BREAKER_PROBE_EVERY).await
+    }
+
+    /// With an open breaker probing the store every `probe_every`.
+    async fn probing(
+        emulator: &Emulator,
+        redis: &RedisServer,
+        n: usize,
+        probe_every: Duration,
+    ) -> Result<Self, String> {
         let armed = Arc::new(AtomicBool::new(false));
         let mut replicas = Vec::with_capacity(n);
         for _ in 0..n {
@@ -170,7 +196,8 @@ impl Fleet {
             let store = RedisStore::connect(&redis.url())
                 .await
                 .map_err(|error| format!("could not connect to Redis: {error}"))?;
-            let cache = SharedCache::for_exchange(store, &exchange);
+            let cache = SharedCache::for_exchange(store, &exchange)
+                .breaker(DEFAULT_BREAKER_FAILURES, probe_every);
             let life = Arc::new(Life::default());
             let tripwire = Tripwire {
                 inner: exchange,
