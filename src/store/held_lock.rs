@@ -7,10 +7,10 @@ use std::pin::pin;
 use std::sync::Arc;
 
 use super::StoreKeys;
-use super::coordination::Coordinator;
+use super::fleet::Fleet;
 
 /// The fleet's lock, held by this replica: a lease of
-/// [`Coordinator::lease`], which lapses unless renewed
+/// [`Fleet::lease`], which lapses unless renewed
 /// ([`HeldLock::renew_while`]), so that a holder that dies holds up the
 /// fleet that long at most.
 ///
@@ -20,13 +20,13 @@ use super::coordination::Coordinator;
 /// once. Best effort: with no runtime, or if that task fails, the lock
 /// runs out after its time.
 pub(super) struct HeldLock {
-    fleet: Arc<Coordinator>,
+    fleet: Arc<Fleet>,
     keys: StoreKeys,
     armed: bool,
 }
 
 impl HeldLock {
-    pub(super) fn new(fleet: Arc<Coordinator>, keys: StoreKeys) -> Self {
+    pub(super) fn new(fleet: Arc<Fleet>, keys: StoreKeys) -> Self {
         Self {
             fleet,
             keys,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::coordination::{Config, Coordinator};
+use super::fleet::{Config, Fleet};
 use super::{SharedExchange, StoreKeyRing, TokenStore};
 use crate::AuthMethod;
 
@@ -58,7 +58,7 @@ pub const DEFAULT_KEY_PREFIX: &str = "routera-auth";
 /// ```
 #[derive(Clone)]
 pub struct SharedCache {
-    fleet: Arc<Coordinator>,
+    fleet: Arc<Fleet>,
 }
 
 /// What a [`SharedCache`] has done so far; from [`SharedCache::stats`] or
@@ -166,11 +166,11 @@ impl SharedCache {
 
     fn from_config(config: Config) -> Self {
         Self {
-            fleet: Arc::new(Coordinator::new(config)),
+            fleet: Arc::new(Fleet::new(config)),
         }
     }
 
-    pub(super) fn coordinator(&self) -> &Arc<Coordinator> {
+    pub(super) fn coordinator(&self) -> &Arc<Fleet> {
         &self.fleet
     }
 }

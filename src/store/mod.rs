@@ -52,6 +52,7 @@
 mod backend;
 mod breaker;
 mod coordination;
+mod fleet;
 mod held_lock;
 mod layer;
 mod publish;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::Sealer;
 use super::StoreKeys;
-use super::coordination::{Coordinator, millis};
+use super::fleet::{Fleet, millis};
 use super::held_lock::HeldLock;
 use crate::error::TokenError;
 use crate::token::{AccessToken, Token, TokenRequest};
@@ -19,7 +19,7 @@ use crate::{MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME};
 /// An exchange of this replica's, and what it owes the fleet afterwards:
 /// the keys it was made under and the fleet's lock if it holds it.
 pub(super) struct OwnExchange {
-    pub(super) fleet: Arc<Coordinator>,
+    pub(super) fleet: Arc<Fleet>,
     /// `None` when the credentials have no keys: nothing to share.
     pub(super) keyed: Option<(StoreKeys, Arc<Sealer>)>,
     pub(super) lock: Option<HeldLock>,
