@@ -28,6 +28,8 @@ use tower::{Layer, ServiceExt};
 
 /// Bounds every wait of a test, so a regression fails it instead of hanging.
 const BOUND: Duration = Duration::from_secs(30);
+/// How often an open breaker of the tests' replicas tries Redis again.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 async fn redis() -> RedisServer {
     match RedisServer::start().await {
@@ -46,7 +48,7 @@ async fn emulator(lifetime: Duration) -> Emulator {
 
 async fn cache(redis: &RedisServer, exchange: &EmulatorExchange) -> SharedCache {
     let store = RedisStore::connect(&redis.url()).await.unwrap();
-    SharedCache::for_exchange(store, exchange).breaker(3, Duration::from_millis(500))
+    SharedCache::for_exchange(store, exchange).breaker(3, PROBE_EVERY)
 }
 
 async fn replica(redis: &RedisServer, emulator: &Emulator) -> Replica {
@@ -536,4 +538,64 @@ async fn a_holder_that_dies_mid_exchange_holds_the_fleet_up_for_its_lease_only()
     assert_eq!(exchange.calls(), 1);
     let stats = cold.cache.stats();
     assert_eq!((stats.waits, stats.lock_wins, stats.fallbacks), (1, 1, 0));
+}
+
+/// Runs `redis-cli` (Debian package `redis-tools`, which `redis-server`
+/// depends on) against `redis` with `args`.
+fn redis_cli(redis: &RedisServer, args: &[&str]) {
+    let socket = redis.socket_path();
+    let output = std::process::Command::new("redis-cli")
+        .arg("-s")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("this test needs redis-cli (Debian package redis-tools): {error}")
+        });
+    let reply = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && reply.trim() == "OK",
+        "{args:?}: {reply}"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_that_refuses_writes_opens_the_breaker_with_a_warning_and_never_fails_a_request() {
+    let (logs, _guard) = common::Capture::install();
+    let redis = redis().await;
+    let emulator = emulator(Duration::from_secs(3600)).await;
+    let replicas = fleet(5, &redis, &emulator).await;
+    all_ask(&replicas).await;
+    assert_eq!(emulator.exchange_count(), 1);
+
+    // A replica of a primary that is gone: it answers reads and refuses
+    // every write (`READONLY`), as a Redis replica left behind by a
+    // failover does.
+    redis_cli(&redis, &["REPLICAOF", "127.0.0.1", "1"]);
+    for _ in 0..2 {
+        refresh_all(&replicas).await;
+    }
+    assert_eq!(emulator.exchange_count(), 11, "each replica on its own");
+    let text = logs.text();
+    let warnings = text
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("shared token store failing"))
+        .count();
+    assert_eq!(
+        warnings, 5,
+        "one warning per replica when its breaker opens:\n{text}"
+    );
+    assert!(
+        text.contains("write against a read only replica"),
+        "the warning says why:\n{text}"
+    );
+
+    // Writable again: once the breakers' probe interval (500 ms here) has
+    // passed, the next probe closes each breaker, and the fleet renews with
+    // one exchange again.
+    redis_cli(&redis, &["REPLICAOF", "NO", "ONE"]);
+    tokio::time::sleep(PROBE_EVERY).await;
+    let before = emulator.exchange_count();
+    refresh_all(&replicas).await;
+    assert_eq!(emulator.exchange_count() - before, 1, "shared again");
 }

@@ -7,13 +7,13 @@ use tokio::time::Instant;
 
 use crate::clock::later;
 
-/// After enough failed store operations with no successful write between
+/// After enough failed store operations with no write accepted between
 /// them, the breaker opens: the store is left alone, except for one probe
-/// every `probe_every`. A probe whose write succeeds closes it; a probe
+/// every `probe_every`. A probe whose write is accepted closes it; a probe
 /// that fails keeps it open.
 ///
-/// Reads do not close it: a store that answers reads but refuses every
-/// write (a read-only replica after a failover) opens it too.
+/// Other successes do not close it: a store that answers reads but refuses
+/// every write (a read-only replica after a failover) opens it too.
 pub(super) struct Breaker {
     failures_to_open: u32,
     probe_every: Duration,
@@ -62,7 +62,7 @@ impl Breaker {
         }
     }
 
-    /// A write succeeded: the breaker closes.
+    /// The store accepted a write: the breaker closes.
     pub(super) fn wrote(&mut self) {
         (self.failures, self.next_probe) = (0, None);
     }

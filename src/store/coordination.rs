@@ -108,7 +108,7 @@ impl Fleet {
         let rejected = self.state().removal.clone();
         if let Some(fingerprint) = &rejected {
             let remove = self.config.store.remove(&keys, fingerprint);
-            match call.write(remove).await {
+            match call.call(remove).await {
                 Some(removed) => {
                     if removed {
                         tracing::debug!("rejected token removed from the shared store");
@@ -143,7 +143,7 @@ impl Fleet {
             // The store counts times left from before its answer travels.
             let asked_at = Instant::now();
             let load = self.config.store.load(&keys);
-            let Some(snapshot) = call.read(load).await else {
+            let Some(snapshot) = call.call(load).await else {
                 if waiting && lock.is_none() && !self.breaker_open() && Instant::now() < give_up_at
                 {
                     // One failed look while waiting: look again later.
@@ -166,7 +166,7 @@ impl Fleet {
                     // removed if it is still there, then looked for again.
                     replaced = true;
                     let remove = self.config.store.remove(&keys, &fingerprint);
-                    if call.write(remove).await.is_none() {
+                    if call.call(remove).await.is_none() {
                         return call.fall_back(lock);
                     }
                     continue;
@@ -191,7 +191,7 @@ impl Fleet {
             // takes it still releases it (the release is owner-checked).
             let held = call.held_lock();
             let take = self.config.store.lock(&keys, &self.owner, lease);
-            match call.write(take).await {
+            match call.call_writing(take).await {
                 // The lock may have been taken without its answer arriving:
                 // exchange as its holder.
                 None => return call.fall_back(Some(held)),
@@ -292,12 +292,12 @@ impl Fleet {
 }
 
 impl Call<'_> {
-    async fn read<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
-        self.fleet.read(operation).await
+    async fn call<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
+        self.fleet.call(operation).await
     }
 
-    async fn write<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
-        self.fleet.write(operation).await
+    async fn call_writing<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
+        self.fleet.call_writing(operation).await
     }
 
     fn held_lock(&self) -> HeldLock {

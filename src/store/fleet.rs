@@ -140,16 +140,21 @@ impl Fleet {
         );
     }
 
-    /// Runs one store operation that only reads, within the operation
-    /// timeout; a failure is counted and may open the breaker, a success
-    /// does not close it.
-    pub(super) async fn read<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
+    /// Runs one store operation within the operation timeout; a failure
+    /// is counted and may open the breaker, a success leaves it as it is.
+    ///
+    /// A success shows only that the store answered: a Redis that refuses
+    /// writes still runs a script that happens not to write (an unlock of a
+    /// lock held by another, a save of an older token).
+    pub(super) async fn call<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
         self.run(operation, false).await
     }
 
-    /// Runs one store operation that writes, within the operation timeout;
-    /// a success closes the breaker, a failure is counted and may open it.
-    pub(super) async fn write<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
+    /// Runs the taking of the lock, as [`Fleet::call`]; its success closes
+    /// the breaker. Taking the lock is a write the store refuses whenever
+    /// it refuses writes, whether the lock is free or held: its answer
+    /// shows that the store takes writes.
+    pub(super) async fn call_writing<T>(&self, operation: StoreFuture<'_, T>) -> Option<T> {
         self.run(operation, true).await
     }
 

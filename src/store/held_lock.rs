@@ -52,7 +52,7 @@ impl HeldLock {
                     .config
                     .store
                     .renew_lock(&self.keys, &fleet.owner, lease);
-                if fleet.write(renew).await != Some(true) {
+                if fleet.call(renew).await != Some(true) {
                     tracing::debug!("the lease on the fleet's lock was not renewed");
                     return;
                 }
@@ -73,7 +73,7 @@ impl HeldLock {
             .config
             .store
             .unlock(&self.keys, &self.fleet.owner);
-        self.fleet.write(unlock).await;
+        self.fleet.call(unlock).await;
         self.armed = false;
     }
 }

@@ -132,12 +132,13 @@ impl SharedCache {
     }
 
     /// After `failures` failed or timed-out store operations (at least 1)
-    /// with no successful write between them, the replica leaves the store
-    /// alone and exchanges on its own, except that every `probe_every` one
-    /// token request tries the store again (a probe); the first probe whose
-    /// write succeeds closes the breaker. Reads alone do not close it, so
-    /// a store that answers reads but refuses writes (a read-only replica
-    /// after a failover) opens it too. Default: 3 failures, a probe every
+    /// with no write accepted between them (the taking of the lock, which
+    /// a store refuses whenever it refuses writes), the replica leaves the
+    /// store alone and exchanges on its own, except that every
+    /// `probe_every` one token request tries the store again (a probe); the
+    /// first probe whose lock is accepted closes the breaker. Other
+    /// successes do not close it, so a store that answers reads but refuses
+    /// writes (a read-only replica after a failover) opens it too. Default: 3 failures, a probe every
     /// 250 ms, so that sharing resumes about one operation timeout after
     /// the store answers again.
     pub fn breaker(self, failures: u32, probe_every: Duration) -> Self {

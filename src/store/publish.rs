@@ -110,7 +110,7 @@ impl OwnExchange {
                 let expires_ms = issued_ms.saturating_add(millis(lifetime));
                 if let Some(stored) = sealer.seal(token.secret(), issued_ms, expires_ms) {
                     let save = fleet.config.store.save(keys, &stored, ttl);
-                    if fleet.write(save).await == Some(true) {
+                    if fleet.call(save).await == Some(true) {
                         tracing::debug!("token shared with the fleet");
                     }
                 }
@@ -118,7 +118,7 @@ impl OwnExchange {
             Publication::BackOff(retry_after) => {
                 let retry_after = retry_after.min(MAX_RETRY_AFTER);
                 let back_off = fleet.config.store.back_off(keys, retry_after);
-                fleet.write(back_off).await;
+                fleet.call(back_off).await;
             }
             _ => {}
         }
