@@ -599,3 +599,52 @@ async fn a_redis_that_refuses_writes_opens_the_breaker_with_a_warning_and_never_
     refresh_all(&replicas).await;
     assert_eq!(emulator.exchange_count() - before, 1, "shared again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_token_waits_for_a_live_holder_half_its_serving_time_at_most() {
+    let redis = redis().await;
+    let shared = || async {
+        let store = RedisStore::connect(&redis.url()).await.unwrap();
+        SharedCache::new(store, "https://auth.test/token", AuthMethod::RequestBody)
+    };
+    // A holder that is alive (it renews its lease) but whose exchange
+    // never ends.
+    let hung = MockExchange::new(Duration::from_secs(3600)).gated();
+    let holder = shared().await.layer(hung.clone());
+    let holding = tokio::spawn(holder.oneshot(TokenRequest::new(MockExchange::credentials())));
+    let deadline = std::time::Instant::now() + BOUND;
+    while hung.calls() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never exchanged"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    // A replica whose token is served 2 s more: it waits 1 s (past the
+    // holder's first lease, which the holder renewed), then exchanges.
+    let exchange = MockExchange::new(Duration::from_secs(3600));
+    let cache = shared().await;
+    let refreshing = cache.layer(exchange.clone());
+    let started = Instant::now();
+    let request = TokenRequest::new(MockExchange::credentials())
+        .with_reason(routera_auth::TokenReason::RefreshDue)
+        .with_needed_by(started + Duration::from_secs(2));
+    let token = refreshing.oneshot(request).await.unwrap();
+    let took = started.elapsed();
+
+    assert!(
+        (Duration::from_secs(1)..Duration::from_millis(1_300)).contains(&took),
+        "{took:?}"
+    );
+    assert_eq!(token.access_token().secret(), "token-1");
+    assert_eq!(exchange.calls(), 1);
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.waits, stats.lock_wins, stats.fallbacks),
+        (1, 0, 1),
+        "the lock was held all along: the holder renewed its lease"
+    );
+    assert!(!holding.is_finished());
+    holding.abort();
+}
