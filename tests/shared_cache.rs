@@ -221,6 +221,34 @@ async fn sharing_resumes_one_probe_after_the_store_answers_again() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_store_down_at_start_is_reported_at_once_and_its_return_too() {
+    let (logs, _guard) = Capture::install();
+    let store = MemoryStore::new();
+    store.set_failing(true);
+    let exchange = MockExchange::new(HOUR);
+    let replica = replica(&store, &exchange);
+    replica.token().await.unwrap();
+    let warned = |text: &str| {
+        text.lines()
+            .filter(|line| line.contains("WARN") && line.contains("exchanging without it"))
+            .count()
+    };
+    // The first failure of the very first look, not the next refresh.
+    assert_eq!(warned(&logs.text()), 1, "{}", logs.text());
+
+    store.set_failing(false);
+    replica.refresh().await.unwrap();
+    let text = logs.text();
+    assert_eq!(warned(&text), 1, "{text}");
+    assert!(
+        text.lines()
+            .any(|line| line.contains("INFO") && line.contains("sharing resumes")),
+        "{text}"
+    );
+    assert_eq!(store.tokens().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_store_that_refuses_writes_opens_the_breaker_and_says_so() {
     let (logs, _guard) = Capture::install();
     let store = MemoryStore::new();

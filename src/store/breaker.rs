@@ -26,7 +26,10 @@ pub(super) struct Breaker {
 /// What a failure did to the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Failure {
-    /// Still closed.
+    /// The first since the store last accepted a write (or since the
+    /// start); still closed.
+    First,
+    /// Another one; still closed.
     Counted,
     /// It opened.
     Opened,
@@ -62,9 +65,12 @@ impl Breaker {
         }
     }
 
-    /// The store accepted a write: the breaker closes.
-    pub(super) fn wrote(&mut self) {
+    /// The store accepted a write: the breaker closes. Whether a failure
+    /// came before it (the store is back).
+    pub(super) fn wrote(&mut self) -> bool {
+        let failed = self.failures > 0 || self.is_open();
         (self.failures, self.next_probe) = (0, None);
+        failed
     }
 
     /// Counts a failure at `now`.
@@ -73,6 +79,7 @@ impl Breaker {
         let failure = match self.next_probe {
             Some(_) => Failure::StillOpen,
             None if self.failures >= self.failures_to_open => Failure::Opened,
+            None if self.failures == 1 => return Failure::First,
             None => return Failure::Counted,
         };
         self.next_probe = Some(later(now, self.probe_every));
@@ -88,10 +95,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_failures_without_a_write_and_probes_until_a_write_succeeds() {
-        let mut breaker = Breaker::new(2, PROBE);
+        let mut breaker = Breaker::new(3, PROBE);
         let now = Instant::now();
-        assert_eq!(breaker.failed(now), Failure::Counted);
-        breaker.wrote();
+        assert_eq!(breaker.failed(now), Failure::First);
+        assert!(breaker.wrote(), "after a failure");
+        assert!(!breaker.wrote(), "after none");
+        assert_eq!(breaker.failed(now), Failure::First);
         assert_eq!(breaker.failed(now), Failure::Counted);
         assert_eq!(breaker.failed(now), Failure::Opened);
         assert!(breaker.is_open() && !breaker.admits(now));
@@ -103,7 +112,7 @@ mod tests {
         assert!(!breaker.admits(due + PROBE / 2));
 
         assert!(breaker.admits(due + PROBE));
-        breaker.wrote();
+        assert!(breaker.wrote(), "after it was open");
         assert!(!breaker.is_open());
         assert!(breaker.admits(due + PROBE));
     }

@@ -162,8 +162,8 @@ impl Fleet {
         let timeout = self.config.operation_timeout;
         let error = match tokio::time::timeout(timeout, operation).await {
             Ok(Ok(value)) => {
-                if writes {
-                    self.state().breaker.wrote();
+                if writes && self.state().breaker.wrote() {
+                    tracing::info!("shared token store accepts writes again; sharing resumes");
                 }
                 return Some(value);
             }
@@ -183,6 +183,10 @@ impl Fleet {
                 "shared token store failing; exchanging without it, and trying it again now and then"
             ),
             Failure::StillOpen => tracing::debug!(%error, "shared token store still failing"),
+            Failure::First => tracing::warn!(
+                %error,
+                "shared token store operation failed; exchanging without it while it fails"
+            ),
             Failure::Counted => tracing::debug!(%error, "shared token store operation failed"),
         }
         None
