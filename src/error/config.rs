@@ -5,7 +5,10 @@ use std::error::Error as StdError;
 use std::fmt;
 
 /// A configuration value is missing or not acceptable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` is the sentence of its `Display`, so that `main` returning
+/// it prints what to fix; with `{:#?}`, the fields.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConfigError {
     kind: ConfigErrorKind,
 }
@@ -128,11 +131,30 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            f.debug_struct("ConfigError")
+                .field("kind", &self.kind)
+                .finish()
+        } else {
+            fmt::Display::fmt(self, f)
+        }
+    }
+}
+
 impl StdError for ConfigError {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_reads_as_the_sentence() {
+        let err = ConfigError::env_missing("ROUTERA_CLIENT_ID");
+        assert_eq!(format!("{err:?}"), err.to_string());
+        assert!(format!("{err:#?}").contains("EnvMissing"));
+    }
 
     #[test]
     fn config_errors_name_the_variable() {

@@ -378,8 +378,14 @@ impl fmt::Display for TokenError {
     }
 }
 
+/// The sentence of [`Display`](fmt::Display) followed by each cause, so that
+/// `main` returning the error prints what went wrong; with `{:#?}`, the
+/// fields.
 impl fmt::Debug for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return write!(f, "{}", ErrorChain(self));
+        }
         let inner = &*self.inner;
         let mut debug = f.debug_struct("TokenError");
         debug.field("kind", &inner.kind);
@@ -439,6 +445,24 @@ mod tests {
             description: Some("details".to_owned()),
             uri: None,
         })
+    }
+
+    #[test]
+    fn debug_reads_as_the_sentence_and_its_causes() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = TokenError::transport(refused);
+        assert_eq!(format!("{err:?}"), format!("{err}: refused"));
+        let rejected = TokenError::build(
+            TokenErrorKind::InvalidClient,
+            Some(StatusCode::UNAUTHORIZED),
+            oauth("invalid_client"),
+            None,
+            None,
+            None,
+        );
+        assert_eq!(format!("{rejected:?}"), rejected.to_string());
+        assert!(!format!("{rejected:?}").contains("TokenError {"));
+        assert!(format!("{rejected:#?}").contains("InvalidClient"));
     }
 
     #[test]
