@@ -1,5 +1,5 @@
-//! Test doubles for code built on this crate (feature `test-util`), one
-//! for each seam of the stack:
+//! Test doubles for code built on this crate (feature `test-util`): one
+//! for each seam of the stack.
 //!
 //! | what is tested | double | in place of |
 //! |---|---|---|
