@@ -12,6 +12,35 @@ use crate::error::BoxError;
 use crate::token::{Token, TokenRequest};
 
 /// Builds a [`TokenProvider`]; from [`TokenProvider::builder`].
+///
+/// Every option has a default that suits Routera's one-hour tokens; set
+/// only what your deployment needs.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use routera_auth::{ClientCredentials, Token, TokenProvider, TokenRequest};
+/// use tower::service_fn;
+///
+/// # let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// # runtime.block_on(async {
+/// // Any `Service<TokenRequest, Response = Token, Error = TokenError>`:
+/// // `HttpTokenExchange::reqwest()?` against Routera.
+/// let exchange = service_fn(|_: TokenRequest| async {
+///     Ok::<_, routera_auth::TokenError>(Token::new("t0k3n", Duration::from_secs(3600)))
+/// });
+/// let provider = TokenProvider::builder(exchange, ClientCredentials::new("my-client", "my-secret"))
+///     // Give up on an exchange after 5 s (default 10 s).
+///     .exchange_timeout(Duration::from_secs(5))
+///     // After a failure, wait 500 ms, doubling up to 30 s.
+///     .backoff(Duration::from_millis(500), Duration::from_secs(30))
+///     .build();
+///
+/// assert_eq!(provider.token().await?.secret(), "t0k3n");
+/// # Ok::<_, routera_auth::TokenError>(())
+/// # }).unwrap();
+/// ```
 pub struct TokenProviderBuilder<S> {
     pub(super) exchange: S,
     pub(super) credentials: ClientCredentials,
