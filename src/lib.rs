@@ -114,7 +114,7 @@ mod token;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
 
-pub use auth::{RetryOnUnauthorized, RouteraAuth, RouteraAuthLayer, TryCloneBody};
+pub use auth::{ReplayableBody, RetryOnUnauthorized, RouteraAuth, RouteraAuthLayer};
 pub use credentials::{AuthMethod, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials};
 pub use error::{BoxError, ConfigError, OAuthError, TokenError, TokenErrorKind};
 pub use exchange::{DEFAULT_TOKEN_URL, HttpTokenExchange};

@@ -443,7 +443,7 @@ async fn any_body_type_retries_what_it_can_replay() {
         let exchange = MockExchange::new(Duration::from_secs(3600));
         let provider = exchange.provider();
         let stack = ServiceBuilder::new()
-            .retry(RetryOnUnauthorized::new().with_body_clone(empty_body_only::<axum::body::Body>))
+            .retry(RetryOnUnauthorized::new().with_replay(empty_body_only::<axum::body::Body>))
             .layer(RouteraAuthLayer::new(provider.clone()))
             .service(api);
         let response = stack.oneshot(Request::new(body)).await.unwrap();
@@ -466,13 +466,13 @@ fn the_policy_fits_incoming_and_tonic_bodies() {
     // Never called: the services only have to type-check.
     let (api, _) = mock::pair::<Request<hyper::body::Incoming>, Response<()>>();
     let proxy = ServiceBuilder::new()
-        .retry(RetryOnUnauthorized::new().with_body_clone(never::<hyper::body::Incoming>))
+        .retry(RetryOnUnauthorized::new().with_replay(never::<hyper::body::Incoming>))
         .layer(RouteraAuthLayer::new(provider.clone()))
         .service(api);
     is_service::<hyper::body::Incoming, _>(&proxy);
     let (api, _) = mock::pair::<Request<tonic::body::Body>, Response<()>>();
     let grpc = ServiceBuilder::new()
-        .retry(RetryOnUnauthorized::new().with_body_clone(empty_body_only::<tonic::body::Body>))
+        .retry(RetryOnUnauthorized::new().with_replay(empty_body_only::<tonic::body::Body>))
         .layer(RouteraAuthLayer::new(provider))
         .service(api);
     is_service::<tonic::body::Body, _>(&grpc);

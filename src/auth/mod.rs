@@ -38,6 +38,6 @@ mod service;
 pub use self::future::ResponseFuture;
 pub use self::layer::RouteraAuthLayer;
 pub use self::retry::{
-    ByTryCloneBody, CloneBody, RetryOnUnauthorized, TryCloneBody, empty_body_only, never,
+    IfReplayable, ReplayBody, ReplayableBody, RetryOnUnauthorized, empty_body_only, never,
 };
 pub use self::service::RouteraAuth;

@@ -39,10 +39,10 @@ use tower::retry::Policy;
 /// ```
 ///
 /// A request is retried at most once, and only if its body can be replayed:
-/// by default, a body whose type implements [`TryCloneBody`] (the buffered
+/// by default, a body whose type implements [`ReplayableBody`] (the buffered
 /// ones). For any other body type, such as `hyper::body::Incoming`,
 /// `axum::body::Body` or `tonic::body::Body` in a proxying stack, say how
-/// to replay it with [`with_body_clone`](Self::with_body_clone):
+/// to replay it with [`with_replay`](Self::with_replay):
 /// [`empty_body_only`] replays requests without a body (GET, DELETE, …),
 /// [`never`](fn@never) none. A request whose body cannot be replayed gets the 401
 /// response unchanged (its token is invalidated all the same). Every other
@@ -54,36 +54,36 @@ use tower::retry::Policy;
 ///
 /// // An axum gateway forwarding `axum::body::Body` requests: retry those
 /// // without a body.
-/// let _policy = RetryOnUnauthorized::new().with_body_clone(empty_body_only::<axum::body::Body>);
+/// let _policy = RetryOnUnauthorized::new().with_replay(empty_body_only::<axum::body::Body>);
 /// // A hyper proxy forwarding `Incoming` bodies, which cannot be replayed:
 /// // the policy compiles and passes the 401 through.
-/// let _policy = RetryOnUnauthorized::new().with_body_clone(never::<hyper::body::Incoming>);
+/// let _policy = RetryOnUnauthorized::new().with_replay(never::<hyper::body::Incoming>);
 /// ```
 #[derive(Debug, Clone)]
-pub struct RetryOnUnauthorized<C = ByTryCloneBody> {
+pub struct RetryOnUnauthorized<C = IfReplayable> {
     retries_left: usize,
-    clone_body: C,
+    replay: C,
 }
 
 impl RetryOnUnauthorized {
     /// A policy that retries each request at most once after a 401, when
-    /// its body implements [`TryCloneBody`].
+    /// its body implements [`ReplayableBody`].
     pub fn new() -> Self {
         Self {
             retries_left: 1,
-            clone_body: ByTryCloneBody,
+            replay: IfReplayable,
         }
     }
 }
 
 impl<C> RetryOnUnauthorized<C> {
-    /// The same policy for any body type: `clone_body` returns a copy of a
+    /// The same policy for any body type: `replay` returns a copy of a
     /// request's body to resend it with, or `None` when it cannot be
     /// replayed (then the 401 reaches the caller).
-    pub fn with_body_clone<F>(self, clone_body: F) -> RetryOnUnauthorized<F> {
+    pub fn with_replay<F>(self, replay: F) -> RetryOnUnauthorized<F> {
         RetryOnUnauthorized {
             retries_left: self.retries_left,
-            clone_body,
+            replay,
         }
     }
 }
@@ -94,29 +94,31 @@ impl Default for RetryOnUnauthorized {
     }
 }
 
-/// Replays a body its type can clone ([`TryCloneBody`]); the default of
-/// [`RetryOnUnauthorized`].
+/// The default way [`RetryOnUnauthorized`] replays a body: through its
+/// type's [`ReplayableBody`] impl.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ByTryCloneBody;
+pub struct IfReplayable;
 
-/// How [`RetryOnUnauthorized`] replays a request body of type `B`.
+/// How [`RetryOnUnauthorized`] replays a request body of type `B`: the
+/// strategy it is configured with, where [`ReplayableBody`] is what a body
+/// type says of itself.
 ///
-/// Implemented by [`ByTryCloneBody`] for [`TryCloneBody`] types, and by
+/// Implemented by [`IfReplayable`] for [`ReplayableBody`] types, and by
 /// every `FnMut(&B) -> Option<B>`, such as [`empty_body_only`] and
 /// [`never`](fn@never).
-pub trait CloneBody<B> {
+pub trait ReplayBody<B> {
     /// A copy of `body` to resend, or `None` if it cannot be replayed.
-    fn clone_body(&mut self, body: &B) -> Option<B>;
+    fn replay(&mut self, body: &B) -> Option<B>;
 }
 
-impl<B: TryCloneBody> CloneBody<B> for ByTryCloneBody {
-    fn clone_body(&mut self, body: &B) -> Option<B> {
-        body.try_clone_body()
+impl<B: ReplayableBody> ReplayBody<B> for IfReplayable {
+    fn replay(&mut self, body: &B) -> Option<B> {
+        body.try_replay()
     }
 }
 
-impl<B, F: FnMut(&B) -> Option<B>> CloneBody<B> for F {
-    fn clone_body(&mut self, body: &B) -> Option<B> {
+impl<B, F: FnMut(&B) -> Option<B>> ReplayBody<B> for F {
+    fn replay(&mut self, body: &B) -> Option<B> {
         self(body)
     }
 }
@@ -136,7 +138,7 @@ pub fn never<B>(_body: &B) -> Option<B> {
 
 impl<B, ResBody, E, C> Policy<Request<B>, Response<ResBody>, E> for RetryOnUnauthorized<C>
 where
-    C: CloneBody<B>,
+    C: ReplayBody<B>,
 {
     type Future = Ready<()>;
 
@@ -160,7 +162,7 @@ where
         if self.retries_left == 0 {
             return None;
         }
-        let mut clone = Request::new(self.clone_body.clone_body(request.body())?);
+        let mut clone = Request::new(self.replay.replay(request.body())?);
         *clone.method_mut() = request.method().clone();
         *clone.uri_mut() = request.uri().clone();
         *clone.version_mut() = request.version();
@@ -170,23 +172,24 @@ where
     }
 }
 
-/// A request body that may be cloned, so that
-/// [`RetryOnUnauthorized`] can send its request again.
+/// A body type that can copy itself so that its request is sent again
+/// (the buffered ones): what [`RetryOnUnauthorized`] replays by default,
+/// through [`IfReplayable`].
 ///
 /// Implemented for the buffered body types (`String`, `Vec<u8>`, `Bytes`,
 /// `()`, `http_body_util::Full` and `Empty`, reqwest's buffered bodies) and,
 /// answering `None`, for the boxed streaming bodies of `http_body_util`.
 /// Implement it for a body type of your own to make its requests retryable.
-pub trait TryCloneBody: Sized {
+pub trait ReplayableBody: Sized {
     /// A copy of the body, or `None` if it cannot be replayed.
-    fn try_clone_body(&self) -> Option<Self>;
+    fn try_replay(&self) -> Option<Self>;
 }
 
-macro_rules! clone_body {
+macro_rules! replayable {
     ($($body:ty),* $(,)?) => {
         $(
-            impl TryCloneBody for $body {
-                fn try_clone_body(&self) -> Option<Self> {
+            impl ReplayableBody for $body {
+                fn try_replay(&self) -> Option<Self> {
                     Some(self.clone())
                 }
             }
@@ -194,35 +197,35 @@ macro_rules! clone_body {
     };
 }
 
-clone_body!(String, Vec<u8>, Bytes, (), &'static str, &'static [u8]);
+replayable!(String, Vec<u8>, Bytes, (), &'static str, &'static [u8]);
 
-impl<D: Clone> TryCloneBody for http_body_util::Full<D> {
-    fn try_clone_body(&self) -> Option<Self> {
+impl<D: Clone> ReplayableBody for http_body_util::Full<D> {
+    fn try_replay(&self) -> Option<Self> {
         Some(self.clone())
     }
 }
 
-impl<D> TryCloneBody for http_body_util::Empty<D> {
-    fn try_clone_body(&self) -> Option<Self> {
+impl<D> ReplayableBody for http_body_util::Empty<D> {
+    fn try_replay(&self) -> Option<Self> {
         Some(http_body_util::Empty::new())
     }
 }
 
-impl<D, E> TryCloneBody for http_body_util::combinators::BoxBody<D, E> {
-    fn try_clone_body(&self) -> Option<Self> {
+impl<D, E> ReplayableBody for http_body_util::combinators::BoxBody<D, E> {
+    fn try_replay(&self) -> Option<Self> {
         None
     }
 }
 
-impl<D, E> TryCloneBody for http_body_util::combinators::UnsyncBoxBody<D, E> {
-    fn try_clone_body(&self) -> Option<Self> {
+impl<D, E> ReplayableBody for http_body_util::combinators::UnsyncBoxBody<D, E> {
+    fn try_replay(&self) -> Option<Self> {
         None
     }
 }
 
 #[cfg(feature = "reqwest")]
-impl TryCloneBody for reqwest::Body {
-    fn try_clone_body(&self) -> Option<Self> {
+impl ReplayableBody for reqwest::Body {
+    fn try_replay(&self) -> Option<Self> {
         self.as_bytes()
             .map(|bytes| reqwest::Body::from(Bytes::copy_from_slice(bytes)))
     }
