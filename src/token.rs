@@ -8,8 +8,11 @@ use tokio::time::Instant;
 
 use crate::ClientCredentials;
 
-/// The request a token exchange service answers: "a token for these
-/// credentials", with why it is wanted and by when.
+/// What a provider asks its token exchange for: a [`Token`] for these
+/// credentials, with why it is wanted and by when (the question, where a
+/// `Token` is the answer).
+///
+/// "A token for these credentials", as a `tower::Service` request.
 ///
 /// The exchange is a `tower::Service<TokenRequest, Response = Token>`;
 /// [`TokenProvider`](crate::TokenProvider) sends one of these each time it
@@ -143,7 +146,9 @@ impl TokenReason {
     }
 }
 
-/// An OAuth 2.0 access token. `Debug` and `Display` never show it.
+/// The bearer secret alone, as it goes in `Authorization: Bearer …`, without
+/// its lifetime (which a [`Token`] adds). `Debug` and `Display` never show
+/// it.
 ///
 /// Cloning is cheap (one reference count).
 ///
@@ -175,7 +180,8 @@ impl fmt::Debug for AccessToken {
     }
 }
 
-/// A token as issued by the token endpoint: the access token and its lifetime.
+/// What a token exchange answers to a [`TokenRequest`]: an [`AccessToken`]
+/// with its lifetime (and age), as the token endpoint issued it.
 ///
 /// Build one by hand to mock the exchange:
 ///
