@@ -12,8 +12,6 @@ use crate::ClientCredentials;
 /// credentials, with why it is wanted and by when (the question, where a
 /// `Token` is the answer).
 ///
-/// "A token for these credentials", as a `tower::Service` request.
-///
 /// The exchange is a `tower::Service<TokenRequest, Response = Token>`;
 /// [`TokenProvider`](crate::TokenProvider) sends one of these each time it
 /// needs a new token. [`reason`](Self::reason) and
