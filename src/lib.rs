@@ -138,7 +138,15 @@ pub use reqwest;
 pub use reqwest_adapter::{ReqwestFuture, ReqwestService};
 pub use token::{AccessToken, Token, TokenReason, TokenRequest};
 
-/// The README's examples, compiled as doctests.
-#[cfg(all(doctest, feature = "rustls"))]
+/// The README's examples, compiled as doctests (with the features they
+/// use: `cargo test --all-features`). Its blocks hide no line, so that
+/// they paste as shown (`tests/readme.rs`).
+#[cfg(all(
+    doctest,
+    feature = "rustls",
+    feature = "reqwest-middleware",
+    feature = "redis",
+    feature = "test-util"
+))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

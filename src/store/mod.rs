@@ -23,28 +23,101 @@
 //! # }
 //! ```
 //!
-//! - The store is consulted only when the provider calls its exchange: it
-//!   has no token, its refresh is due, a response rejected its token.
-//!   **Never on the request path**. What the layer needs to know travels in
-//!   the [`TokenRequest`](crate::TokenRequest) (why, by when, within which
-//!   timeout) and the [`Token`](crate::Token) it returns (its age).
-//! - **Single flight across processes**: the replica that takes the store's
-//!   lock exchanges and writes the token, if it is newer than the stored
-//!   one; the others wait for it (bounded, jittered polls) and take the
-//!   shared token, and exchange for themselves if the holder takes too
-//!   long: a replica waits half of the provider's exchange timeout at most.
-//!   A replica that still serves a token takes only a newer one.
-//! - **Nothing readable is stored**: key names are keyed hashes (HMAC) of the
-//!   token URL, client id and auth method, under a key derived from the
-//!   client secret, so changing the secret moves to new keys. Values are
-//!   sealed with XChaCha20-Poly1305, bound to their key name and lifetime.
-//!   A value that does not open is a miss, never an error.
-//! - **The store is never a reason for a request to fail**: each operation
-//!   has a timeout ([`SharedCache::operation_timeout`], 250 ms by default),
-//!   repeated failures open a breaker, and the replica exchanges on its
-//!   own meanwhile.
-//! - [`SharedCache::stats`] counts hits, misses, errors, lock wins, waits
-//!   and fallbacks.
+//! # How the fleet shares one exchange
+//!
+//! - **Only when the provider needs a token.** The layer runs when the
+//!   provider calls its exchange: with no token, with its refresh due,
+//!   after a response rejected its token; never on the request path. The
+//!   provider says why and by when in the [`TokenRequest`](crate::TokenRequest);
+//!   a token from the store comes back with its [age](crate::Token::age),
+//!   so it is scheduled from its real issue time.
+//! - **Single flight across processes.** The replica that takes the lock
+//!   (`SET NX PX` with an owner id, renewed and released by its owner only)
+//!   exchanges and writes the token, only if it is newer than the stored
+//!   one. The others poll for it (10 ms doubling to 100 ms, jittered) and
+//!   exchange for themselves when the holder takes too long: after half of
+//!   the provider's exchange timeout (less two store operations) at most,
+//!   so that their own exchange still fits in it, and, for a replica that
+//!   still serves a token, after half of the time that token is still
+//!   served, so that its callers never wait for the fleet. A replica that
+//!   still serves a token takes a stored one only if it is newer; a replica
+//!   with none takes it as long as it may be served.
+//! - **The lock is a lease that dies with its holder.** It lives four
+//!   operation timeouts (1 s at least, so 1 s by default), and its holder
+//!   renews it every third of that while its exchange runs. A holder that
+//!   dies or stalls mid-exchange holds the fleet up for one lease at most: a
+//!   waiting replica then takes the lock and exchanges. A replica whose
+//!   exchange is cancelled (new credentials, provider dropped, its timeout)
+//!   releases the lock at once.
+//! - **Rejections and backoff.** A 401 on one replica removes the shared
+//!   token only if it is the rejected one (compared by fingerprint). A
+//!   `Retry-After` the token endpoint gives the lock holder (at most 10
+//!   minutes) is written to the store, and the other replicas get a
+//!   [deferred](crate::TokenError::deferred) `RateLimited` error: their
+//!   provider waits out exactly what is left, counting no failure. Any
+//!   other failure of the holder's exchange only releases the lock, for a
+//!   waiting replica to take over.
+//! - **Time.** Each replica counts a shared token's remaining time from the
+//!   entry's time to live, which the store counts, so replicas whose clocks
+//!   disagree still agree on when it stops being served. Issue times are
+//!   compared on the replicas' wall clocks (each reads it once, then
+//!   follows its monotonic clock): keep hosts on NTP; a skew of seconds is
+//!   absorbed by the expiry skew.
+//! - **Off the caller's path.** The holder writes the token to the store
+//!   (and releases the lock) after its provider has it, in a task of its
+//!   own: a slow store never delays the answer.
+//! - **The store is never a reason for a request to fail.** Each operation
+//!   has a timeout ([`SharedCache::operation_timeout`], 250 ms); after 3
+//!   failures with no write accepted between them (the lock's `SET`) a
+//!   breaker opens ([`SharedCache::breaker`]), and the replica exchanges on
+//!   its own. Reads and scripts that happen not to write never close it, so
+//!   a Redis that answers reads but refuses writes (a read-only replica
+//!   after a failover) opens it too. While it is open, one token request
+//!   every 250 ms tries the store again (half-open); the first whose lock is
+//!   accepted closes it, so sharing resumes about one operation timeout
+//!   after the store answers again. A wiped store (`FLUSHALL`) is a miss.
+//! - **Logs.** The first failure since the store last accepted a write is
+//!   a `WARN` at once (a store unreachable from the start is reported at
+//!   the first token, not the first refresh), the first accepted write
+//!   after it an `INFO`; a breaker that opens is a `WARN` that quotes the
+//!   store's error. [`SharedCache::stats`] counts hits, misses, errors,
+//!   lock wins, waits, fallbacks and unreadable entries.
+//!
+//! # What the store holds
+//!
+//! Per client, under `routera-auth:{<tag>}:…` (the hash tag puts them on
+//! one Redis Cluster slot):
+//!
+//! | key | type | content | lives |
+//! |---|---|---|---|
+//! | `…:token` | hash | `iat` and `exp` (ms since the epoch), `fp` (a keyed fingerprint of the token), `v` (the sealed token) | as long as the token may be served |
+//! | `…:lock` | string | the owner id of the replica exchanging | its lease (1 s), renewed while the exchange runs |
+//! | `…:backoff` | string | `1` | the endpoint's `Retry-After` |
+//!
+//! The tag is an HMAC of the token URL, client id and auth method under a
+//! key derived from the client secret: reading the store reveals none of
+//! them, and a new secret moves the fleet to new keys. Values are sealed
+//! with XChaCha20-Poly1305; the key name, issue and expiry times and the key
+//! id are associated data, so a value moved or altered does not open. No
+//! secret and no token is in the store in any encoding (a test scans every
+//! byte of a real Redis). The keys are derived with HMAC-SHA256, which is
+//! fast: their strength is the client secret's. Routera's secrets are long
+//! and random; with a short or guessable secret, anyone who can read the
+//! store could test guesses against the key names offline. An empty secret
+//! turns sharing off.
+//!
+//! **The key** is by default derived from the client secret, so every
+//! replica that has the secret has it and nothing else to configure. To
+//! keep values sealed under a key of your own, give a [`StoreKeyRing`]:
+//! keys with ids, one current (seals) and previous ones (still open).
+//! Rotate by deploying the new key as current with the old as previous,
+//! then dropping the old one. A replica without the key that sealed the
+//! stored token (a wrong or missing key, or another client secret) never
+//! serves garbage and never fails: it counts the entry as `unreadable`,
+//! warns once per entry (naming the key id the entry was sealed under,
+//! never a secret), and replaces it through the lock as on a miss. The
+//! replicas that share its key take its token, so a misconfigured group of
+//! replicas costs one exchange per refresh, not one per replica.
 //!
 //! [`TokenStore`] is the backend: six operations, small enough to write for
 //! another database. [`RedisStore`] implements it on Redis 6+ or Valkey.

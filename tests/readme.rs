@@ -1,0 +1,71 @@
+//! The README's Rust snippets paste as shown: no hidden `# ` lines, and each
+//! is compiled, as a doctest (`ReadmeDoctests` in `src/lib.rs`, with every
+//! feature on) or, for the test files it shows (`rust,ignore` blocks), as
+//! one of the crate's own tests, of which it is the whole text.
+
+use std::fs;
+use std::path::Path;
+
+/// The fenced blocks of `markdown` whose info string starts with `rust`:
+/// (info string, text).
+fn rust_blocks(markdown: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    // The open block: its info string, its fence's indentation, its text.
+    let mut current: Option<(String, usize, String)> = None;
+    for line in markdown.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let fence = line.trim_start().strip_prefix("```");
+        match (&mut current, fence) {
+            (None, Some(info)) if info.starts_with("rust") => {
+                current = Some((info.to_owned(), indent, String::new()));
+            }
+            (Some(_), Some(_)) => {
+                blocks.extend(current.take().map(|(info, _, text)| (info, text)));
+            }
+            (Some((_, indent, text)), None) => {
+                text.push_str(line.get(*indent..).unwrap_or(line.trim_start()));
+                text.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+fn readme() -> String {
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+}
+
+#[test]
+fn no_snippet_hides_a_line() {
+    for (info, text) in rust_blocks(&readme()) {
+        for line in text.lines() {
+            let trimmed = line.trim_start();
+            assert!(
+                !(trimmed == "#" || trimmed.starts_with("# ")),
+                "a ```{info} block of README.md hides a line from a reader who pastes it: {line:?}\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_test_snippet_is_a_test_of_the_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tests: Vec<String> = fs::read_dir(root.join("tests"))
+        .unwrap()
+        .map(|entry| fs::read_to_string(entry.unwrap().path()).unwrap_or_default())
+        .collect();
+    let ignored: Vec<String> = rust_blocks(&readme())
+        .into_iter()
+        .filter(|(info, _)| info.contains("ignore"))
+        .map(|(_, text)| text)
+        .collect();
+    assert!(!ignored.is_empty(), "the README shows its test files");
+    for text in ignored {
+        assert!(
+            tests.iter().any(|test| *test == text),
+            "this README block is not the whole text of a file in tests/, so nothing compiles it:\n{text}"
+        );
+    }
+}
