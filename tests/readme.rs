@@ -64,7 +64,7 @@ fn every_test_snippet_is_a_test_of_the_crate() {
     assert!(!ignored.is_empty(), "the README shows its test files");
     for text in ignored {
         assert!(
-            tests.iter().any(|test| *test == text),
+            tests.contains(&text),
             "this README block is not the whole text of a file in tests/, so nothing compiles it:\n{text}"
         );
     }
