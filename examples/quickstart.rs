@@ -23,10 +23,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use routera_auth::defaults;
 use routera_auth::test_util::Emulator;
 use routera_auth::{
-    AuthMethod, BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, DEFAULT_TOKEN_URL,
-    HttpTokenExchange, ReqwestService, RouteraAuthLayer, TokenProvider,
+    AuthMethod, BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, HttpTokenExchange,
+    ReqwestService, RouteraAuthLayer, TokenProvider,
 };
 use tower::{Service, ServiceBuilder, ServiceExt};
 
@@ -133,7 +134,7 @@ async fn against_emulator() -> Result<(), BoxError> {
 async fn against_real_endpoint() -> Result<(), BoxError> {
     let credentials = ClientCredentials::from_env()?;
     let token_url =
-        std::env::var("ROUTERA_TOKEN_URL").unwrap_or_else(|_| DEFAULT_TOKEN_URL.to_owned());
+        std::env::var("ROUTERA_TOKEN_URL").unwrap_or_else(|_| defaults::TOKEN_URL.to_owned());
     let api_url = std::env::var("ROUTERA_API_URL")
         .map_err(|_| "ROUTERA_API_URL is not set: set it to the Routera API URL to GET")?;
     let auth_method = match std::env::var("ROUTERA_AUTH_METHOD") {

@@ -12,10 +12,11 @@
 
 use std::process::ExitCode;
 
+use routera_auth::defaults;
 use routera_auth::test_util::Emulator;
 use routera_auth::{
-    BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, DEFAULT_TOKEN_URL,
-    HttpTokenExchange, ReqwestService, RetryOnUnauthorized, RouteraAuthLayer, TokenProvider,
+    BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, HttpTokenExchange,
+    ReqwestService, RetryOnUnauthorized, RouteraAuthLayer, TokenProvider,
 };
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -42,8 +43,8 @@ async fn run() -> Result<(), BoxError> {
     let (provider, api_url) = match &emulator {
         Some(emulator) => (emulator.provider(), emulator.resource_url()),
         None => {
-            let token_url =
-                std::env::var("ROUTERA_TOKEN_URL").unwrap_or_else(|_| DEFAULT_TOKEN_URL.to_owned());
+            let token_url = std::env::var("ROUTERA_TOKEN_URL")
+                .unwrap_or_else(|_| defaults::TOKEN_URL.to_owned());
             let provider = TokenProvider::new(
                 HttpTokenExchange::reqwest()?.with_token_url(&token_url)?,
                 ClientCredentials::from_env()?,

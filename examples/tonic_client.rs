@@ -32,10 +32,11 @@
 
 use std::process::ExitCode;
 
+use routera_auth::defaults;
 use routera_auth::test_util::{Emulator, TokenValidator};
 use routera_auth::{
-    BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, DEFAULT_TOKEN_URL,
-    HttpTokenExchange, RouteraAuth, RouteraAuthLayer, TokenProvider,
+    BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, HttpTokenExchange, RouteraAuth,
+    RouteraAuthLayer, TokenProvider,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
@@ -143,7 +144,7 @@ async fn against_emulator() -> Result<(), BoxError> {
 async fn against_real_endpoint() -> Result<(), BoxError> {
     let credentials = ClientCredentials::from_env()?;
     let token_url =
-        std::env::var("ROUTERA_TOKEN_URL").unwrap_or_else(|_| DEFAULT_TOKEN_URL.to_owned());
+        std::env::var("ROUTERA_TOKEN_URL").unwrap_or_else(|_| defaults::TOKEN_URL.to_owned());
     let grpc_url = std::env::var("ROUTERA_GRPC_URL").map_err(
         |_| "ROUTERA_GRPC_URL is not set: set it to the gRPC endpoint (https://host:port)",
     )?;

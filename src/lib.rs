@@ -93,6 +93,7 @@
 pub mod auth;
 mod clock;
 mod credentials;
+pub mod defaults;
 pub mod error;
 pub mod exchange;
 #[cfg(feature = "metrics")]
@@ -117,14 +118,13 @@ pub mod test_util;
 pub use auth::{ReplayableBody, RetryOnUnauthorized, RouteraAuth, RouteraAuthLayer};
 pub use credentials::{AuthMethod, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials};
 pub use error::{BoxError, ConfigError, OAuthError, TokenError, TokenErrorKind};
-pub use exchange::{DEFAULT_TOKEN_URL, HttpTokenExchange};
+pub use exchange::HttpTokenExchange;
 #[cfg(feature = "reqwest-middleware")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest-middleware")))]
 pub use middleware::RouteraAuthMiddleware;
 pub use provider::{
-    DEFAULT_ASSUMED_LIFETIME, DEFAULT_EXCHANGE_TIMEOUT, DEFAULT_EXPIRY_SKEW, DEFAULT_MAX_BACKOFF,
-    DEFAULT_MIN_BACKOFF, DEFAULT_REFRESH_AHEAD, MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, ProviderStats,
-    TokenProvider, TokenProviderBuilder, TokenTiming,
+    MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME, ProviderStats, TokenProvider, TokenProviderBuilder,
+    TokenTiming,
 };
 /// The `reqwest` crate whose types [`ReqwestService`] and
 /// [`HttpTokenExchange::reqwest`] take (0.13): build clients with

@@ -29,15 +29,15 @@ pub struct TokenRequest {
 impl TokenRequest {
     /// A request for a token for `credentials`, wanted because there is
     /// none ([`TokenReason::Missing`]) and needed now, by a provider with
-    /// the default [`exchange_timeout`](crate::DEFAULT_EXCHANGE_TIMEOUT) and
-    /// [`expiry_skew`](crate::DEFAULT_EXPIRY_SKEW).
+    /// the default [`exchange_timeout`](crate::defaults::EXCHANGE_TIMEOUT) and
+    /// [`expiry_skew`](crate::defaults::EXPIRY_SKEW).
     pub fn new(credentials: ClientCredentials) -> Self {
         Self {
             credentials,
             reason: TokenReason::Missing,
             needed_by: None,
-            timeout: crate::DEFAULT_EXCHANGE_TIMEOUT,
-            expiry_skew: crate::DEFAULT_EXPIRY_SKEW,
+            timeout: crate::defaults::EXCHANGE_TIMEOUT,
+            expiry_skew: crate::defaults::EXPIRY_SKEW,
         }
     }
 

@@ -9,10 +9,9 @@ use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use routera_auth::defaults;
 use routera_auth::test_util::{Emulator, Fault};
-use routera_auth::{
-    ClientCredentials, DEFAULT_EXCHANGE_TIMEOUT, RouteraAuthLayer, TokenErrorKind, TokenProvider,
-};
+use routera_auth::{ClientCredentials, RouteraAuthLayer, TokenErrorKind, TokenProvider};
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -83,14 +82,14 @@ async fn a_client_added_at_run_time_gets_tokens_and_a_switch_drops_the_old_one()
 async fn a_slow_answer_arrives_after_its_delay_within_the_exchange_timeout() {
     let emulator = Emulator::start().await.unwrap();
     let provider = emulator.provider();
-    let delay = DEFAULT_EXCHANGE_TIMEOUT / 2;
+    let delay = defaults::EXCHANGE_TIMEOUT / 2;
     emulator.inject_times(Fault::slow(delay), 1);
 
     let start = Instant::now();
     let token = provider.token().await.unwrap();
     let waited = start.elapsed();
     assert!(
-        delay <= waited && waited < DEFAULT_EXCHANGE_TIMEOUT,
+        delay <= waited && waited < defaults::EXCHANGE_TIMEOUT,
         "{waited:?}"
     );
     assert!(emulator.token_validator().is_valid(token.secret()));

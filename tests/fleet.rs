@@ -54,7 +54,7 @@ async fn cache(redis: &RedisServer, exchange: &EmulatorExchange) -> SharedCache 
 async fn replica(redis: &RedisServer, emulator: &Emulator) -> Replica {
     let exchange = emulator.exchange();
     let cache = cache(redis, &exchange).await;
-    let timeout = routera_auth::DEFAULT_EXCHANGE_TIMEOUT;
+    let timeout = routera_auth::defaults::EXCHANGE_TIMEOUT;
     layered(cache, exchange, emulator.credentials(), timeout)
 }
 
@@ -285,7 +285,7 @@ fn a_lock_holder_that_dies_is_overtaken_after_the_lock_time() {
         let exchange = emulator.exchange();
         let cache = cache(&redis, &exchange).await;
         // It waits for the fleet 5 s at most, half its 10 s timeout.
-        let timeout = routera_auth::DEFAULT_EXCHANGE_TIMEOUT;
+        let timeout = routera_auth::defaults::EXCHANGE_TIMEOUT;
         let survivor = layered(cache, exchange, emulator.credentials(), timeout);
         let started = Instant::now();
         let token = tokio::time::timeout(BOUND, survivor.token()).await.unwrap();
@@ -329,7 +329,7 @@ async fn replicas_with_a_wrong_key_replace_the_entry_once_for_their_group() {
         let wrong = cache(&redis, &exchange)
             .await
             .key_ring(StoreKeyRing::new("not-the-fleets", [42; 32]));
-        let timeout = routera_auth::DEFAULT_EXCHANGE_TIMEOUT;
+        let timeout = routera_auth::defaults::EXCHANGE_TIMEOUT;
         layered(wrong, exchange.clone(), emulator.credentials(), timeout)
     };
     let first = stranger().await;
@@ -515,7 +515,7 @@ async fn a_holder_that_dies_mid_exchange_holds_the_fleet_up_for_its_lease_only()
 
     let exchange_time = Duration::from_millis(500);
     let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(exchange_time);
-    let timeout = routera_auth::DEFAULT_EXCHANGE_TIMEOUT;
+    let timeout = routera_auth::defaults::EXCHANGE_TIMEOUT;
     let cold = layered(
         shared().await,
         exchange.clone(),

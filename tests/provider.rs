@@ -6,10 +6,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::{credentials, status_error};
+use routera_auth::defaults;
 use routera_auth::test_util::{MockAnswer, MockExchange};
 use routera_auth::{
-    AccessToken, ClientCredentials, DEFAULT_EXPIRY_SKEW, MAX_TOKEN_LIFETIME, Token, TokenErrorKind,
-    TokenProvider,
+    AccessToken, ClientCredentials, MAX_TOKEN_LIFETIME, Token, TokenErrorKind, TokenProvider,
 };
 use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, task};
@@ -49,7 +49,7 @@ async fn the_token_is_renewed_after_expires_in_minus_the_skew() {
     let provider = expiry_only(&exchange);
     let first = provider.token().await.unwrap();
 
-    advance(HOUR - DEFAULT_EXPIRY_SKEW - Duration::from_secs(1)).await;
+    advance(HOUR - defaults::EXPIRY_SKEW - Duration::from_secs(1)).await;
     assert_eq!(provider.token().await.unwrap(), first);
     assert_eq!(exchange.calls(), 1);
 
@@ -124,7 +124,7 @@ async fn an_unknown_lifetime_is_assumed_short_and_a_huge_one_is_capped() {
     )));
     let provider = expiry_only(&exchange);
     assert_eq!(provider.token().await.unwrap().secret(), "ten-years");
-    advance(MAX_TOKEN_LIFETIME - DEFAULT_EXPIRY_SKEW).await;
+    advance(MAX_TOKEN_LIFETIME - defaults::EXPIRY_SKEW).await;
     assert_ne!(provider.token().await.unwrap().secret(), "ten-years");
     assert_eq!(exchange.calls(), 2);
 }
@@ -515,8 +515,8 @@ async fn each_request_says_why_the_token_is_wanted_and_by_when() {
     assert_eq!(seen[0].needed_by(), None, "needed now");
     assert_eq!(seen[1].needed_by(), Some(timing.served_until));
     assert_eq!(seen[2].needed_by(), None);
-    assert_eq!(seen[0].timeout(), routera_auth::DEFAULT_EXCHANGE_TIMEOUT);
-    assert_eq!(seen[0].served_for(HOUR), HOUR - DEFAULT_EXPIRY_SKEW);
+    assert_eq!(seen[0].timeout(), routera_auth::defaults::EXCHANGE_TIMEOUT);
+    assert_eq!(seen[0].served_for(HOUR), HOUR - defaults::EXPIRY_SKEW);
 }
 
 #[tokio::test(start_paused = true)]

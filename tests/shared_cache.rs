@@ -36,7 +36,7 @@ fn replica_with(
 }
 
 fn replica(store: &MemoryStore, exchange: &MockExchange) -> Replica {
-    timed_replica(store, exchange, routera_auth::DEFAULT_EXCHANGE_TIMEOUT)
+    timed_replica(store, exchange, routera_auth::defaults::EXCHANGE_TIMEOUT)
 }
 
 /// A replica whose exchange never answers, holding the fleet's lock: its
@@ -163,7 +163,7 @@ async fn a_breaker_leaves_a_failing_store_alone() {
     store.set_failing(true);
     let exchange = MockExchange::new(Duration::from_secs(60));
     let cache = cache(&store).breaker(2, Duration::from_secs(30));
-    let replica = replica_with(cache, &exchange, routera_auth::DEFAULT_EXCHANGE_TIMEOUT);
+    let replica = replica_with(cache, &exchange, routera_auth::defaults::EXCHANGE_TIMEOUT);
 
     replica.token().await.unwrap();
     // A load failed, then the save after the exchange: two in a row.
@@ -334,7 +334,7 @@ async fn replicas_with_another_key_cost_one_exchange_per_key_group_not_per_repli
             replica_with(
                 other_key(),
                 &exchange,
-                routera_auth::DEFAULT_EXCHANGE_TIMEOUT,
+                routera_auth::defaults::EXCHANGE_TIMEOUT,
             )
         })
         .collect();

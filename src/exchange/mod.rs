@@ -76,9 +76,6 @@ use crate::credentials::{AuthMethod, form_urlencode};
 use crate::error::{BoxError, ConfigError, TokenError};
 use crate::token::{Token, TokenRequest};
 
-/// The Routera token endpoint.
-pub const DEFAULT_TOKEN_URL: &str = "https://api.routera.io/oauth2/token";
-
 /// The body type [`HttpTokenExchange`] sends.
 pub type ExchangeBody = Full<Bytes>;
 
@@ -153,12 +150,12 @@ struct ExchangeConfig {
 
 impl<H> HttpTokenExchange<H> {
     /// An exchange that sends its requests through `http`, to
-    /// [`DEFAULT_TOKEN_URL`] with [`AuthMethod::RequestBody`].
+    /// [`crate::defaults::TOKEN_URL`] with [`AuthMethod::RequestBody`].
     pub fn new(http: H) -> Self {
         Self {
             http,
             config: Arc::new(ExchangeConfig {
-                token_url: Uri::from_static(DEFAULT_TOKEN_URL),
+                token_url: Uri::from_static(crate::defaults::TOKEN_URL),
                 auth_method: AuthMethod::RequestBody,
             }),
         }

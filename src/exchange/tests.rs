@@ -126,7 +126,7 @@ async fn request_body_auth_sends_the_contract_request() {
     );
 
     assert_eq!(sent.method, http::Method::POST);
-    assert_eq!(sent.uri, DEFAULT_TOKEN_URL);
+    assert_eq!(sent.uri, crate::defaults::TOKEN_URL);
     assert_eq!(
         sent.headers[header::CONTENT_TYPE],
         "application/x-www-form-urlencoded"
@@ -356,7 +356,11 @@ async fn redirects_are_not_followed() {
     let err = result.unwrap_err();
     assert_eq!(err.kind(), TokenErrorKind::UnexpectedStatus);
     assert_eq!(err.status(), Some(StatusCode::FOUND));
-    assert_eq!(sent.uri, DEFAULT_TOKEN_URL, "one request, to the token URL");
+    assert_eq!(
+        sent.uri,
+        crate::defaults::TOKEN_URL,
+        "one request, to the token URL"
+    );
 }
 
 #[tokio::test]
