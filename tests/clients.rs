@@ -17,8 +17,8 @@ use http::{Request, Response, StatusCode};
 use routera_auth::clients::{CredentialSource, CredentialsError, MissingClientKey, TokenProviders};
 use routera_auth::test_util::MockExchange;
 use routera_auth::{
-    BoxError, ClientCredentials, RetryOnUnauthorized, RouteraAuthLayer, TokenError,
-    TokenErrorKind, TokenProvider,
+    BoxError, ClientCredentials, RetryOnUnauthorized, RouteraAuthLayer, TokenError, TokenErrorKind,
+    TokenProvider,
 };
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -30,7 +30,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 struct Tenant(u32);
 
 fn credentials(tenant: u32, version: u32) -> ClientCredentials {
-    ClientCredentials::new(format!("tenant-{tenant}"), format!("secret-{tenant}-v{version}"))
+    ClientCredentials::new(
+        format!("tenant-{tenant}"),
+        format!("secret-{tenant}-v{version}"),
+    )
 }
 
 /// A credential source over a table the test edits: the version of each
@@ -62,7 +65,9 @@ impl Secrets {
                     tokio::time::sleep(secrets.delay).await;
                 }
                 if secrets.missing.lock().unwrap().contains(&tenant) {
-                    return Err(std::io::Error::other(format!("no secret for tenant {tenant}")));
+                    return Err(std::io::Error::other(format!(
+                        "no secret for tenant {tenant}"
+                    )));
                 }
                 let version = secrets.versions.lock().unwrap().get(&tenant).copied();
                 Ok(credentials(tenant, version.unwrap_or(1)))
@@ -71,7 +76,12 @@ impl Secrets {
     }
 
     fn lookups(&self, tenant: u32) -> usize {
-        self.lookups.lock().unwrap().get(&tenant).copied().unwrap_or(0)
+        self.lookups
+            .lock()
+            .unwrap()
+            .get(&tenant)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -97,7 +107,10 @@ fn echo(
 > + Clone {
     service_fn(move |request: Request<()>| {
         calls.fetch_add(1, Ordering::SeqCst);
-        let authorization = request.headers()[AUTHORIZATION].to_str().unwrap().to_owned();
+        let authorization = request.headers()[AUTHORIZATION]
+            .to_str()
+            .unwrap()
+            .to_owned();
         std::future::ready(Ok(Response::new(authorization)))
     })
 }
@@ -122,7 +135,12 @@ async fn a_herd_on_a_new_client_makes_one_lookup_and_one_exchange() {
     let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(calls.clone()));
 
     let herd: Vec<_> = (0..1_000)
-        .map(|i| tokio::spawn(api.clone().oneshot(request_for(if i % 2 == 0 { 1 } else { 2 }))))
+        .map(|i| {
+            tokio::spawn(
+                api.clone()
+                    .oneshot(request_for(if i % 2 == 0 { 1 } else { 2 })),
+            )
+        })
         .collect();
     for (i, request) in herd.into_iter().enumerate() {
         let response = request.await.unwrap().unwrap();
@@ -198,21 +216,35 @@ async fn failures_stay_with_their_client() {
     let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(calls.clone()));
 
     let missing = send(&api, 3).await.unwrap_err();
-    let error = missing.downcast_ref::<CredentialsError>().expect("a CredentialsError");
+    let error = missing
+        .downcast_ref::<CredentialsError>()
+        .expect("a CredentialsError");
     let cause = std::error::Error::source(error).unwrap().to_string();
     assert_eq!(cause, "no secret for tenant 3");
     let rejected = send(&api, 4).await.unwrap_err();
     let error = rejected.downcast_ref::<TokenError>().expect("a TokenError");
     assert_eq!(error.kind(), TokenErrorKind::InvalidClient);
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "no request was sent for them");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "no request was sent for them"
+    );
 
     // Every other client is served as if nothing happened.
     for tenant in [1, 2, 5] {
-        assert!(send(&api, tenant).await.unwrap().starts_with("Bearer token-"));
+        assert!(
+            send(&api, tenant)
+                .await
+                .unwrap()
+                .starts_with("Bearer token-")
+        );
     }
     assert_eq!(good.calls(), 3);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert!(!providers.contains(&Tenant(3)), "a failed lookup keeps nothing");
+    assert!(
+        !providers.contains(&Tenant(3)),
+        "a failed lookup keeps nothing"
+    );
 
     // Once the source knows tenant 3, its next request is served.
     secrets.missing.lock().unwrap().clear();
@@ -227,7 +259,10 @@ async fn a_request_naming_no_client_is_refused_and_not_sent() {
     let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(calls.clone()));
     let error = api.oneshot(Request::new(())).await.unwrap_err();
     assert!(error.is::<MissingClientKey>(), "{error}");
-    assert!(error.to_string().contains("names no Routera client"), "{error}");
+    assert!(
+        error.to_string().contains("names no Routera client"),
+        "{error}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert!(providers.is_empty());
 }
@@ -239,8 +274,8 @@ async fn the_least_recently_used_client_is_evicted_beyond_max_clients() {
     let providers = TokenProviders::builder(exchange.clone(), secrets.source())
         .max_clients(2)
         .build();
-    let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of)
-        .layer(echo(Arc::default()));
+    let api =
+        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
 
     for tenant in [1, 2, 1, 3] {
         send(&api, tenant).await.unwrap();
@@ -248,7 +283,10 @@ async fn the_least_recently_used_client_is_evicted_beyond_max_clients() {
     }
     assert_eq!(providers.len(), 2);
     assert!(providers.contains(&Tenant(1)), "used last but one: kept");
-    assert!(!providers.contains(&Tenant(2)), "least recently used: evicted");
+    assert!(
+        !providers.contains(&Tenant(2)),
+        "least recently used: evicted"
+    );
     assert!(providers.contains(&Tenant(3)));
     assert_eq!(exchange.calls(), 3);
 
@@ -266,8 +304,8 @@ async fn a_client_idle_past_the_timeout_is_dropped_and_a_busy_one_kept() {
     let providers = TokenProviders::builder(exchange.clone(), secrets.source())
         .idle_timeout(Duration::from_secs(60))
         .build();
-    let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of)
-        .layer(echo(Arc::default()));
+    let api =
+        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
 
     send(&api, 1).await.unwrap();
     // Tenant 2 is used every 20 s; tenant 1 never again.
@@ -295,8 +333,8 @@ async fn a_request_in_flight_across_an_eviction_completes_with_its_token() {
     let providers = TokenProviders::builder(exchange.clone(), secrets.source())
         .max_clients(1)
         .build();
-    let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of)
-        .layer(echo(Arc::default()));
+    let api =
+        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
 
     // Tenant 1's request waits for its exchange...
     let in_flight = tokio::spawn({
@@ -320,13 +358,21 @@ async fn a_request_in_flight_across_an_eviction_completes_with_its_token() {
 async fn set_credentials_rotates_one_client_only() {
     let exchange = MockExchange::new(HOUR);
     let providers = TokenProviders::new(exchange.clone(), Secrets::default().source());
-    let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of)
-        .layer(echo(Arc::default()));
+    let api =
+        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
     send(&api, 1).await.unwrap();
     send(&api, 2).await.unwrap();
 
-    assert!(providers.set_credentials(&Tenant(1), credentials(1, 2)).await);
-    assert!(!providers.set_credentials(&Tenant(9), credentials(9, 2)).await);
+    assert!(
+        providers
+            .set_credentials(&Tenant(1), credentials(1, 2))
+            .await
+    );
+    assert!(
+        !providers
+            .set_credentials(&Tenant(9), credentials(9, 2))
+            .await
+    );
     let provider = providers.get(&Tenant(1)).await.unwrap();
     provider.refresh().await.unwrap();
     let seen = exchange.credentials_seen();
@@ -346,7 +392,10 @@ async fn a_401_looks_the_credentials_up_again_and_a_new_secret_rotates_the_clien
     let inner = service_fn({
         let refused = refused.clone();
         move |request: Request<()>| {
-            let authorization = request.headers()[AUTHORIZATION].to_str().unwrap().to_owned();
+            let authorization = request.headers()[AUTHORIZATION]
+                .to_str()
+                .unwrap()
+                .to_owned();
             let mut response = Response::new(authorization.clone());
             if authorization == *refused.lock().unwrap() {
                 *response.status_mut() = StatusCode::UNAUTHORIZED;
@@ -366,7 +415,11 @@ async fn a_401_looks_the_credentials_up_again_and_a_new_secret_rotates_the_clien
     *refused.lock().unwrap() = "Bearer token-2".to_owned();
     let retried = api.clone().oneshot(request_for(1)).await.unwrap();
     assert_eq!(retried.status(), StatusCode::OK);
-    assert_eq!(retried.body(), "Bearer token-3", "retried once with a new token");
+    assert_eq!(
+        retried.body(),
+        "Bearer token-3",
+        "retried once with a new token"
+    );
     // The 401 asked the source again, in the background.
     for _ in 0..100 {
         if secrets.lookups(1) == 2 {
@@ -421,7 +474,9 @@ fn a_request_with_a_fresh_token_allocates_only_for_the_caches_upkeep() {
         .unwrap();
     let providers = TokenProviders::new(MockExchange::new(HOUR), Secrets::default().source());
     for tenant in 0..100 {
-        let provider = runtime.block_on(providers.provider(&Tenant(tenant))).unwrap();
+        let provider = runtime
+            .block_on(providers.provider(&Tenant(tenant)))
+            .unwrap();
         runtime.block_on(provider.token()).unwrap();
     }
     let _context = runtime.enter();

@@ -46,7 +46,11 @@ async fn each_client_shares_its_own_token_across_the_fleet() {
             let replica = replica.clone();
             asks.spawn(async move {
                 let provider = replica.provider(&tenant).await.unwrap();
-                (r, tenant, provider.token().await.unwrap().secret().to_owned())
+                (
+                    r,
+                    tenant,
+                    provider.token().await.unwrap().secret().to_owned(),
+                )
             });
         }
     }
@@ -56,7 +60,11 @@ async fn each_client_shares_its_own_token_across_the_fleet() {
         tokens[tenant as usize].push(token);
     }
 
-    assert_eq!(exchange.calls(), 3, "one exchange per client for the whole fleet");
+    assert_eq!(
+        exchange.calls(),
+        3,
+        "one exchange per client for the whole fleet"
+    );
     let seen = exchange.credentials_seen();
     for (tenant, tokens) in tokens.iter().enumerate() {
         assert_eq!(tokens.len(), 4);

@@ -24,7 +24,11 @@ struct Tenant(u8);
 enum Op {
     /// A request for the tenant, answered 401 by the API if `refused`,
     /// after the API yields `yields` times.
-    Send { tenant: u8, refused: bool, yields: u8 },
+    Send {
+        tenant: u8,
+        refused: bool,
+        yields: u8,
+    },
     /// The tenant's provider is removed.
     Remove(u8),
     /// The tenant gets a new secret.
@@ -59,12 +63,19 @@ fn run(batches: Vec<Vec<Op>>, misroute: bool) -> Vec<(u8, String)> {
         let exchange = service_fn(move |request: TokenRequest| {
             let n = issued.fetch_add(1, Ordering::SeqCst);
             let client = request.credentials().client_id().to_owned();
-            async move { Ok::<_, TokenError>(Token::new(format!("{client}.{n}"), Duration::from_secs(3600))) }
+            async move {
+                Ok::<_, TokenError>(Token::new(
+                    format!("{client}.{n}"),
+                    Duration::from_secs(3600),
+                ))
+            }
         });
         let source = CredentialSource::from_fn(|Tenant(tenant)| async move {
             Ok::<_, Infallible>(ClientCredentials::new(format!("tenant-{tenant}"), "secret"))
         });
-        let providers = TokenProviders::builder(exchange, source).max_clients(3).build();
+        let providers = TokenProviders::builder(exchange, source)
+            .max_clients(3)
+            .build();
         let mismatches = Arc::new(Mutex::new(Vec::new()));
         let api = service_fn({
             let mismatches = Arc::clone(&mismatches);
@@ -72,11 +83,20 @@ fn run(batches: Vec<Vec<Op>>, misroute: bool) -> Vec<(u8, String)> {
                 let mismatches = Arc::clone(&mismatches);
                 async move {
                     let Tenant(tenant) = *request.extensions().get::<Tenant>().unwrap();
-                    let authorization = request.headers()[AUTHORIZATION].to_str().unwrap().to_owned();
+                    let authorization = request.headers()[AUTHORIZATION]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
                     if !authorization.starts_with(&format!("Bearer tenant-{tenant}.")) {
-                        mismatches.lock().unwrap().push((tenant, authorization.clone()));
+                        mismatches
+                            .lock()
+                            .unwrap()
+                            .push((tenant, authorization.clone()));
                     }
-                    let yields = request.headers().get("x-yields").map_or(0, |v| v.as_bytes()[0] - b'0');
+                    let yields = request
+                        .headers()
+                        .get("x-yields")
+                        .map_or(0, |v| v.as_bytes()[0] - b'0');
                     for _ in 0..yields {
                         tokio::task::yield_now().await;
                     }
@@ -90,22 +110,33 @@ fn run(batches: Vec<Vec<Op>>, misroute: bool) -> Vec<(u8, String)> {
         });
         let api = ServiceBuilder::new()
             .retry(RetryOnUnauthorized::new())
-            .layer(RouteraAuthLayer::per_client(providers.clone(), move |request: &Request<()>| {
-                let Tenant(tenant) = *request.extensions().get::<Tenant>()?;
-                Some(Tenant(if misroute { (tenant + 1) % 8 } else { tenant }))
-            }))
+            .layer(RouteraAuthLayer::per_client(
+                providers.clone(),
+                move |request: &Request<()>| {
+                    let Tenant(tenant) = *request.extensions().get::<Tenant>()?;
+                    Some(Tenant(if misroute { (tenant + 1) % 8 } else { tenant }))
+                },
+            ))
             .service(api);
         let mut secret = 0u32;
         for batch in batches {
             let mut running = Vec::new();
             for op in batch {
                 match op {
-                    Op::Send { tenant, refused, yields } => {
+                    Op::Send {
+                        tenant,
+                        refused,
+                        yields,
+                    } => {
                         let mut request = Request::new(());
                         request.extensions_mut().insert(Tenant(tenant));
-                        request.headers_mut().insert("x-yields", HeaderValue::from(u16::from(yields)));
+                        request
+                            .headers_mut()
+                            .insert("x-yields", HeaderValue::from(u16::from(yields)));
                         if refused {
-                            request.headers_mut().insert(REFUSE, HeaderValue::from_static("1"));
+                            request
+                                .headers_mut()
+                                .insert(REFUSE, HeaderValue::from_static("1"));
                         }
                         let api = api.clone();
                         running.push(tokio::spawn(async move {
@@ -116,9 +147,13 @@ fn run(batches: Vec<Vec<Op>>, misroute: bool) -> Vec<(u8, String)> {
                     Op::Remove(tenant) => providers.remove(&Tenant(tenant)).await,
                     Op::Rotate(tenant) => {
                         secret += 1;
-                        let credentials =
-                            ClientCredentials::new(format!("tenant-{tenant}"), format!("secret-{secret}"));
-                        providers.set_credentials(&Tenant(tenant), credentials).await;
+                        let credentials = ClientCredentials::new(
+                            format!("tenant-{tenant}"),
+                            format!("secret-{secret}"),
+                        );
+                        providers
+                            .set_credentials(&Tenant(tenant), credentials)
+                            .await;
                     }
                 }
             }
@@ -152,7 +187,11 @@ proptest! {
 /// caught.
 #[test]
 fn the_check_catches_a_request_with_another_clients_token() {
-    let send = |tenant| Op::Send { tenant, refused: false, yields: 0 };
+    let send = |tenant| Op::Send {
+        tenant,
+        refused: false,
+        yields: 0,
+    };
     let mismatches = run(vec![vec![send(1), send(2)]], true);
     assert_eq!(mismatches.len(), 4, "at the API and back, {mismatches:?}");
     assert!(run(vec![vec![send(1), send(2)]], false).is_empty());

@@ -17,9 +17,9 @@ use tower_layer::Layer;
 
 use super::slot::Slot;
 use super::{MissingClientKey, TokenProviders};
+use crate::RouteraAuthLayer;
 use crate::auth::{HeaderFuture, ResponseFuture, rejects_token};
 use crate::error::{BoxError, TokenError, TokenErrorKind};
-use crate::RouteraAuthLayer;
 
 impl RouteraAuthLayer {
     /// A layer that puts on each request the token of its own client:

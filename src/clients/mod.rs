@@ -191,7 +191,10 @@ where
     /// .build();
     /// # let _ = providers;
     /// ```
-    pub fn builder_with<F>(source: CredentialSource<K>, make_provider: F) -> TokenProvidersBuilder<K>
+    pub fn builder_with<F>(
+        source: CredentialSource<K>,
+        make_provider: F,
+    ) -> TokenProvidersBuilder<K>
     where
         F: Fn(&K, ClientCredentials) -> TokenProvider + Send + Sync + 'static,
     {
@@ -204,7 +207,10 @@ where
             .eviction_policy(EvictionPolicy::lru())
             .support_invalidation_closures()
             .build();
-        let shared = Arc::new(SlotShared::new(builder.source.clone(), builder.recheck_interval));
+        let shared = Arc::new(SlotShared::new(
+            builder.source.clone(),
+            builder.recheck_interval,
+        ));
         Self {
             inner: Arc::new(Inner {
                 cache,
@@ -319,7 +325,11 @@ where
 
     /// Starts the task that drops idle providers, unless it runs.
     fn start_sweeper(&self) {
-        let mut sweeper = self.inner.sweeper.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sweeper = self
+            .inner
+            .sweeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if sweeper.as_ref().is_some_and(|task| !task.is_finished()) {
             return;
         }
