@@ -180,7 +180,7 @@ async fn run() -> Result<(), BoxError> {
         TENANTS.len(),
         emulator.exchange_count(),
         {
-            providers.run_pending_tasks().await;
+            providers.run_pending_tasks();
             providers.len()
         },
     );

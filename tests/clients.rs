@@ -156,7 +156,7 @@ async fn a_herd_on_a_new_client_makes_one_lookup_and_one_exchange() {
     assert_eq!(secrets.lookups(2), 1);
     assert_eq!(exchange.calls(), 2, "one exchange per client");
     assert_eq!(calls.load(Ordering::SeqCst), 1_000);
-    providers.run_pending_tasks().await;
+    providers.run_pending_tasks();
     assert_eq!(providers.len(), 2);
 }
 
@@ -279,7 +279,7 @@ async fn the_least_recently_used_client_is_evicted_beyond_max_clients() {
 
     for tenant in [1, 2, 1, 3] {
         send(&api, tenant).await.unwrap();
-        providers.run_pending_tasks().await;
+        providers.run_pending_tasks();
     }
     assert_eq!(providers.len(), 2);
     assert!(providers.contains(&Tenant(1)), "used last but one: kept");
@@ -314,7 +314,7 @@ async fn a_client_idle_past_the_timeout_is_dropped_and_a_busy_one_kept() {
         tokio::time::sleep(Duration::from_secs(20)).await;
     }
     // 80 s: tenant 1 has been idle past 60 s, and a sweep (every 15 s) ran.
-    providers.run_pending_tasks().await;
+    providers.run_pending_tasks();
     assert!(!providers.contains(&Tenant(1)), "idle: dropped");
     assert!(providers.contains(&Tenant(2)), "busy: kept");
     assert_eq!(providers.len(), 1);
@@ -343,8 +343,8 @@ async fn a_request_in_flight_across_an_eviction_completes_with_its_token() {
     });
     exchange.wait_for_calls(1).await;
     // ...while its provider is evicted, by size and by hand.
-    providers.remove(&Tenant(1)).await;
-    providers.run_pending_tasks().await;
+    providers.remove(&Tenant(1));
+    providers.run_pending_tasks();
     assert!(!providers.contains(&Tenant(1)));
 
     exchange.open_gate();
@@ -363,17 +363,9 @@ async fn set_credentials_rotates_one_client_only() {
     send(&api, 1).await.unwrap();
     send(&api, 2).await.unwrap();
 
-    assert!(
-        providers
-            .set_credentials(&Tenant(1), credentials(1, 2))
-            .await
-    );
-    assert!(
-        !providers
-            .set_credentials(&Tenant(9), credentials(9, 2))
-            .await
-    );
-    let provider = providers.get(&Tenant(1)).await.unwrap();
+    assert!(providers.set_credentials(&Tenant(1), credentials(1, 2)));
+    assert!(!providers.set_credentials(&Tenant(9), credentials(9, 2)));
+    let provider = providers.get(&Tenant(1)).unwrap();
     provider.refresh().await.unwrap();
     let seen = exchange.credentials_seen();
     assert_eq!(seen[2], credentials(1, 2));
@@ -428,7 +420,7 @@ async fn a_401_looks_the_credentials_up_again_and_a_new_secret_rotates_the_clien
         tokio::task::yield_now().await;
     }
     assert_eq!(secrets.lookups(1), 2);
-    let provider = providers.get(&Tenant(1)).await.unwrap();
+    let provider = providers.get(&Tenant(1)).unwrap();
     provider.refresh().await.unwrap();
     assert_eq!(exchange.credentials_seen().last(), Some(&credentials(1, 2)));
     // Tenant 2 was never touched.

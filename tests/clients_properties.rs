@@ -144,16 +144,14 @@ fn run(batches: Vec<Vec<Op>>, misroute: bool) -> Vec<(u8, String)> {
                             Ok::<_, BoxError>((tenant, response.into_body()))
                         }));
                     }
-                    Op::Remove(tenant) => providers.remove(&Tenant(tenant)).await,
+                    Op::Remove(tenant) => providers.remove(&Tenant(tenant)),
                     Op::Rotate(tenant) => {
                         secret += 1;
                         let credentials = ClientCredentials::new(
                             format!("tenant-{tenant}"),
                             format!("secret-{secret}"),
                         );
-                        providers
-                            .set_credentials(&Tenant(tenant), credentials)
-                            .await;
+                        providers.set_credentials(&Tenant(tenant), credentials);
                     }
                 }
             }
@@ -164,7 +162,7 @@ fn run(batches: Vec<Vec<Op>>, misroute: bool) -> Vec<(u8, String)> {
                 }
             }
         }
-        providers.run_pending_tasks().await;
+        providers.run_pending_tasks();
         assert!(providers.len() <= 3, "max_clients holds");
         let mismatches = mismatches.lock().unwrap().clone();
         mismatches

@@ -5,7 +5,6 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::header::AUTHORIZATION;
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tower_layer::Layer;
 
-use super::slot::Slot;
+use super::slot::Kept;
 use super::{MissingClientKey, TokenProviders};
 use crate::RouteraAuthLayer;
 use crate::auth::{HeaderFuture, ResponseFuture, rejects_token};
@@ -149,14 +148,15 @@ where
         let Some(key) = (self.key_fn)(&request) else {
             return PerClientFuture::refused(MissingClientKey.into());
         };
-        let Some(slot) = self.providers.kept(&key) else {
-            // A new client (or a cache busy with its upkeep): wait for the
-            // provider, then for its token. This request has just looked
-            // the credentials up, so its rejection looks up nothing more.
+        let kept = self.providers.kept(&key);
+        let Some(slot) = kept.as_ref().and_then(Kept::slot) else {
+            // A new client: wait for its provider, then for its token. This
+            // request has just looked the credentials up, so its rejection
+            // looks up nothing more.
             let providers = self.providers.clone();
             let token: HeaderFuture = Box::pin(async move {
-                let slot = providers.slot(key).await?;
-                slot.provider().header::<BoxError>().await
+                let provider = providers.provider_of(key).await?;
+                provider.header::<BoxError>().await
             });
             return PerClientFuture::sent(self.waiting(token, request), None);
         };
@@ -167,11 +167,11 @@ where
                 // `self.inner` is the instance that was polled ready.
                 request.headers_mut().insert(AUTHORIZATION, authorization);
                 let future = ResponseFuture::called(self.inner.call(request), tag);
-                PerClientFuture::sent(future, Some(slot))
+                PerClientFuture::sent(future, kept)
             }
             None => {
                 let token = slot.provider().header();
-                PerClientFuture::sent(self.waiting(token, request), Some(slot))
+                PerClientFuture::sent(self.waiting(token, request), kept)
             }
         }
     }
@@ -218,7 +218,7 @@ pin_project! {
         Sent {
             #[pin]
             future: ResponseFuture<S, B>,
-            slot: Option<Arc<Slot<K>>>,
+            slot: Option<Kept<K>>,
         },
     }
 }
@@ -233,7 +233,7 @@ where
         }
     }
 
-    fn sent(future: ResponseFuture<S, B>, slot: Option<Arc<Slot<K>>>) -> Self {
+    fn sent(future: ResponseFuture<S, B>, slot: Option<Kept<K>>) -> Self {
         Self {
             state: State::Sent { future, slot },
         }

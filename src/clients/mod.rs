@@ -87,11 +87,11 @@ mod slot;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use moka::future::Cache;
+use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower::Service;
@@ -103,7 +103,7 @@ pub use self::builder::{
 use self::builder::{MakeProvider, over_exchange};
 pub use self::error::{CredentialsError, MissingClientKey};
 pub use self::layer::{PerClientAuth, PerClientAuthLayer, PerClientFuture};
-use self::slot::{Slot, SlotShared};
+use self::slot::{Kept, Slot, SlotShared};
 use crate::error::BoxError;
 use crate::{ClientCredentials, Token, TokenProvider, TokenRequest};
 
@@ -114,15 +114,15 @@ use crate::{ClientCredentials, Token, TokenProvider, TokenRequest};
 /// [`CredentialSource`] the first time the client is used; see the
 /// [module docs](self) for the guarantees and an example.
 ///
-/// `K` is any `Hash + Eq + Clone + Send + Sync` type. Requests are served
-/// from a [moka](https://docs.rs/moka) concurrent cache: a lookup takes no
-/// lock shared with other keys, and builds a provider once per key.
+/// `K` is any `Hash + Eq + Clone + Send + Sync` type. Providers are kept in
+/// a [moka](https://docs.rs/moka) concurrent cache: a lookup takes no lock
+/// shared with other keys, and a provider is built once per key.
 pub struct TokenProviders<K> {
     inner: Arc<Inner<K>>,
 }
 
 struct Inner<K> {
-    cache: Cache<K, Arc<Slot<K>>>,
+    cache: Cache<K, Kept<K>>,
     source: CredentialSource<K>,
     make_provider: Arc<MakeProvider<K>>,
     /// What every slot shares.
@@ -230,21 +230,25 @@ where
     ///
     /// # Errors
     ///
-    /// A [`CredentialsError`] when the source fails for `key`; nothing is
-    /// kept, and the next call asks the source again.
+    /// A [`CredentialsError`] when the source fails for `key`, to every
+    /// call that waited on that lookup; nothing is kept, and the next call
+    /// asks the source again.
     pub async fn provider(&self, key: &K) -> Result<TokenProvider, CredentialsError> {
-        Ok(self.slot(key.clone()).await?.provider().clone())
+        self.provider_of(key.clone()).await
     }
 
     /// The provider kept for `key`, if any; builds none.
-    pub async fn get(&self, key: &K) -> Option<TokenProvider> {
-        let slot = self.inner.cache.get(key).await?;
-        Some(slot.provider().clone())
+    pub fn get(&self, key: &K) -> Option<TokenProvider> {
+        let kept = self.inner.cache.get(key)?;
+        kept.slot().map(|slot| slot.provider().clone())
     }
 
     /// Whether a provider is kept for `key`.
     pub fn contains(&self, key: &K) -> bool {
-        self.inner.cache.contains_key(key)
+        self.inner
+            .cache
+            .get(key)
+            .is_some_and(|kept| kept.slot().is_some())
     }
 
     /// Gives the client `key` new credentials, for secret rotation, as
@@ -252,10 +256,10 @@ where
     /// whether a provider was kept for it; if none was, the next request
     /// looks the credentials up from the source, which should then give the
     /// new ones.
-    pub async fn set_credentials(&self, key: &K, credentials: ClientCredentials) -> bool {
-        match self.inner.cache.get(key).await {
-            Some(slot) => {
-                slot.provider().set_credentials(credentials);
+    pub fn set_credentials(&self, key: &K, credentials: ClientCredentials) -> bool {
+        match self.get(key) {
+            Some(provider) => {
+                provider.set_credentials(credentials);
                 true
             }
             None => false,
@@ -265,18 +269,18 @@ where
     /// Drops the provider of `key` (a client that was removed). Requests
     /// holding it finish with it; the next request for `key` builds a new
     /// one.
-    pub async fn remove(&self, key: &K) {
-        self.inner.cache.invalidate(key).await;
+    pub fn remove(&self, key: &K) {
+        self.inner.cache.invalidate(key);
     }
 
-    /// How many providers are kept. Evictions are applied in batches, so
+    /// How many clients are kept. Evictions are applied in batches, so
     /// the count may lag behind them until
     /// [`run_pending_tasks`](Self::run_pending_tasks).
     pub fn len(&self) -> u64 {
         self.inner.cache.entry_count()
     }
 
-    /// Whether no provider is kept (with the lag of [`len`](Self::len)).
+    /// Whether no client is kept (with the lag of [`len`](Self::len)).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -284,43 +288,55 @@ where
     /// Applies the evictions and removals that are pending now, so that
     /// [`len`](Self::len) is exact. They are applied on their own as
     /// requests come; this is for gauges and tests.
-    pub async fn run_pending_tasks(&self) {
-        self.inner.cache.run_pending_tasks().await;
+    pub fn run_pending_tasks(&self) {
+        self.inner.cache.run_pending_tasks();
     }
 
-    /// The slot of `key`, built if there is none: one lookup and one build
-    /// for concurrent callers.
-    pub(crate) async fn slot(&self, key: K) -> Result<Arc<Slot<K>>, CredentialsError> {
+    /// The provider of `key`, built if there is none: one lookup and one
+    /// build for concurrent callers, who all get its result.
+    pub(crate) async fn provider_of(&self, key: K) -> Result<TokenProvider, CredentialsError> {
         let inner = &self.inner;
-        let init = async {
-            let credentials = inner
-                .source
-                .lookup(key.clone())
-                .await
-                .map_err(CredentialsError::new)?;
-            let provider = (inner.make_provider)(&key, credentials);
-            self.start_sweeper();
-            let slot = Slot::new(key.clone(), provider, Arc::clone(&inner.shared));
-            Ok::<_, CredentialsError>(Arc::new(slot))
-        };
-        let slot = inner
-            .cache
-            .try_get_with(key.clone(), init)
-            .await
-            .map_err(|error| CredentialsError::clone(&error))?;
-        slot.touch(Instant::now());
-        Ok(slot)
+        // The entry is made at once; what takes time is filled in below,
+        // by the first caller, while the others wait on it.
+        let kept = inner.cache.get_with_by_ref(&key, Kept::empty);
+        let built = kept
+            .0
+            .get_or_init(|| async {
+                let credentials = inner
+                    .source
+                    .lookup(key.clone())
+                    .await
+                    .map_err(CredentialsError::new)?;
+                let provider = (inner.make_provider)(&key, credentials);
+                self.start_sweeper();
+                Ok(Slot::new(key.clone(), provider, Arc::clone(&inner.shared)))
+            })
+            .await;
+        match built {
+            Ok(slot) => {
+                slot.touch(Instant::now());
+                Ok(slot.provider().clone())
+            }
+            Err(error) => {
+                let error = error.clone();
+                // Nothing is kept of a failed lookup: the entry goes, if it
+                // is still this one.
+                let _ = inner
+                    .cache
+                    .entry_by_ref(&key)
+                    .and_compute_with(|entry| match entry {
+                        Some(entry) if Arc::ptr_eq(&entry.value().0, &kept.0) => Op::Remove,
+                        _ => Op::Nop,
+                    });
+                Err(error)
+            }
+        }
     }
 
-    /// The slot kept for `key` if the cache answers without waiting (it
-    /// waits only for maintenance another caller runs). The request path.
+    /// The entry kept for `key`, if any. The request path.
     #[inline]
-    pub(crate) fn kept(&self, key: &K) -> Option<Arc<Slot<K>>> {
-        let future = std::pin::pin!(self.inner.cache.get(key));
-        match future.poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(slot) => slot,
-            Poll::Pending => None,
-        }
+    pub(crate) fn kept(&self, key: &K) -> Option<Kept<K>> {
+        self.inner.cache.get(key)
     }
 
     /// Starts the task that drops idle providers, unless it runs.
@@ -356,11 +372,16 @@ where
         };
         let now = inner.shared.millis(Instant::now());
         let idle = inner.shared.millis_of(inner.idle_timeout);
-        // Judged when the cache applies it: a provider used since is kept.
+        // Judged when the cache applies it: a provider used since is kept,
+        // and so is an entry whose first lookup runs.
         let _ = inner
             .cache
-            .invalidate_entries_if(move |_, slot| slot.idle_for(now) >= idle);
-        inner.cache.run_pending_tasks().await;
+            .invalidate_entries_if(move |_, kept| match kept.0.get() {
+                Some(Ok(slot)) => slot.idle_for(now) >= idle,
+                Some(Err(_)) => true,
+                None => false,
+            });
+        inner.cache.run_pending_tasks();
     }
 }
 

@@ -1,16 +1,42 @@
 //! What a keyed set keeps for one client: its provider, when it was last
 //! used, and the pacing of the lookups of its credentials after a
-//! rejection.
+//! rejection; and [`Kept`], the cache's entry, filled once by the first
+//! request for the client.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::CredentialSource;
+use super::{CredentialSource, CredentialsError};
 use crate::TokenProvider;
 use crate::error::ErrorChain;
+
+/// The cache's entry for one client: empty while the first request for it
+/// looks its credentials up (the requests that come meanwhile wait on that
+/// lookup), then its slot, or the lookup's error for every request that
+/// waited on it.
+pub(crate) struct Kept<K>(pub(super) Arc<OnceCell<Result<Slot<K>, CredentialsError>>>);
+
+impl<K> Clone for Kept<K> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<K> Kept<K> {
+    pub(super) fn empty() -> Self {
+        Self(Arc::new(OnceCell::new()))
+    }
+
+    /// The client's slot, once its provider is built.
+    #[inline]
+    pub(crate) fn slot(&self) -> Option<&Slot<K>> {
+        self.0.get()?.as_ref().ok()
+    }
+}
 
 /// What every slot of a set shares.
 pub(crate) struct SlotShared<K> {
@@ -89,12 +115,21 @@ impl<K> Slot<K> {
     }
 }
 
-impl<K: Clone + Send + Sync + 'static> Slot<K> {
+impl<K: Clone + Send + Sync + 'static> Kept<K> {
     /// The API or the token endpoint rejected this client: looks its
     /// credentials up again, in a task, unless a lookup runs or one started
     /// less than the recheck interval ago; a different answer rotates the
     /// provider. Without a tokio runtime, nothing happens.
-    pub(crate) fn recheck_credentials(self: &Arc<Self>) {
+    pub(crate) fn recheck_credentials(&self) {
+        let Some(slot) = self.slot() else {
+            return;
+        };
+        slot.recheck_credentials(self);
+    }
+}
+
+impl<K: Clone + Send + Sync + 'static> Slot<K> {
+    fn recheck_credentials(&self, kept: &Kept<K>) {
         let now = self.shared.millis(Instant::now());
         let last = self.rechecked.load(Ordering::Acquire);
         if last != 0 && now < (last - 1).saturating_add(self.shared.recheck_interval) {
@@ -107,9 +142,13 @@ impl<K: Clone + Send + Sync + 'static> Slot<K> {
             return;
         }
         self.rechecked.store(now + 1, Ordering::Release);
-        let slot = Arc::clone(self);
+        let lookup = self.shared.source.lookup(self.key.clone());
+        let kept = kept.clone();
         drop(runtime.spawn(async move {
-            let lookup = slot.shared.source.lookup(slot.key.clone()).await;
+            let Some(slot) = kept.slot() else {
+                return;
+            };
+            let lookup = lookup.await;
             match lookup {
                 // The same credentials change nothing.
                 Ok(credentials) => slot.provider.set_credentials(credentials),
