@@ -253,6 +253,36 @@ async fn failures_stay_with_their_client() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_herd_on_a_client_whose_lookup_fails_shares_one_lookup_and_its_error() {
+    let secrets = Secrets {
+        delay: Duration::from_millis(20),
+        ..Secrets::default()
+    };
+    secrets.missing.lock().unwrap().push(3);
+    let exchange = MockExchange::new(HOUR);
+    let providers = TokenProviders::new(exchange.clone(), secrets.source());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(calls.clone()));
+
+    let herd: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(api.clone().oneshot(request_for(3))))
+        .collect();
+    for request in herd {
+        let error = request.await.unwrap().unwrap_err();
+        assert!(error.is::<CredentialsError>(), "{error}");
+    }
+    assert_eq!(
+        secrets.lookups(3),
+        1,
+        "one lookup, its error for every request"
+    );
+    assert_eq!(exchange.calls(), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    providers.run_pending_tasks();
+    assert!(providers.is_empty(), "nothing is kept of a failed lookup");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_naming_no_client_is_refused_and_not_sent() {
     let providers = TokenProviders::new(MockExchange::new(HOUR), Secrets::default().source());
     let calls = Arc::new(AtomicUsize::new(0));
