@@ -196,9 +196,7 @@ async fn run() -> Result<(), BoxError> {
         .write()
         .map_err(|_| "poisoned")?
         .insert("initech".to_owned(), rotated.clone());
-    providers
-        .set_credentials(&Tenant("initech".into()), rotated)
-        .await;
+    providers.set_credentials(&Tenant("initech".into()), rotated);
     emulator.revoke_all();
     for tenant in TENANTS {
         let status = ping(tenant).await?;

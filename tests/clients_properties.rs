@@ -164,8 +164,7 @@ fn run(batches: Vec<Vec<Op>>, misroute: bool) -> Vec<(u8, String)> {
         }
         providers.run_pending_tasks();
         assert!(providers.len() <= 3, "max_clients holds");
-        let mismatches = mismatches.lock().unwrap().clone();
-        mismatches
+        mismatches.lock().unwrap().clone()
     })
 }
 
