@@ -358,11 +358,19 @@ async fn a_client_idle_past_the_timeout_is_dropped_and_a_busy_one_kept() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_in_flight_across_an_eviction_completes_with_its_token() {
-    let exchange = MockExchange::new(HOUR).gated();
+    // Tenant 1's exchanges wait at a gate; tenant 2's answer at once.
+    let gated = MockExchange::new(HOUR).gated();
+    let open = MockExchange::new(HOUR);
     let secrets = Secrets::default();
-    let providers = TokenProviders::builder(exchange.clone(), secrets.source())
-        .max_clients(1)
-        .build();
+    let providers = TokenProviders::builder_with(secrets.source(), {
+        let (gated, open) = (gated.clone(), open.clone());
+        move |tenant: &Tenant, credentials| match tenant.0 {
+            1 => TokenProvider::new(gated.clone(), credentials),
+            _ => TokenProvider::new(open.clone(), credentials),
+        }
+    })
+    .max_clients(1)
+    .build();
     let api =
         RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
 
@@ -371,15 +379,40 @@ async fn a_request_in_flight_across_an_eviction_completes_with_its_token() {
         let api = api.clone();
         async move { send(&api, 1).await }
     });
+    gated.wait_for_calls(1).await;
+    // ...while tenant 2 takes the only place: tenant 1 is evicted.
+    assert_eq!(send(&api, 2).await.unwrap(), "Bearer token-1");
+    providers.run_pending_tasks();
+    assert!(!providers.contains(&Tenant(1)), "evicted by size");
+    assert!(providers.contains(&Tenant(2)));
+
+    gated.open_gate();
+    assert_eq!(in_flight.await.unwrap().unwrap(), "Bearer token-1");
+    // The next request builds a new provider, with its own exchange.
+    assert_eq!(send(&api, 1).await.unwrap(), "Bearer token-2");
+    assert_eq!(secrets.lookups(1), 2);
+    assert_eq!(gated.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_in_flight_across_a_removal_completes_with_its_token() {
+    let exchange = MockExchange::new(HOUR).gated();
+    let secrets = Secrets::default();
+    let providers = TokenProviders::new(exchange.clone(), secrets.source());
+    let api =
+        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+
+    let in_flight = tokio::spawn({
+        let api = api.clone();
+        async move { send(&api, 1).await }
+    });
     exchange.wait_for_calls(1).await;
-    // ...while its provider is evicted, by size and by hand.
     providers.remove(&Tenant(1));
     providers.run_pending_tasks();
     assert!(!providers.contains(&Tenant(1)));
 
     exchange.open_gate();
     assert_eq!(in_flight.await.unwrap().unwrap(), "Bearer token-1");
-    // The next request builds a new provider, with its own exchange.
     assert_eq!(send(&api, 1).await.unwrap(), "Bearer token-2");
     assert_eq!(secrets.lookups(1), 2);
 }
