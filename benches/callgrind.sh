@@ -29,3 +29,11 @@ for stack in noop real; do
     printf '%-28s %s\n' "$stack/$layer" "$(( (b - a) / (large - small) ))"
   done
 done
+# Each request for the next of 1,000 clients: the single-provider layer
+# (which ignores the key) against the per-client layer.
+small=1000 large=101000
+for layer in routera_auth_keyed per_client; do
+  a=$(instructions "noop/$layer" "$small")
+  b=$(instructions "noop/$layer" "$large")
+  printf '%-28s %s\n' "noop/$layer" "$(( (b - a) / (large - small) ))"
+done

@@ -84,6 +84,11 @@
 //!   exchange that gives the processes of a fleet one token and one
 //!   exchange, on a [`store::TokenStore`] backend; and
 //!   `test_util::MemoryStore` with `test-util`.
+//! - `multi-client`: [`TokenProviders`], a bounded set of providers, one
+//!   per client key (a tenant, an account), and
+//!   [`RouteraAuthLayer::per_client`], which puts each request's own
+//!   client's token on it: many Routera clients in one process (see the
+//!   [`clients`] module).
 //! - `redis`: [`store::RedisStore`], the shared store on Redis 6+ or
 //!   Valkey; and `test_util::RedisServer` with `test-util`.
 #![forbid(unsafe_code)]
@@ -91,6 +96,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
+#[cfg(feature = "multi-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "multi-client")))]
+pub mod clients;
 mod clock;
 mod credentials;
 pub mod defaults;
@@ -116,6 +124,9 @@ mod token;
 pub mod test_util;
 
 pub use auth::{ReplayableBody, RetryOnUnauthorized, RouteraAuth, RouteraAuthLayer};
+#[cfg(feature = "multi-client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "multi-client")))]
+pub use clients::TokenProviders;
 pub use credentials::{AuthMethod, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials};
 pub use error::{BoxError, ConfigError, OAuthError, TokenError, TokenErrorKind};
 pub use exchange::HttpTokenExchange;
@@ -146,6 +157,7 @@ pub use token::{AccessToken, Token, TokenReason, TokenRequest};
     feature = "rustls",
     feature = "reqwest-middleware",
     feature = "redis",
+    feature = "multi-client",
     feature = "test-util"
 ))]
 #[doc = include_str!("../README.md")]

@@ -6,7 +6,7 @@ use http::Extensions;
 use http::header::AUTHORIZATION;
 use reqwest_middleware::{Middleware, Next};
 
-use crate::TokenProvider;
+use crate::{TokenError, TokenProvider};
 
 /// A [`reqwest_middleware::Middleware`] that puts
 /// `Authorization: Bearer <token>` from a [`TokenProvider`] on every
@@ -64,7 +64,7 @@ impl Middleware for RouteraAuthMiddleware {
         let retry = request.try_clone();
         let (header, tag) = self
             .provider
-            .header()
+            .header::<TokenError>()
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         request.headers_mut().insert(AUTHORIZATION, header);
@@ -78,7 +78,7 @@ impl Middleware for RouteraAuthMiddleware {
         };
         let (header, tag) = self
             .provider
-            .header()
+            .header::<TokenError>()
             .await
             .map_err(reqwest_middleware::Error::middleware)?;
         retry.headers_mut().insert(AUTHORIZATION, header);

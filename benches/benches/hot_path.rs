@@ -19,7 +19,8 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use routera_auth::{ClientCredentials, RouteraAuthLayer, Token, TokenProvider};
 use routera_auth_benches::{
-    Noop, TOKEN, exchange, looped, on_threads, request, runtime, warm_provider,
+    Noop, TOKEN, exchange, key_of, looped, looped_keys, on_threads, on_threads_keyed, request,
+    runtime, warm_provider, warm_providers,
 };
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AddAuthorizationLayer;
@@ -84,6 +85,45 @@ fn hot_path(c: &mut Criterion) {
         )))),
     };
     group.bench_function("naive", |b| b.iter(looped(&mut naive)));
+    group.finish();
+}
+
+/// The per-client layer over the single-provider one: every request is for
+/// the next of 1,000 clients (an extension, which both pay for), each with
+/// a fresh token; the difference is the key lookup.
+fn per_client(c: &mut Criterion) {
+    const KEYS: u32 = 1_000;
+    let runtime = runtime(1);
+    let provider = warm_provider(&runtime);
+    let providers = warm_providers(&runtime, KEYS);
+
+    let mut group = c.benchmark_group("per_client");
+    group.throughput(Throughput::Elements(1));
+    let mut single = RouteraAuthLayer::new(provider).layer(Noop);
+    group.bench_function("routera_auth", |b| {
+        b.iter(looped_keys(&mut single, KEYS, 0))
+    });
+    let mut keyed = RouteraAuthLayer::per_client(providers.clone(), key_of).layer(Noop);
+    group.bench_function("per_client_1000_keys", |b| {
+        b.iter(looped_keys(&mut keyed, KEYS, 0))
+    });
+    group.bench_function("per_client_1_key", |b| {
+        b.iter(looped_keys(&mut keyed, 1, 0))
+    });
+    group.finish();
+
+    let single = RouteraAuthLayer::new(warm_provider(&runtime)).layer(Noop);
+    let keyed = RouteraAuthLayer::per_client(providers, key_of).layer(Noop);
+    let mut group = c.benchmark_group("per_client_contention");
+    for threads in [1usize, 2] {
+        group.throughput(Throughput::Elements(threads as u64));
+        group.bench_function(format!("routera_auth/{threads}_threads"), |b| {
+            b.iter_custom(|iters| on_threads_keyed(&single, threads, KEYS, iters))
+        });
+        group.bench_function(format!("per_client_1000_keys/{threads}_threads"), |b| {
+            b.iter_custom(|iters| on_threads_keyed(&keyed, threads, KEYS, iters))
+        });
+    }
     group.finish();
 }
 
@@ -202,6 +242,7 @@ fn refresh_boundary(c: &mut Criterion) {
 
 fn benches(c: &mut Criterion) {
     hot_path(c);
+    per_client(c);
     contention(c);
     cold_herd(c);
     refresh_boundary(c);

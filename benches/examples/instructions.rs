@@ -6,7 +6,10 @@
 //! Usage: `instructions <stack>/<layer> <requests>`, where `<stack>` is
 //! `noop` (a no-op inner service) or `real` (a hyper-util client against a
 //! hyper server on 127.0.0.1, one request at a time on one connection) and
-//! `<layer>` is `none`, `add_authorization` or `routera_auth`.
+//! `<layer>` is `none`, `add_authorization` or `routera_auth`; or
+//! `noop/routera_auth_keyed` and `noop/per_client`: each request for the
+//! next of 1,000 clients (an extension), through the single-provider layer
+//! (which ignores it) or the per-client layer.
 
 use std::process::ExitCode;
 
@@ -16,7 +19,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use routera_auth::RouteraAuthLayer;
-use routera_auth_benches::{AUTH_PATH, Noop, TOKEN, looped, start_server, warm_provider};
+use routera_auth_benches::{
+    AUTH_PATH, Noop, TOKEN, key_of, looped, looped_keys, start_server, warm_provider,
+    warm_providers,
+};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AddAuthorizationLayer;
 
@@ -25,7 +31,8 @@ fn main() -> ExitCode {
     let (Some(variant), Some(Ok(requests))) = (args.get(1), args.get(2).map(|n| n.parse::<u64>()))
     else {
         eprintln!(
-            "usage: instructions <noop|real>/<none|add_authorization|routera_auth> <requests>"
+            "usage: instructions <noop|real>/<none|add_authorization|routera_auth> <requests>, \
+             or noop/<routera_auth_keyed|per_client> <requests>"
         );
         return ExitCode::FAILURE;
     };
@@ -43,6 +50,9 @@ fn main() -> ExitCode {
         "noop/routera_auth" => {
             let mut service = RouteraAuthLayer::new(provider).layer(Noop);
             repeat(requests, looped(&mut service));
+        }
+        "noop/routera_auth_keyed" | "noop/per_client" => {
+            keyed(variant, requests, &runtime, provider);
         }
         real => runtime.block_on(async {
             let addr = start_server().await;
@@ -66,6 +76,28 @@ fn main() -> ExitCode {
         }),
     }
     ExitCode::SUCCESS
+}
+
+/// Clients of the per-client variants.
+const KEYS: u32 = 1_000;
+
+/// The per-client variants, apart so that the code of the others stays as
+/// it was.
+#[inline(never)]
+fn keyed(
+    variant: &str,
+    requests: u64,
+    runtime: &tokio::runtime::Runtime,
+    provider: routera_auth::TokenProvider,
+) {
+    if variant == "noop/per_client" {
+        let providers = warm_providers(runtime, KEYS);
+        let mut service = RouteraAuthLayer::per_client(providers, key_of).layer(Noop);
+        repeat(requests, looped_keys(&mut service, KEYS, 0));
+    } else {
+        let mut service = RouteraAuthLayer::new(provider).layer(Noop);
+        repeat(requests, looped_keys(&mut service, KEYS, 0));
+    }
 }
 
 fn repeat(requests: u64, mut send: impl FnMut()) {

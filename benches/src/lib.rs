@@ -19,6 +19,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use routera_auth::clients::{CredentialSource, TokenProviders};
 use routera_auth::{ClientCredentials, Token, TokenError, TokenProvider, TokenRequest};
 use tokio::net::TcpListener;
 use tower::Service;
@@ -97,6 +98,100 @@ where
             slot = Some(send(service, request));
         }
     }
+}
+
+/// The client key of a request in the per-client benchmarks, in an
+/// extension.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct Key(pub u32);
+
+/// The key function of the per-client layer: the request's [`Key`].
+pub fn key_of(request: &Request<()>) -> Option<Key> {
+    request.extensions().get::<Key>().copied()
+}
+
+/// Runs `send` in a loop with one reused request, each time for the next
+/// of keys `0..keys` (from `first`, round), set as an extension (which replaces the
+/// last one without allocating). Services that read no key pay for the
+/// extension all the same, so that the difference is the lookup.
+pub fn looped_keys<S>(service: &mut S, keys: u32, first: u32) -> impl FnMut() + '_
+where
+    S: Service<Request<()>, Response = Response<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut slot = Some(request());
+    let keys = keys.max(1);
+    let mut next = first % keys;
+    move || {
+        if let Some(mut request) = slot.take() {
+            request.extensions_mut().insert(Key(next));
+            next = (next + 1) % keys;
+            slot = Some(send(service, request));
+        }
+    }
+}
+
+/// A set of `keys` providers (keys `0..keys`), each with a fresh token
+/// (one hour) over the same exchange, warmed on `runtime`, which runs
+/// their workers and must outlive the benchmark.
+pub fn warm_providers(runtime: &tokio::runtime::Runtime, keys: u32) -> TokenProviders<Key> {
+    let source = CredentialSource::from_fn(|Key(key)| async move {
+        Ok::<_, Infallible>(ClientCredentials::new(
+            format!("bench-{key}"),
+            "bench-secret",
+        ))
+    });
+    let providers = TokenProviders::builder(
+        exchange(Duration::ZERO, Duration::from_secs(3600), Arc::default()),
+        source,
+    )
+    .max_clients(u64::from(keys))
+    .build();
+    runtime.block_on(async {
+        for key in 0..keys {
+            let provider = providers.provider(&Key(key)).await.expect("credentials");
+            provider.token().await.expect("token");
+        }
+        providers.run_pending_tasks();
+    });
+    providers
+}
+
+/// Like [`on_threads`], with [`looped_keys`]: every thread sends for all
+/// of keys `0..keys` in turn, thread `t` starting at `t * keys / threads`;
+/// each first warms every key once.
+pub fn on_threads_keyed<S>(service: &S, threads: usize, keys: u32, requests: u64) -> Duration
+where
+    S: Service<Request<()>, Response = Response<()>> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = std::sync::Barrier::new(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                let mut service = service.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let first = u32::try_from(thread * keys as usize / threads).unwrap_or(0);
+                    let mut send = looped_keys(&mut service, keys, first);
+                    for _ in 0..keys {
+                        send();
+                    }
+                    barrier.wait();
+                    let start = std::time::Instant::now();
+                    for _ in 0..requests {
+                        send();
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("thread"))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    })
 }
 
 /// `requests` requests on each of `threads` threads, each through its own

@@ -11,8 +11,9 @@ use tower::Service;
 use crate::error::{BoxError, TokenError, TokenErrorKind};
 use crate::provider::TokenTag;
 
-type HeaderFuture =
-    Pin<Box<dyn Future<Output = Result<(HeaderValue, TokenTag), TokenError>> + Send>>;
+/// The header of a request waiting for a token, or why it gets none.
+pub(crate) type HeaderFuture =
+    Pin<Box<dyn Future<Output = Result<(HeaderValue, TokenTag), BoxError>> + Send>>;
 
 pin_project! {
     /// Response future of [`RouteraAuth`](super::RouteraAuth).
@@ -57,13 +58,13 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(super) fn called(future: S::Future, tag: TokenTag) -> Self {
+    pub(crate) fn called(future: S::Future, tag: TokenTag) -> Self {
         Self {
             state: State::Called { future, tag },
         }
     }
 
-    pub(super) fn waiting(token: HeaderFuture, request: Request<B>, inner: S) -> Self {
+    pub(crate) fn waiting(token: HeaderFuture, request: Request<B>, inner: S) -> Self {
         Self {
             state: State::Token {
                 waiting: Box::new(Waiting {
@@ -122,7 +123,7 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// Whether the API rejected the token: an HTTP 401, or a gRPC
 /// UNAUTHENTICATED (`grpc-status: 16`, carried by an HTTP/2 200).
 #[inline]
-fn rejects_token<B>(response: &Response<B>) -> bool {
+pub(crate) fn rejects_token<B>(response: &Response<B>) -> bool {
     response.status() == StatusCode::UNAUTHORIZED
         || (response.version() == Version::HTTP_2
             && response

@@ -36,6 +36,8 @@ mod retry;
 mod service;
 
 pub use self::future::ResponseFuture;
+#[cfg(feature = "multi-client")]
+pub(crate) use self::future::{HeaderFuture, rejects_token};
 pub use self::layer::RouteraAuthLayer;
 pub use self::retry::{
     IfReplayable, ReplayBody, ReplayableBody, RetryOnUnauthorized, empty_body_only, never,

@@ -406,10 +406,27 @@ impl TokenProvider {
             .then(|| (cached.header.clone(), self.tag(cached)))
     }
 
+    /// The `Authorization` header value of the cached token if it may be
+    /// served at `now`, read from the provider's slot without a
+    /// [`TokenCache`]: the request path of a keyed set of providers.
+    #[cfg(feature = "multi-client")]
+    #[inline]
+    pub(crate) fn fresh_header_at(&self, now: Instant) -> Option<(HeaderValue, TokenTag)> {
+        let current = self.shared().current.load();
+        let cached = current.as_ref()?;
+        self.may_serve_at(cached, now)
+            .then(|| (cached.header.clone(), self.tag(cached)))
+    }
+
     /// Whether `cached` may be served now; asks for its refresh if due.
     #[inline]
     fn may_serve(&self, cached: &CachedToken) -> bool {
-        let now = Instant::now();
+        self.may_serve_at(cached, Instant::now())
+    }
+
+    /// Whether `cached` may be served at `now`; asks for its refresh if due.
+    #[inline]
+    fn may_serve_at(&self, cached: &CachedToken, now: Instant) -> bool {
         if now < cached.refresh_at {
             return true;
         }
@@ -435,7 +452,9 @@ impl TokenProvider {
 
     /// The `Authorization` header value of a fresh token, fetching one if
     /// needed.
-    pub(crate) fn header(&self) -> BoxFuture<Result<(HeaderValue, TokenTag), TokenError>> {
+    pub(crate) fn header<E: From<TokenError> + Send + 'static>(
+        &self,
+    ) -> BoxFuture<Result<(HeaderValue, TokenTag), E>> {
         let provider = self.clone();
         Box::pin(async move {
             let cached = provider.wait(false).await?;
