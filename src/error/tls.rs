@@ -24,7 +24,7 @@ pub(crate) fn untrusted_certificate(error: &(dyn StdError + 'static)) -> Option<
             "the server's TLS certificate was not trusted: no CA the client trusts issued it. \
              For a private CA, add it to the roots the client trusts: `SSL_CERT_FILE` or \
              `SSL_CERT_DIR` for `HttpTokenExchange::reqwest()`, or a reqwest client built with \
-             `add_root_certificate` passed to `HttpTokenExchange::new(ReqwestService::new(..))`"
+             `tls_certs_merge` passed to `HttpTokenExchange::new(ReqwestService::new(..))`"
         }
         Refusal::Name => {
             "the server's TLS certificate was not trusted: it is not valid for the host of the \

@@ -75,7 +75,7 @@ impl EmulatorBuilder {
     /// that lives only in memory) and a server certificate it issues for
     /// `localhost` and `127.0.0.1`. [`Emulator::ca_pem`] hands out the CA
     /// certificate: trust it in the client under test as a private CA would
-    /// be trusted (`reqwest::ClientBuilder::add_root_certificate`, tonic's
+    /// be trusted (`reqwest::ClientBuilder::tls_certs_merge`, tonic's
     /// `ClientTlsConfig::ca_certificate`, or the `SSL_CERT_FILE` environment
     /// variable of a child process). [`Emulator::token_url`] and
     /// [`Emulator::resource_url`] are then `https://127.0.0.1:PORT/...`.
@@ -103,7 +103,7 @@ impl EmulatorBuilder {
     /// let ca_pem = emulator.ca_pem().ok_or("an HTTPS emulator has a CA")?;
     /// let client = reqwest::Client::builder()
     ///     .redirect(reqwest::redirect::Policy::none())
-    ///     .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?)
+    ///     .tls_certs_merge([reqwest::Certificate::from_pem(ca_pem.as_bytes())?])
     ///     .build()?;
     /// let exchange = HttpTokenExchange::new(ReqwestService::new(client))
     ///     .with_token_url(&emulator.token_url())?;

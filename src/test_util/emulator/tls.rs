@@ -48,9 +48,19 @@ pub(super) struct Tls {
 pub(super) fn generate(cert: ServerCert) -> io::Result<Tls> {
     let ca_key = KeyPair::generate().map_err(certificate_error)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(certificate_error)?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "routera-auth emulator test CA");
+    // A name of its own, so that a client trusting another emulator's CA
+    // finds no issuer for this one's certificates.
+    let ca_id: String = ca_key
+        .public_key_raw()
+        .iter()
+        .skip(1)
+        .take(6)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        format!("routera-auth emulator test CA {ca_id}"),
+    );
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
