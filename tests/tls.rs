@@ -214,9 +214,8 @@ async fn reqwest_refuses_a_self_signed_server_even_with_the_ca_trusted() {
     .await;
 }
 
-/// The TLS backends of reqwest this build has, each as a client builder
-/// with nothing but `roots` trusted on top of what the backend trusts by
-/// default.
+/// A reqwest client on each TLS backend this build has, trusting `roots`
+/// (on top of the platform's roots, except on ring).
 fn reqwest_clients(roots: &[&str]) -> Vec<(&'static str, reqwest::Client)> {
     let certificates: Vec<reqwest::Certificate> = roots
         .iter()
@@ -227,16 +226,17 @@ fn reqwest_clients(roots: &[&str]) -> Vec<(&'static str, reqwest::Client)> {
             .redirect(reqwest::redirect::Policy::none())
             .tls_certs_merge(certificates.iter().cloned())
     };
-    let mut clients = Vec::new();
-    #[cfg(feature = "native-tls")]
-    clients.push(("native-tls", base().tls_backend_native().build().unwrap()));
-    #[cfg(feature = "rustls")]
-    clients.push((
-        "rustls on aws-lc-rs",
-        base().tls_backend_rustls().build().unwrap(),
-    ));
-    #[cfg(feature = "rustls-ring")]
-    clients.push(("rustls on ring", ring_client(roots)));
+    let clients = vec![
+        #[cfg(feature = "native-tls")]
+        ("native-tls", base().tls_backend_native().build().unwrap()),
+        #[cfg(feature = "rustls")]
+        (
+            "rustls on aws-lc-rs",
+            base().tls_backend_rustls().build().unwrap(),
+        ),
+        #[cfg(feature = "rustls-ring")]
+        ("rustls on ring", ring_client(roots)),
+    ];
     let _ = base;
     clients
 }
@@ -248,8 +248,9 @@ fn reqwest_clients(roots: &[&str]) -> Vec<(&'static str, reqwest::Client)> {
 fn ring_client(roots: &[&str]) -> reqwest::Client {
     let mut store = rustls::RootCertStore::empty();
     for pem in roots {
-        let der = pem_to_der(pem);
-        store.add(der.into()).unwrap();
+        use rustls::pki_types::pem::PemObject as _;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        store.add(der).unwrap();
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -261,19 +262,6 @@ fn ring_client(roots: &[&str]) -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .tls_backend_preconfigured(config)
         .build()
-        .unwrap()
-}
-
-/// The DER of a one-certificate PEM.
-#[cfg(feature = "rustls-ring")]
-fn pem_to_der(pem: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    let body: String = pem
-        .lines()
-        .filter(|line| !line.starts_with("-----"))
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
         .unwrap()
 }
 

@@ -9,11 +9,18 @@
 //!    aws-lc-rs in the build beside ring, it would.
 //! 3. Completes a token exchange against the in-process emulator through a
 //!    `TokenProvider` over that exchange.
+//! 4. Completes a token exchange over a real TLS handshake against the
+//!    emulator serving HTTPS (its server on ring too), through a reqwest
+//!    client of the application's own on ring that trusts the emulator's CA.
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use routera_auth::test_util::Emulator;
-use routera_auth::{BoxError, HttpTokenExchange, TokenProvider};
+use routera_auth::{BoxError, HttpTokenExchange, ReqwestService, TokenProvider};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -63,5 +70,36 @@ async fn run() -> Result<(), BoxError> {
         .into());
     }
     println!("ring-app: token exchange over HttpTokenExchange::reqwest() (rustls on ring) done");
+    https().await
+}
+
+/// A token exchange over TLS, both ends on ring.
+async fn https() -> Result<(), BoxError> {
+    let emulator = Emulator::builder().https().start().await?;
+    let ca_pem = emulator
+        .ca_pem()
+        .ok_or("an HTTPS emulator hands out no CA")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let client = routera_auth::reqwest::Client::builder()
+        .redirect(routera_auth::reqwest::redirect::Policy::none())
+        .tls_backend_preconfigured(config)
+        .build()?;
+    let exchange = HttpTokenExchange::new(ReqwestService::new(client))
+        .with_token_url(&emulator.token_url())?;
+    let provider = TokenProvider::new(exchange, emulator.credentials());
+    let token = provider.token().await?;
+    if !emulator.token_validator().is_valid(token.secret()) {
+        return Err("the HTTPS emulator does not know the token the exchange returned".into());
+    }
+    println!(
+        "ring-app: token exchange over TLS against the HTTPS emulator (ring on both ends) done"
+    );
     Ok(())
 }
