@@ -169,7 +169,49 @@ pub(super) async fn serve(acceptor: TlsAcceptor, stream: TcpStream, state: Arc<S
 
 #[cfg(test)]
 mod tests {
+    use tower::ServiceExt as _;
+
+    use super::super::Emulator;
     use super::*;
+    use crate::{TokenErrorKind, TokenRequest};
+
+    #[tokio::test]
+    async fn an_https_emulator_hands_out_its_ca_and_https_urls() {
+        let emulator = Emulator::builder().https().start().await.unwrap();
+        let port = emulator.addr().port();
+        assert_eq!(emulator.base_url(), format!("https://127.0.0.1:{port}"));
+        assert_eq!(
+            emulator.token_url(),
+            format!("https://127.0.0.1:{port}/oauth2/token")
+        );
+        let ca_pem = emulator.ca_pem().unwrap();
+        assert!(ca_pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(ca_pem.ends_with("-----END CERTIFICATE-----\n"));
+        assert!(format!("{emulator:?}").contains("https: true"));
+
+        // Each emulator has a CA of its own; a plain one has none.
+        let other = Emulator::builder()
+            .https_self_signed()
+            .start()
+            .await
+            .unwrap();
+        assert_ne!(other.ca_pem(), Some(ca_pem));
+        let plain = Emulator::start().await.unwrap();
+        assert_eq!(plain.ca_pem(), None);
+        assert!(plain.token_url().starts_with("http://"));
+    }
+
+    #[tokio::test]
+    async fn the_plain_http_exchange_fails_against_https_without_sending() {
+        let emulator = Emulator::builder().https().start().await.unwrap();
+        let error = emulator
+            .exchange()
+            .oneshot(TokenRequest::new(emulator.credentials()))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), TokenErrorKind::Transport, "{error:?}");
+        assert_eq!(emulator.token_requests(), 0);
+    }
 
     #[test]
     fn pem_wraps_at_64_characters() {
