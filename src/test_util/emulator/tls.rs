@@ -4,7 +4,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -23,9 +22,6 @@ use super::state::State;
 
 /// The names the server certificate is issued for.
 const SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
-
-/// How long a client may take to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which certificate an HTTPS emulator presents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,17 +138,19 @@ fn config_error(error: rustls::Error) -> io::Error {
 /// Completes the handshake, then serves HTTP/2 if the client asked for it
 /// through ALPN, HTTP/1.1 otherwise.
 pub(super) async fn serve(acceptor: TlsAcceptor, stream: TcpStream, state: Arc<State>) {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            // A client that does not trust the certificate ends up here.
-            tracing::debug!(%error, "routera emulator: TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!("routera emulator: TLS handshake timed out");
-            return;
-        }
+    // A handshake that never completes ends with the emulator, on no
+    // timer (tests may run on paused time).
+    let mut shutdown = state.shutdown.clone();
+    let stream = tokio::select! {
+        accepted = acceptor.accept(stream) => match accepted {
+            Ok(stream) => stream,
+            Err(error) => {
+                // A client that does not trust the certificate ends up here.
+                tracing::debug!(%error, "routera emulator: TLS handshake failed");
+                return;
+            }
+        },
+        _ = shutdown.changed() => return,
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let io = TokioIo::new(stream);
@@ -211,6 +209,24 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.kind(), TokenErrorKind::Transport, "{error:?}");
         assert_eq!(emulator.token_requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_handshake_never_completed_ends_with_the_emulator() {
+        let emulator = Emulator::builder().https().start().await.unwrap();
+        let idle = Arc::strong_count(&emulator.state);
+        // A client that connects and never says hello.
+        let _silent = TcpStream::connect(emulator.addr()).await.unwrap();
+        super::super::test_client::eventually("the handshake is waiting", || {
+            Arc::strong_count(&emulator.state) > idle
+        })
+        .await;
+        let state = Arc::downgrade(&emulator.state);
+        drop(emulator);
+        super::super::test_client::eventually("the emulator's tasks end", || {
+            state.strong_count() == 0
+        })
+        .await;
     }
 
     #[test]
