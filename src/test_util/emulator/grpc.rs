@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 
 use super::resource::{bearer_token, token_problem};
@@ -19,6 +19,9 @@ pub(super) const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 /// A `HealthCheckResponse { status: SERVING }` message in its gRPC frame:
 /// not compressed, 2 bytes long, field 1 (varint) = 1.
 const SERVING: [u8; 7] = [0, 0, 0, 0, 2, 0x08, 0x01];
+
+/// How much of a request message is read.
+const MAX_REQUEST: usize = 64 * 1024;
 
 /// `grpc-status` of an accepted call.
 const OK: &str = "0";
@@ -40,7 +43,9 @@ pub(super) async fn health_check(state: &State, request: Request<Incoming>) -> R
     };
     // The request message is read (and ignored: the answer is about the
     // server as a whole) so that the stream ends cleanly.
-    let _ = request.into_body().collect().await;
+    let _ = Limited::new(request.into_body(), MAX_REQUEST)
+        .collect()
+        .await;
     match problem {
         None => {
             let mut trailers = HeaderMap::new();

@@ -113,7 +113,8 @@ fn pem(label: &str, der: &CertificateDer<'_>) -> String {
     let mut pem = format!("-----BEGIN {label}-----\n");
     let mut rest = encoded.as_str();
     while !rest.is_empty() {
-        let (line, tail) = rest.split_at(rest.len().min(64));
+        // Base64 is ASCII: every index is a character boundary.
+        let (line, tail) = rest.split_at_checked(64).unwrap_or((rest, ""));
         pem.push_str(line);
         pem.push('\n');
         rest = tail;
