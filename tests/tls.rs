@@ -376,6 +376,10 @@ async fn tonic_over_tls_calls_the_emulator_through_the_layer() -> Result<(), Box
             .expect_err("a revoked token was accepted");
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
         assert_eq!(status.message(), "token revoked");
+        // The layer took the refusal as a 401: the next call gets a new token.
+        let response = client.check(HealthCheckRequest::default()).await?;
+        assert_eq!(response.get_ref().status(), ServingStatus::Serving);
+        assert_eq!(emulator.exchange_count(), 2);
         Ok(())
     })
     .await
