@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 mod config;
+mod tls;
 pub use self::config::ConfigError;
 
 /// A type-erased error, as used by tower.
@@ -271,15 +272,18 @@ impl TokenError {
         )
     }
 
-    /// The HTTP client failed.
+    /// The HTTP client failed. A server certificate the client did not
+    /// trust is said so in the message, with what to do.
     pub(crate) fn transport(source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        let detail = self::tls::untrusted_certificate(&*source).map(Cow::Borrowed);
         Self::build(
             TokenErrorKind::Transport,
             None,
             None,
             None,
-            None,
-            Some(source.into()),
+            detail,
+            Some(source),
         )
     }
 

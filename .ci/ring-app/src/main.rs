@@ -9,11 +9,20 @@
 //!    aws-lc-rs in the build beside ring, it would.
 //! 3. Completes a token exchange against the in-process emulator through a
 //!    `TokenProvider` over that exchange.
+//! 4. Completes token exchanges over real TLS handshakes against the
+//!    emulator serving HTTPS (its server on ring too): through a reqwest
+//!    client of the application's own on ring that trusts the emulator's
+//!    CA, and through `HttpTokenExchange::reqwest()` in a child process (this
+//!    program run again) whose `SSL_CERT_FILE` holds that CA.
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use routera_auth::test_util::Emulator;
-use routera_auth::{BoxError, HttpTokenExchange, TokenProvider};
+use routera_auth::{BoxError, HttpTokenExchange, ReqwestService, TokenProvider};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -34,7 +43,13 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Set in the child process: the token URL it exchanges with.
+const CHILD_URL: &str = "RING_APP_TOKEN_URL";
+
 async fn run() -> Result<(), BoxError> {
+    if let Ok(url) = std::env::var(CHILD_URL) {
+        return child(&url).await;
+    }
     let emulator = Emulator::start().await?;
     let exchange = HttpTokenExchange::reqwest()?.with_token_url(&emulator.token_url())?;
     if rustls::crypto::CryptoProvider::get_default().is_some() {
@@ -63,5 +78,71 @@ async fn run() -> Result<(), BoxError> {
         .into());
     }
     println!("ring-app: token exchange over HttpTokenExchange::reqwest() (rustls on ring) done");
+    https().await
+}
+
+/// A token exchange over TLS, both ends on ring.
+async fn https() -> Result<(), BoxError> {
+    let emulator = Emulator::builder().https().start().await?;
+    let ca_pem = emulator
+        .ca_pem()
+        .ok_or("an HTTPS emulator hands out no CA")?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes())?)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let client = routera_auth::reqwest::Client::builder()
+        .redirect(routera_auth::reqwest::redirect::Policy::none())
+        .tls_backend_preconfigured(config)
+        .build()?;
+    let exchange = HttpTokenExchange::new(ReqwestService::new(client))
+        .with_token_url(&emulator.token_url())?;
+    let provider = TokenProvider::new(exchange, emulator.credentials());
+    let token = provider.token().await?;
+    if !emulator.token_validator().is_valid(token.secret()) {
+        return Err("the HTTPS emulator does not know the token the exchange returned".into());
+    }
+    println!(
+        "ring-app: token exchange over TLS against the HTTPS emulator (ring on both ends) done"
+    );
+
+    // HttpTokenExchange::reqwest() trusts the CA as a private CA is
+    // trusted: SSL_CERT_FILE, in a process of its own.
+    let ca_file = std::env::temp_dir().join(format!("ring-app-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, ca_pem)?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .env("SSL_CERT_FILE", &ca_file)
+        .env_remove("SSL_CERT_DIR")
+        .env(CHILD_URL, emulator.token_url());
+    let status = tokio::task::spawn_blocking(move || command.status()).await?;
+    std::fs::remove_file(&ca_file)?;
+    if !status?.success() {
+        return Err("the child's exchange over HttpTokenExchange::reqwest() and TLS failed".into());
+    }
+    if emulator.exchange_count() != 2 {
+        return Err(format!(
+            "expected 2 token exchanges over TLS, got {}",
+            emulator.exchange_count()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// In the child: one exchange over `HttpTokenExchange::reqwest()`.
+async fn child(url: &str) -> Result<(), BoxError> {
+    let exchange = HttpTokenExchange::reqwest()?.with_token_url(url)?;
+    let credentials =
+        routera_auth::ClientCredentials::new("routera-test-client", "routera-test-secret");
+    let provider = TokenProvider::new(exchange, credentials);
+    provider.token().await?;
+    println!(
+        "ring-app (child): token exchange over TLS through HttpTokenExchange::reqwest() (rustls on ring) done"
+    );
     Ok(())
 }

@@ -1,9 +1,13 @@
 //! The emulator itself. This file holds the [`Emulator`] handle and its
 //! builder; the rest is split by concern:
 //!
+//! * `builder`: [`EmulatorBuilder`] and starting the server;
 //! * `state`: what the handle and the server tasks share, and
 //!   [`RecordedRequest`];
 //! * `server`: the accept loop, routing, and the body of every response;
+//! * `tls`: the generated CA and server certificate, and connections over
+//!   TLS (features `rustls` or `rustls-ring`);
+//! * `grpc`: the gRPC health service;
 //! * `token_endpoint`: `POST /oauth2/token`;
 //! * `resource`: the protected resource and [`TokenValidator`];
 //! * `fault`: [`Fault`] and the answers given under one;
@@ -11,28 +15,32 @@
 //! * `exchange`: the client side, [`EmulatorExchange`],
 //!   [`Emulator::exchange`] and [`Emulator::provider`].
 
+mod builder;
 mod exchange;
 mod fault;
 mod fault_body;
+mod grpc;
 mod resource;
 mod server;
 mod state;
 #[cfg(test)]
 mod test_client;
+#[cfg(any(feature = "rustls", feature = "rustls-ring"))]
+mod tls;
 mod token_endpoint;
 
+pub use builder::EmulatorBuilder;
 pub use exchange::EmulatorExchange;
 pub use fault::Fault;
 pub use resource::TokenValidator;
 pub use state::RecordedRequest;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -63,6 +71,11 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 ///   `Authorization: Bearer <token>` carrying a token this emulator issued
 ///   that is neither revoked nor expired, 401 with a `WWW-Authenticate:
 ///   Bearer` challenge otherwise.
+/// * `POST /grpc.health.v1.Health/Check` over HTTP/2, which an HTTPS
+///   emulator offers through ALPN ([`EmulatorBuilder::https`]): the gRPC
+///   health check, `SERVING` with a bearer token that `/v1/ping` would
+///   accept, status `UNAUTHENTICATED` otherwise. Counted with the protected
+///   resource's requests.
 /// * 404 for every other path.
 ///
 /// [`Emulator::inject`] and [`Emulator::inject_times`] make the token
@@ -99,31 +112,15 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 /// ```
 pub struct Emulator {
     addr: SocketAddr,
+    /// The CA certificate (PEM) of an HTTPS emulator.
+    ca_pem: Option<String>,
     state: Arc<State>,
     accept_loop: JoinHandle<()>,
     /// Never sent on: dropping it (with the handle) releases hung requests.
     _shutdown: watch::Sender<()>,
 }
 
-/// Configures and starts an [`Emulator`]; see [`Emulator::builder`].
-///
-/// `Debug` shows the client ids, never the secrets.
-#[derive(Clone)]
-pub struct EmulatorBuilder {
-    clients: Vec<(String, String)>,
-    expires_in: Duration,
-}
-
 impl Emulator {
-    /// A builder to register clients and set the token lifetime before
-    /// starting.
-    pub fn builder() -> EmulatorBuilder {
-        EmulatorBuilder {
-            clients: Vec::new(),
-            expires_in: DEFAULT_EXPIRES_IN,
-        }
-    }
-
     /// Starts an emulator with the default client (`routera-test-client` /
     /// `routera-test-secret`) and one-hour tokens.
     ///
@@ -139,14 +136,39 @@ impl Emulator {
         self.addr
     }
 
-    /// The token endpoint URL, `http://127.0.0.1:PORT/oauth2/token`.
+    /// The token endpoint URL, `http://127.0.0.1:PORT/oauth2/token`
+    /// (`https://` when serving HTTPS).
     pub fn token_url(&self) -> String {
-        format!("http://{}{TOKEN_PATH}", self.addr)
+        format!("{}{TOKEN_PATH}", self.base_url())
     }
 
-    /// The protected resource URL, `http://127.0.0.1:PORT/v1/ping`.
+    /// The protected resource URL, `http://127.0.0.1:PORT/v1/ping`
+    /// (`https://` when serving HTTPS).
     pub fn resource_url(&self) -> String {
-        format!("http://{}{RESOURCE_PATH}", self.addr)
+        format!("{}{RESOURCE_PATH}", self.base_url())
+    }
+
+    /// The URL of the server itself, `http://127.0.0.1:PORT` or
+    /// `https://127.0.0.1:PORT`: for a gRPC channel to the health service.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM certificate of the CA that issued the server certificate of
+    /// an HTTPS emulator ([`EmulatorBuilder::https`]); `None` for plain
+    /// HTTP.
+    ///
+    /// Each emulator generates a CA of its own: a client that trusts this
+    /// one trusts this emulator only. With
+    /// [`EmulatorBuilder::https_self_signed`], the server certificate is not
+    /// issued by this CA.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The credentials of the first registered client, with its current
@@ -300,70 +322,11 @@ impl fmt::Debug for Emulator {
         let client_ids: Vec<&str> = clients.iter().map(|(id, _)| id.as_str()).collect();
         f.debug_struct("Emulator")
             .field("addr", &self.addr)
+            .field("https", &self.ca_pem.is_some())
             .field("client_ids", &client_ids)
             .field("exchange_count", &self.exchange_count())
             .field("token_requests", &self.token_requests())
             .field("resource_requests", &self.resource_requests())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for EmulatorBuilder {
-    fn default() -> Self {
-        Emulator::builder()
-    }
-}
-
-impl EmulatorBuilder {
-    /// Registers a client. May be called several times; registering an id
-    /// again replaces its secret. Without any call, one client
-    /// `routera-test-client` / `routera-test-secret` is registered.
-    /// [`Emulator::credentials`] returns the first client registered.
-    pub fn client(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
-        set_client(&mut self.clients, id.into(), secret.into());
-        self
-    }
-
-    /// The lifetime of issued tokens (default one hour); see
-    /// [`Emulator::set_expires_in`].
-    pub fn expires_in(mut self, lifetime: Duration) -> Self {
-        self.expires_in = lifetime;
-        self
-    }
-
-    /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
-    ///
-    /// # Errors
-    ///
-    /// The I/O error if binding fails.
-    pub async fn start(self) -> std::io::Result<Emulator> {
-        let mut clients = self.clients;
-        if clients.is_empty() {
-            clients.push((
-                DEFAULT_CLIENT_ID.to_owned(),
-                DEFAULT_CLIENT_SECRET.to_owned(),
-            ));
-        }
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-        let addr = listener.local_addr()?;
-        let (shutdown_sender, shutdown) = watch::channel(());
-        let state = Arc::new(State::new(clients, self.expires_in, shutdown));
-        let accept_loop = tokio::spawn(server::accept_loop(listener, Arc::clone(&state)));
-        Ok(Emulator {
-            addr,
-            state,
-            accept_loop,
-            _shutdown: shutdown_sender,
-        })
-    }
-}
-
-impl fmt::Debug for EmulatorBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let client_ids: Vec<&str> = self.clients.iter().map(|(id, _)| id.as_str()).collect();
-        f.debug_struct("EmulatorBuilder")
-            .field("client_ids", &client_ids)
-            .field("expires_in", &self.expires_in)
             .finish_non_exhaustive()
     }
 }

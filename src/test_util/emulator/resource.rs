@@ -81,7 +81,7 @@ fn unauthorized(body: serde_json::Value, challenge: &'static str) -> Response<Bo
 }
 
 /// Why `token` is not accepted, if it is not.
-fn token_problem(state: &State, token: &str) -> Option<&'static str> {
+pub(super) fn token_problem(state: &State, token: &str) -> Option<&'static str> {
     match lock(&state.tokens).by_value.get(token) {
         None => Some("unknown token"),
         Some(issued) if issued.revoked => Some("token revoked"),
@@ -92,7 +92,7 @@ fn token_problem(state: &State, token: &str) -> Option<&'static str> {
 
 /// The token of an `Authorization: Bearer <token>` value (scheme in any
 /// case), if there is one.
-fn bearer_token(authorization: &str) -> Option<&str> {
+pub(super) fn bearer_token(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("Bearer") && !token.is_empty()).then_some(token)

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+use super::grpc::{self, HEALTH_CHECK_PATH};
 use super::resource::{self, RESOURCE_PATH};
 use super::state::State;
 use super::token_endpoint::{self, TOKEN_PATH};
@@ -44,8 +45,18 @@ impl fmt::Display for Aborted {
 
 impl StdError for Aborted {}
 
+/// How the emulator's connections are served.
+#[derive(Clone)]
+pub(super) enum Transport {
+    /// Plain HTTP/1.1.
+    Http,
+    /// TLS, then HTTP/2 or HTTP/1.1 as ALPN chose.
+    #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
+    Https(tokio_rustls::TlsAcceptor),
+}
+
 /// Accepts connections until the task is aborted, one task per connection.
-pub(super) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+pub(super) async fn accept_loop(listener: TcpListener, transport: Transport, state: Arc<State>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
@@ -57,26 +68,42 @@ pub(super) async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             }
         };
         let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { route(&state, request).await }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "routera emulator: connection error");
+        match &transport {
+            Transport::Http => {
+                tokio::spawn(serve_http1(TokioIo::new(stream), state));
             }
-        });
+            #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
+            Transport::Https(acceptor) => {
+                tokio::spawn(super::tls::serve(acceptor.clone(), stream, state));
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection until it closes.
+pub(super) async fn serve_http1<I>(io: I, state: Arc<State>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| route(Arc::clone(&state), request));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service);
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "routera emulator: connection error");
     }
 }
 
 /// Dispatches on the path. An error closes the connection without an answer.
-async fn route(state: &State, request: Request<Incoming>) -> Result<Response<Body>, Aborted> {
+pub(super) async fn route(
+    state: Arc<State>,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Aborted> {
+    let state = &*state;
     match request.uri().path() {
         TOKEN_PATH => token_endpoint::serve(state, request).await,
         RESOURCE_PATH => Ok(resource::serve(state, request.headers())),
+        HEALTH_CHECK_PATH => Ok(grpc::health_check(state, request).await),
         _ => Ok(json_response(
             StatusCode::NOT_FOUND,
             &json!({ "error": "not_found" }),
