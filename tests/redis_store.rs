@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use routera_auth::store::{RedisStore, StoreError, StoreKeys, StoredToken, TokenStore};
 use routera_auth::test_util::RedisServer;
 
-/// The store's response timeout (`RedisStore::manager_config`).
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The store's response timeout.
+const RESPONSE_TIMEOUT: Duration = RedisStore::RESPONSE_TIMEOUT;
 /// The bound on any single operation in these tests: far beyond what a
 /// working store takes, well short of a hang.
 const BOUND: Duration = Duration::from_secs(5);
