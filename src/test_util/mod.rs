@@ -153,8 +153,14 @@ mod emulator;
 mod memory_store;
 mod mock;
 #[cfg(feature = "redis")]
-mod redis_server;
+mod redis;
 
+#[cfg(feature = "redis-cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+pub use self::redis::RedisCluster;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisServer, RedisTlsServer, TestCa};
 pub use emulator::{
     Emulator, EmulatorBuilder, EmulatorExchange, Fault, RecordedRequest, TokenValidator,
 };
@@ -162,6 +168,3 @@ pub use emulator::{
 #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
 pub use memory_store::MemoryStore;
 pub use mock::{MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockAnswer, MockExchange};
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis_server::RedisServer;

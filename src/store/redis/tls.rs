@@ -192,7 +192,10 @@ impl Connector {
                     .connect(name, tcp)
                     .await
                     .map_err(|error| handshake_error(server, error))?;
-                spawn(MultiplexedConnection::new_with_config(connection, stream, config).await)
+                spawn(
+                    server,
+                    MultiplexedConnection::new_with_config(connection, stream, config).await,
+                )
             }
             #[cfg(feature = "native-tls")]
             Connector::Native(connector) => {
@@ -200,21 +203,42 @@ impl Connector {
                     .connect(host, tcp)
                     .await
                     .map_err(|error| handshake_error(server, io::Error::other(error)))?;
-                spawn(MultiplexedConnection::new_with_config(connection, stream, config).await)
+                spawn(
+                    server,
+                    MultiplexedConnection::new_with_config(connection, stream, config).await,
+                )
             }
         }
     }
 }
 
 /// The connection of `opened`, its driver spawned on the runtime.
+///
+/// A connection closed while it was set up, right after the handshake, is
+/// most often a server that wanted a client certificate: with TLS 1.3 the
+/// client learns it only then.
 #[cfg(any(feature = "rustls", feature = "rustls-ring", feature = "native-tls"))]
 fn spawn<F>(
+    server: &str,
     opened: redis::RedisResult<(MultiplexedConnection, F)>,
 ) -> redis::RedisResult<MultiplexedConnection>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (connection, driver) = opened?;
+    let (connection, driver) = opened.map_err(|error| {
+        if !error.is_io_error() {
+            return error;
+        }
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!(
+                "Redis at {server} closed the TLS connection right after the handshake \
+                 ({error}); if it requires a client certificate (tls-auth-clients), give one \
+                 that its CA signed with RedisStoreBuilder::client_certificate"
+            ),
+        )
+        .into()
+    })?;
     tokio::spawn(driver);
     Ok(connection)
 }
