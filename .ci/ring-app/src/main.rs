@@ -4,15 +4,20 @@
 //! 1. Builds the exchange's client (`HttpTokenExchange::reqwest()`, rustls
 //!    on ring, the provider given explicitly) and checks that this installed
 //!    no process-wide default `CryptoProvider`.
-//! 2. Calls `rustls::ClientConfig::builder()`, which picks the process-level
+//! 2. Shares a token through a `RedisStore` over TLS (rustls on ring)
+//!    with a real `redis-server` serving TLS (`test_util::RedisTlsServer`),
+//!    and checks again that no process-wide provider was installed.
+//! 3. Calls `rustls::ClientConfig::builder()`, which picks the process-level
 //!    provider from rustls's features and panics if it cannot: with
 //!    aws-lc-rs in the build beside ring, it would.
-//! 3. Completes a token exchange against the in-process emulator through a
+//! 4. Completes a token exchange against the in-process emulator through a
 //!    `TokenProvider` over that exchange.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use routera_auth::test_util::Emulator;
+use routera_auth::store::{RedisStore, RedisTls, StoreKeys, TokenStore};
+use routera_auth::test_util::{Emulator, RedisTlsServer};
 use routera_auth::{BoxError, HttpTokenExchange, TokenProvider};
 
 #[tokio::main]
@@ -41,6 +46,23 @@ async fn run() -> Result<(), BoxError> {
         return Err("building the exchange installed a process-wide CryptoProvider".into());
     }
 
+    if RedisTls::from_features() != Some(RedisTls::RustlsRing) {
+        return Err(format!("RedisStore's TLS is {:?}", RedisTls::from_features()).into());
+    }
+    let redis = RedisTlsServer::start().await?;
+    let store = RedisStore::builder(&redis.url())
+        .add_root_certificates(redis.ca_pem())
+        .connect()
+        .await?;
+    let keys = StoreKeys::new("ring-app", "tls");
+    if !store.lock(&keys, "ring-app", Duration::from_secs(5)).await? {
+        return Err("the lock on the TLS Redis was not taken".into());
+    }
+    if rustls::crypto::CryptoProvider::get_default().is_some() {
+        return Err("the TLS connection to Redis installed a process-wide CryptoProvider".into());
+    }
+    println!("ring-app: RedisStore over TLS (rustls on ring) done");
+
     // The application's own TLS: panics if rustls cannot pick a provider.
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(rustls::RootCertStore::empty())
@@ -63,5 +85,6 @@ async fn run() -> Result<(), BoxError> {
         .into());
     }
     println!("ring-app: token exchange over HttpTokenExchange::reqwest() (rustls on ring) done");
+
     Ok(())
 }
