@@ -85,7 +85,10 @@
 //!   exchange, on a [`store::TokenStore`] backend; and
 //!   `test_util::MemoryStore` with `test-util`.
 //! - `redis`: [`store::RedisStore`], the shared store on Redis 6+ or
-//!   Valkey; and `test_util::RedisServer` with `test-util`.
+//!   Valkey, over TLS with a TLS feature; and `test_util::RedisServer`
+//!   and `test_util::RedisTlsServer` with `test-util`.
+//! - `redis-cluster`: `store::RedisStore::cluster`, on a Redis Cluster;
+//!   and `test_util::RedisCluster` with `test-util`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -23,14 +23,13 @@ const URL_FORMS: &str = "expected redis://[[user]:password@]host[:port][/db], \
 /// `redis-cluster`).
 ///
 /// ```no_run
-/// # fn run() -> Result<(), routera_auth::store::StoreError> {
+/// # fn run(ca_pem: &[u8]) -> Result<(), routera_auth::store::StoreError> {
 /// use std::time::Duration;
 /// use routera_auth::store::RedisStore;
 ///
-/// let ca = b"-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n";
 /// let store = RedisStore::builder("rediss://:password@redis.internal:6380")
 ///     // Trusted besides the platform's roots.
-///     .add_root_certificates(&ca[..])
+///     .add_root_certificates(ca_pem)
 ///     .response_timeout(Duration::from_millis(100))
 ///     .build()?;
 /// # let _ = store;
@@ -176,7 +175,7 @@ impl RedisStoreBuilder {
             .set_connection_timeout(Some(self.timeouts.connection))
             .set_response_timeout(Some(self.timeouts.response));
         let link = Link::Manager {
-            client: Some((client, config)),
+            client: Some(Box::new((client, config))),
             manager: OnceLock::new(),
         };
         Ok((server, link))
@@ -256,7 +255,7 @@ impl RedisStoreBuilder {
                 )
             })?;
         let link = Link::Cluster {
-            client,
+            client: Box::new(client),
             connection_timeout: connection,
             response_timeout: response,
             connection: OnceLock::new(),

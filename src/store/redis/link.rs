@@ -16,7 +16,7 @@ pub(super) enum Link {
     /// built on the first operation (from `client`, with `config`), or
     /// given as is.
     Manager {
-        client: Option<(Client, ConnectionManagerConfig)>,
+        client: Option<Box<(Client, ConnectionManagerConfig)>>,
         manager: OnceLock<ConnectionManager>,
     },
     /// One server over TLS (`rediss://`), on the crate's own handshake.
@@ -25,7 +25,7 @@ pub(super) enum Link {
     /// first operation.
     #[cfg(feature = "redis-cluster")]
     Cluster {
-        client: redis::cluster::ClusterClient,
+        client: Box<redis::cluster::ClusterClient>,
         connection_timeout: Duration,
         response_timeout: Duration,
         connection: OnceLock<redis::cluster_async::ClusterConnection>,
@@ -50,7 +50,7 @@ impl Link {
                 if let Some(manager) = manager.get() {
                     return Ok(Connection::Manager(manager.clone()));
                 }
-                let Some((client, config)) = client else {
+                let Some((client, config)) = client.as_deref() else {
                     return Err(RedisStoreError::new("the store has no connection manager"));
                 };
                 runtime()?;

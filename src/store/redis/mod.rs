@@ -255,7 +255,7 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 server: Some(client.get_connection_info().addr().to_string()),
                 link: Link::Manager {
-                    client: Some((client, Self::manager_config())),
+                    client: Some(Box::new((client, Self::manager_config()))),
                     manager: std::sync::OnceLock::new(),
                 },
             }),

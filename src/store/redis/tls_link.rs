@@ -141,10 +141,10 @@ impl TlsLink {
     /// After a failure that leaves connection `number` unusable (dropped,
     /// reset, a broken stream), makes the next command open a new one.
     async fn check<T>(&self, number: u64, result: &redis::RedisResult<T>) {
-        if let Err(error) = result {
-            if error.is_unrecoverable_error() || error.is_connection_dropped() {
-                self.forget(number).await;
-            }
+        if let Err(error) = result
+            && (error.is_unrecoverable_error() || error.is_connection_dropped())
+        {
+            self.forget(number).await;
         }
     }
 }
