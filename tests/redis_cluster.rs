@@ -210,3 +210,27 @@ async fn the_keys_master_killed_under_load_fails_no_request_and_sharing_resumes(
     assert!(shared >= 3, "{shared} replicas took the shared token");
     assert_eq!(nodes_with_keys(&cluster).await, holding);
 }
+
+#[test]
+fn a_cluster_store_needs_nodes_and_plain_urls() {
+    let error = RedisStore::cluster(Vec::<String>::new()).unwrap_err();
+    assert!(
+        error.to_string().contains("no Redis Cluster node"),
+        "{error}"
+    );
+    let error =
+        RedisStore::cluster(["redis://127.0.0.1:7000", "rediss://127.0.0.1:7001"]).unwrap_err();
+    assert!(
+        error.to_string().contains("does not connect over TLS"),
+        "{error}"
+    );
+    let error = RedisStore::cluster(["http://127.0.0.1:7000"]).unwrap_err();
+    assert!(
+        error.to_string().contains("invalid Redis Cluster node URL"),
+        "{error}"
+    );
+    let store = RedisStore::cluster(["redis://:hunter2@127.0.0.1:7000"]).unwrap();
+    let debug = format!("{store:?}");
+    assert!(debug.contains("cluster 127.0.0.1:7000"), "{debug}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+}
