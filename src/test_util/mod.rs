@@ -146,6 +146,16 @@
 //! # }
 //! ```
 //!
+//! # A fleet's Redis: `RedisServer`, `RedisTlsServer`, `RedisCluster`
+//!
+//! With the feature `redis`, `RedisServer` runs a real `redis-server`
+//! (Debian package `redis-server`) on a unix socket, to kill, restart,
+//! freeze and read back; `RedisTlsServer` runs one that serves TLS with a
+//! `TestCa`-made certificate (and can require client certificates); with
+//! `redis-cluster`, `RedisCluster` runs a Redis Cluster of three masters
+//! (`redis-cli` from the Debian package `redis-tools` creates it). A test
+//! that cannot find these binaries fails with the package to install.
+//!
 //! This module is for tests: the emulator is not a hardened server.
 
 mod emulator;
