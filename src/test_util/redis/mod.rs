@@ -6,6 +6,7 @@
 mod certs;
 #[cfg(feature = "redis-cluster")]
 mod cluster;
+mod readback;
 mod server;
 mod tls;
 
