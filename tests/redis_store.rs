@@ -940,3 +940,25 @@ async fn load_reports_the_times_left_as_redis_counts_them() {
     assert_eq!(unlocked.lock_ttl, None);
     assert!(unlocked.token_ttl.is_some());
 }
+
+#[test]
+fn the_store_timeouts_nest_within_the_operation_timeout() {
+    // An operation that reconnects first (its connection dropped) opens a
+    // connection and then waits for the answer: both fit in the shared
+    // cache's bound on the operation, so the store's own error is the one
+    // reported.
+    let inner = RedisStore::CONNECTION_TIMEOUT + RedisStore::RESPONSE_TIMEOUT;
+    assert!(
+        inner < routera_auth::store::DEFAULT_OPERATION_TIMEOUT,
+        "{inner:?}"
+    );
+    let config = RedisStore::manager_config();
+    assert_eq!(
+        config.response_timeout(),
+        Some(RedisStore::RESPONSE_TIMEOUT)
+    );
+    assert_eq!(
+        config.connection_timeout(),
+        Some(RedisStore::CONNECTION_TIMEOUT)
+    );
+}

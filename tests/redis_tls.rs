@@ -347,3 +347,69 @@ fn bad_certificates_are_clear_errors() {
         "{debug}"
     );
 }
+
+#[tokio::test]
+async fn a_frozen_tls_server_fails_operations_within_the_store_timeouts() {
+    let redis = tls_server().await;
+    let keys = StoreKeys::new("routera-auth", "frozen");
+    let Some(stack) = RedisTls::from_features() else {
+        unreachable!("a TLS feature is on");
+    };
+    let connected = RedisStore::builder(&redis.url())
+        .add_root_certificates(redis.ca_pem())
+        .tls(stack)
+        .connect()
+        .await
+        .unwrap();
+    let fresh = RedisStore::builder(&redis.url())
+        .add_root_certificates(redis.ca_pem())
+        .tls(stack)
+        .build()
+        .unwrap();
+    redis.server().freeze().unwrap();
+
+    // An open connection: the command's answer times out.
+    let started = Instant::now();
+    let error = connected.load(&keys).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        chain(&error).contains("did not answer in time"),
+        "{}",
+        chain(&error)
+    );
+    assert!(
+        elapsed >= RedisStore::RESPONSE_TIMEOUT - Duration::from_millis(20),
+        "{elapsed:?}"
+    );
+    assert!(
+        elapsed < RedisStore::RESPONSE_TIMEOUT + Duration::from_millis(500),
+        "{elapsed:?}"
+    );
+
+    // A new connection: the handshake gets no answer, the connection
+    // times out (the system accepts the TCP connection for the frozen
+    // server).
+    let started = Instant::now();
+    let error = fresh.load(&keys).await.unwrap_err();
+    let elapsed = started.elapsed();
+    let text = chain(&error);
+    assert!(text.contains("over TLS within 100 ms"), "{text}");
+    assert!(
+        elapsed >= RedisStore::CONNECTION_TIMEOUT - Duration::from_millis(20),
+        "{elapsed:?}"
+    );
+    assert!(
+        elapsed < RedisStore::CONNECTION_TIMEOUT + Duration::from_millis(500),
+        "{elapsed:?}"
+    );
+
+    redis.server().thaw().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fresh.load(&keys).await.is_err() || connected.load(&keys).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the store does not answer after a thaw"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
