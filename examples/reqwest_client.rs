@@ -60,11 +60,11 @@ async fn run() -> Result<(), BoxError> {
         .service(ReqwestService::new(reqwest::Client::new()));
 
     for i in 1..=4 {
-        if i == 3 {
-            if let Some(emulator) = &emulator {
-                emulator.revoke_all();
-                println!("(the emulator revoked every token it issued)");
-            }
+        if i == 3
+            && let Some(emulator) = &emulator
+        {
+            emulator.revoke_all();
+            println!("(the emulator revoked every token it issued)");
         }
         let request = http::Request::get(&api_url).body(String::new())?;
         let response = api.clone().oneshot(request).await?;

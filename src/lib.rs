@@ -90,7 +90,10 @@
 //!   client's token on it: many Routera clients in one process (see the
 //!   [`clients`] module).
 //! - `redis`: [`store::RedisStore`], the shared store on Redis 6+ or
-//!   Valkey; and `test_util::RedisServer` with `test-util`.
+//!   Valkey, over TLS with a TLS feature; and `test_util::RedisServer`
+//!   and `test_util::RedisTlsServer` with `test-util`.
+//! - `redis-cluster`: `store::RedisStore::cluster`, on a Redis Cluster;
+//!   and `test_util::RedisCluster` with `test-util`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -157,6 +160,7 @@ pub use token::{AccessToken, Token, TokenReason, TokenRequest};
     feature = "rustls",
     feature = "reqwest-middleware",
     feature = "redis",
+    feature = "redis-cluster",
     feature = "multi-client",
     feature = "test-util"
 ))]

@@ -119,10 +119,10 @@ where
             let request = request?;
             let token_url = to_token_endpoint.then(|| request.url().clone());
             let response = client.execute(request).await?;
-            if let Some(token_url) = token_url {
-                if response.url() != &token_url {
-                    return Err(redirect_followed(response.url()).into());
-                }
+            if let Some(token_url) = token_url
+                && response.url() != &token_url
+            {
+                return Err(redirect_followed(response.url()).into());
             }
             Ok(http::Response::from(response))
         })

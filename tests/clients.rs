@@ -56,10 +56,10 @@ impl Secrets {
             let secrets = secrets.clone();
             async move {
                 *secrets.lookups.lock().unwrap().entry(tenant).or_default() += 1;
-                if let Some((gated, gate)) = &secrets.gate {
-                    if *gated == tenant {
-                        drop(gate.acquire().await);
-                    }
+                if let Some((gated, gate)) = &secrets.gate
+                    && *gated == tenant
+                {
+                    drop(gate.acquire().await);
                 }
                 if !secrets.delay.is_zero() {
                     tokio::time::sleep(secrets.delay).await;

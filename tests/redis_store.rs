@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use routera_auth::store::{RedisStore, StoreError, StoreKeys, StoredToken, TokenStore};
 use routera_auth::test_util::RedisServer;
 
-/// The store's response timeout (`RedisStore::manager_config`).
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The store's response timeout.
+const RESPONSE_TIMEOUT: Duration = RedisStore::RESPONSE_TIMEOUT;
 /// The bound on any single operation in these tests: far beyond what a
 /// working store takes, well short of a hang.
 const BOUND: Duration = Duration::from_secs(5);
@@ -939,4 +939,26 @@ async fn load_reports_the_times_left_as_redis_counts_them() {
     let unlocked = bounded(store.load(&keys)).await.unwrap();
     assert_eq!(unlocked.lock_ttl, None);
     assert!(unlocked.token_ttl.is_some());
+}
+
+#[test]
+fn the_store_timeouts_nest_within_the_operation_timeout() {
+    // An operation that reconnects first (its connection dropped) opens a
+    // connection and then waits for the answer: both fit in the shared
+    // cache's bound on the operation, so the store's own error is the one
+    // reported.
+    let inner = RedisStore::CONNECTION_TIMEOUT + RedisStore::RESPONSE_TIMEOUT;
+    assert!(
+        inner < routera_auth::store::DEFAULT_OPERATION_TIMEOUT,
+        "{inner:?}"
+    );
+    let config = RedisStore::manager_config();
+    assert_eq!(
+        config.response_timeout(),
+        Some(RedisStore::RESPONSE_TIMEOUT)
+    );
+    assert_eq!(
+        config.connection_timeout(),
+        Some(RedisStore::CONNECTION_TIMEOUT)
+    );
 }

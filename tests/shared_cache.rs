@@ -636,3 +636,37 @@ async fn a_shared_token_about_to_stop_being_served_is_a_miss_not_a_failure() {
     assert_eq!(b.stats().failures, 0);
     assert!(b.timing().unwrap().served_until > Instant::now());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_finds_the_fleets_token_lets_the_next_call_use_the_store_at_once() {
+    let store = MemoryStore::new();
+    let exchange = MockExchange::new(HOUR);
+    let timeout = routera_auth::defaults::EXCHANGE_TIMEOUT;
+    let probing = replica_with(
+        cache(&store).breaker(1, Duration::from_secs(30)),
+        &exchange,
+        timeout,
+    );
+    store.set_failing(true);
+    let own = probing.token().await.unwrap();
+    assert_eq!(probing.cache.stats().fallbacks, 1, "its breaker is open");
+    store.set_failing(false);
+    let sharer = replica(&store, &exchange);
+    assert_eq!(sharer.token().await.unwrap().secret(), "token-2");
+
+    // Its probe takes the fleet's token (its own was rejected); its breaker
+    // stays open (a read shows nothing of writes), but its next call, well
+    // within the probe interval, uses the store again: its exchange is
+    // shared.
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(probing.invalidate(&own));
+    assert_eq!(probing.token().await.unwrap().secret(), "token-2");
+    assert_eq!(probing.refresh().await.unwrap().secret(), "token-3");
+    let stats = probing.cache.stats();
+    assert_eq!((stats.fallbacks, stats.hits, stats.lock_wins), (1, 1, 1));
+    tokio::task::yield_now().await;
+    assert_eq!(
+        replica(&store, &exchange).token().await.unwrap().secret(),
+        "token-3"
+    );
+}

@@ -484,10 +484,10 @@ impl TokenProvider {
             if let Some(cached) = (!refresh).then(|| self.fresh()).flatten() {
                 return Ok(cached);
             }
-            if let Some((error, retry_at)) = &lock(&self.shared().seed).backoff {
-                if Instant::now() < *retry_at {
-                    return Err(error.clone());
-                }
+            if let Some((error, retry_at)) = &lock(&self.shared().seed).backoff
+                && Instant::now() < *retry_at
+            {
+                return Err(error.clone());
             }
             let (answer, answered) = oneshot::channel();
             let message = if refresh {

@@ -179,11 +179,12 @@ where
     /// A caller waits for the exchange in flight or the next one, or gets
     /// the last error at once while failed exchanges back off.
     fn join(&mut self, answer: Answer, forced: bool, busy: bool, now: Instant) {
-        if let Some((error, retry_at)) = &lock(&self.shared.seed).backoff {
-            if !busy && now < *retry_at {
-                drop(answer.send(Err(error.clone())));
-                return;
-            }
+        if let Some((error, retry_at)) = &lock(&self.shared.seed).backoff
+            && !busy
+            && now < *retry_at
+        {
+            drop(answer.send(Err(error.clone())));
+            return;
         }
         if !forced {
             self.shared.note(Event::Wait);

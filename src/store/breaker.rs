@@ -65,6 +65,16 @@ impl Breaker {
         }
     }
 
+    /// The store answered without showing that it takes writes (a read, a
+    /// script that did not write): it stays open, but the next call may
+    /// probe at once, so that a replica that took a token from the store
+    /// and must renew it soon after does not exchange without it.
+    pub(super) fn answered(&mut self, now: Instant) {
+        if let Some(at) = &mut self.next_probe {
+            *at = (*at).min(now);
+        }
+    }
+
     /// The store accepted a write: the breaker closes. Whether a failure
     /// came before it (the store is back).
     pub(super) fn wrote(&mut self) -> bool {
@@ -111,7 +121,12 @@ mod tests {
         assert_eq!(breaker.failed(due), Failure::StillOpen);
         assert!(!breaker.admits(due + PROBE / 2));
 
-        assert!(breaker.admits(due + PROBE));
+        // A probe whose read is answered lets the next call probe at once.
+        let next = due + PROBE;
+        assert!(breaker.admits(next));
+        breaker.answered(next);
+        assert!(breaker.is_open(), "a read does not close it");
+        assert!(breaker.admits(next), "but the next call may probe");
         assert!(breaker.wrote(), "after it was open");
         assert!(!breaker.is_open());
         assert!(breaker.admits(due + PROBE));

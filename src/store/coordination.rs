@@ -160,17 +160,17 @@ impl Fleet {
                 }
                 return Decision::Stored(token);
             }
-            if let Usable::Unreadable(fingerprint) = usable {
-                if !replaced {
-                    // A miss this replica may replace through the lock:
-                    // removed if it is still there, then looked for again.
-                    replaced = true;
-                    let remove = self.config.store.remove(&keys, &fingerprint);
-                    if call.call(remove).await.is_none() {
-                        return call.fall_back(lock);
-                    }
-                    continue;
+            if let Usable::Unreadable(fingerprint) = usable
+                && !replaced
+            {
+                // A miss this replica may replace through the lock: removed
+                // if it is still there, then looked for again.
+                replaced = true;
+                let remove = self.config.store.remove(&keys, &fingerprint);
+                if call.call(remove).await.is_none() {
+                    return call.fall_back(lock);
                 }
+                continue;
             }
             if !waiting && lock.is_none() {
                 self.count(|s| &mut s.misses);

@@ -162,7 +162,11 @@ impl Fleet {
         let timeout = self.config.operation_timeout;
         let error = match tokio::time::timeout(timeout, operation).await {
             Ok(Ok(value)) => {
-                if writes && self.state().breaker.wrote() {
+                let mut state = self.state();
+                if !writes {
+                    state.breaker.answered(Instant::now());
+                } else if state.breaker.wrote() {
+                    drop(state);
                     tracing::info!("shared token store accepts writes again; sharing resumes");
                 }
                 return Some(value);

@@ -142,7 +142,7 @@ pub use layer::{
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::RedisStore;
+pub use redis::{RedisStore, RedisStoreBuilder, RedisTls};
 pub use seal::StoreKeyRing;
 pub use service::SharedExchange;
 

@@ -159,7 +159,7 @@ impl Sealer {
     ) -> Option<StoredToken> {
         let (id, cipher) = self.ciphers.first()?;
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::getrandom(&mut nonce).ok()?;
+        getrandom::fill(&mut nonce).ok()?;
         let aad = self.aad(id, issued_at_ms, expires_at_ms);
         let payload = Payload {
             msg: token.as_bytes(),
@@ -245,7 +245,7 @@ fn hex(bytes: &[u8]) -> String {
 /// A random id, to tell one lock owner from another.
 pub(crate) fn random_id() -> Option<String> {
     let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).ok()?;
+    getrandom::fill(&mut bytes).ok()?;
     Some(hex(&bytes))
 }
 

@@ -223,10 +223,10 @@ impl MockExchange {
             (script.answers.pop_front(), script.outage.clone())
         };
         self.state.finished.fetch_add(1, Ordering::SeqCst);
-        if let Some((until, error)) = outage {
-            if Instant::now() < until {
-                return Err(error);
-            }
+        if let Some((until, error)) = outage
+            && Instant::now() < until
+        {
+            return Err(error);
         }
         match answer {
             Some(MockAnswer::Token(token)) => Ok(token),

@@ -146,6 +146,16 @@
 //! # }
 //! ```
 //!
+//! # A fleet's Redis: `RedisServer`, `RedisTlsServer`, `RedisCluster`
+//!
+//! With the feature `redis`, `RedisServer` runs a real `redis-server`
+//! (Debian package `redis-server`) on a unix socket, to kill, restart,
+//! freeze and read back; `RedisTlsServer` runs one that serves TLS with a
+//! `TestCa`-made certificate (and can require client certificates); with
+//! `redis-cluster`, `RedisCluster` runs a Redis Cluster of three masters
+//! (`redis-cli` from the Debian package `redis-tools` creates it). A test
+//! that cannot find these binaries fails with the package to install.
+//!
 //! This module is for tests: the emulator is not a hardened server.
 
 mod emulator;
@@ -153,8 +163,14 @@ mod emulator;
 mod memory_store;
 mod mock;
 #[cfg(feature = "redis")]
-mod redis_server;
+mod redis;
 
+#[cfg(feature = "redis-cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+pub use self::redis::RedisCluster;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisServer, RedisTlsServer, TestCa};
 pub use emulator::{
     Emulator, EmulatorBuilder, EmulatorExchange, Fault, RecordedRequest, TokenValidator,
 };
@@ -162,6 +178,3 @@ pub use emulator::{
 #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
 pub use memory_store::MemoryStore;
 pub use mock::{MOCK_CLIENT_ID, MOCK_CLIENT_SECRET, MockAnswer, MockExchange};
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis_server::RedisServer;

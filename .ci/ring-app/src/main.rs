@@ -4,22 +4,26 @@
 //! 1. Builds the exchange's client (`HttpTokenExchange::reqwest()`, rustls
 //!    on ring, the provider given explicitly) and checks that this installed
 //!    no process-wide default `CryptoProvider`.
-//! 2. Calls `rustls::ClientConfig::builder()`, which picks the process-level
+//! 2. Shares a token through a `RedisStore` over TLS (rustls on ring)
+//!    with a real `redis-server` serving TLS (`test_util::RedisTlsServer`),
+//!    and checks again that no process-wide provider was installed.
+//! 3. Calls `rustls::ClientConfig::builder()`, which picks the process-level
 //!    provider from rustls's features and panics if it cannot: with
 //!    aws-lc-rs in the build beside ring, it would.
-//! 3. Completes a token exchange against the in-process emulator through a
+//! 4. Completes a token exchange against the in-process emulator through a
 //!    `TokenProvider` over that exchange.
-//! 4. Completes token exchanges over real TLS handshakes against the
+//! 5. Completes token exchanges over real TLS handshakes against the
 //!    emulator serving HTTPS (its server on ring too): through a reqwest
 //!    client of the application's own on ring that trusts the emulator's
 //!    CA, and through `HttpTokenExchange::reqwest()` in a child process (this
 //!    program run again) whose `SSL_CERT_FILE` holds that CA.
 
 use std::process::ExitCode;
-
 use std::sync::Arc;
+use std::time::Duration;
 
-use routera_auth::test_util::Emulator;
+use routera_auth::store::{RedisStore, RedisTls, StoreKeys, TokenStore};
+use routera_auth::test_util::{Emulator, RedisTlsServer};
 use routera_auth::{BoxError, HttpTokenExchange, ReqwestService, TokenProvider};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -55,6 +59,23 @@ async fn run() -> Result<(), BoxError> {
     if rustls::crypto::CryptoProvider::get_default().is_some() {
         return Err("building the exchange installed a process-wide CryptoProvider".into());
     }
+
+    if RedisTls::from_features() != Some(RedisTls::RustlsRing) {
+        return Err(format!("RedisStore's TLS is {:?}", RedisTls::from_features()).into());
+    }
+    let redis = RedisTlsServer::start().await?;
+    let store = RedisStore::builder(&redis.url())
+        .add_root_certificates(redis.ca_pem())
+        .connect()
+        .await?;
+    let keys = StoreKeys::new("ring-app", "tls");
+    if !store.lock(&keys, "ring-app", Duration::from_secs(5)).await? {
+        return Err("the lock on the TLS Redis was not taken".into());
+    }
+    if rustls::crypto::CryptoProvider::get_default().is_some() {
+        return Err("the TLS connection to Redis installed a process-wide CryptoProvider".into());
+    }
+    println!("ring-app: RedisStore over TLS (rustls on ring) done");
 
     // The application's own TLS: panics if rustls cannot pick a provider.
     let config = rustls::ClientConfig::builder()

@@ -35,7 +35,12 @@ impl RedisStoreError {
     pub(super) fn operation(operation: &'static str, source: RedisError) -> Self {
         let what = if source.is_timeout() {
             "Redis did not answer in time"
-        } else if source.is_connection_refusal() || source.is_connection_dropped() {
+        } else if source.is_connection_refusal()
+            || source.is_connection_dropped()
+            || source.is_io_error()
+        {
+            // An I/O error is one of connecting: a TLS handshake that
+            // failed, a host that could not be resolved.
             "no connection to Redis"
         } else {
             "Redis refused or failed it"

@@ -1,33 +1,39 @@
-//! [`RedisStore`]: the [`TokenStore`] on Redis 6+ or Valkey.
+//! [`RedisStore`]: the [`TokenStore`] on Redis 6+ or Valkey, one server or
+//! a Redis Cluster, over TCP, TLS or a unix socket.
 
+mod builder;
 mod error;
+mod link;
 mod scripts;
 #[cfg(test)]
 mod tests;
+mod tls;
+mod tls_link;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, RedisResult, Value};
 
+pub use self::builder::RedisStoreBuilder;
 use self::error::RedisStoreError;
+use self::link::{Connection, Link};
 use self::scripts::{BACK_OFF, FIELDS, REMOVE, RENEW, SAVE, UNLOCK, millis, parse_token};
+pub use self::tls::RedisTls;
 use super::{Snapshot, StoreError, StoreFuture, StoreKeys, StoredToken, TokenStore};
 
-/// How long a command may wait for its answer before it fails.
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
-/// How long one attempt to connect may take.
-const CONNECTION_TIMEOUT: Duration = Duration::from_millis(500);
 /// Attempts to reconnect after the first one fails, within one reconnection:
 /// none, so that an operation fails at once while Redis is down (the
 /// manager's retries are spaced by sleeps); the next operation starts a new
 /// reconnection, and [`RedisStore::run`] gives each operation one more try.
 const RECONNECT_RETRIES: usize = 0;
 
-/// The shared token store on Redis 6 or later, or Valkey (feature `redis`).
+/// The shared token store on Redis 6 or later, or Valkey (feature `redis`):
+/// one server, over TCP, TLS (`rediss://`) or a unix socket; or a Redis
+/// Cluster (feature `redis-cluster`).
 ///
 /// The public API takes and gives types of the [`redis`](https://docs.rs/redis/1)
 /// crate, major version 1 (`redis::Client`,
@@ -52,22 +58,60 @@ const RECONNECT_RETRIES: usize = 0;
 ///
 /// Every operation is one round trip and atomic: those that read and write
 /// are Lua scripts (`EVALSHA`, loaded again after a restart of Redis). All
-/// keys of a client share one hash tag, so they would sit on one Redis
-/// Cluster slot; but the connection manager talks to one server and does
-/// not follow a cluster's `MOVED` redirects: use a single Redis (or one
-/// with replicas behind a failover address), or implement [`TokenStore`]
-/// on a cluster client.
+/// keys of a client share one hash tag (`{…}`), so on a Redis Cluster they
+/// sit on one slot, on one master: each script and the `MULTI`/`EXEC` of a
+/// load run on that master alone.
+///
+/// # TLS
+///
+/// A `rediss://` URL (or `valkeys://`) connects over TLS, with the stack of
+/// the crate's TLS features ([`RedisTls`]): rustls with aws-lc-rs
+/// (`rustls`) or ring (`rustls-ring`), each given its provider explicitly
+/// (no process-wide default `CryptoProvider` is needed or installed) and
+/// verifying the server against the platform's roots; or the platform's
+/// TLS (`native-tls`). The server's certificate is always checked, against
+/// its host name or IP address. [`RedisStore::builder`] adds roots (a
+/// private CA) and a client certificate (mutual TLS):
+///
+/// ```no_run
+/// # async fn run(ca: &[u8], cert: &[u8], key: &[u8]) -> Result<(), routera_auth::store::StoreError> {
+/// use routera_auth::store::RedisStore;
+///
+/// let store = RedisStore::builder("rediss://:password@redis.internal:6380/0")
+///     .add_root_certificates(ca)
+///     .client_certificate(cert, key)
+///     .connect()
+///     .await?;
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A handshake that fails (a certificate not trusted, a client certificate
+/// missing or refused) is a failed operation whose error says why and what
+/// to give; the provider then exchanges on its own, as for any failure of
+/// the store.
+///
+/// # Redis Cluster
+///
+/// `RedisStore::cluster` (feature `redis-cluster`) takes the URLs of one or
+/// more nodes and follows the cluster's slots, redirections and failovers
+/// with the `redis` crate's async cluster client. It does not connect over
+/// TLS.
 ///
 /// # Connections and failures
 ///
-/// One multiplexed connection ([`ConnectionManager`]) carries every
-/// operation; clones of the store share it. It is opened on the first
+/// One multiplexed connection carries every operation (one per master on a
+/// cluster); clones of the store share it. It is opened on the first
 /// operation (except with [`RedisStore::connect`]), which must run on a
 /// Tokio runtime, and reopened by itself after Redis restarts or the
-/// connection drops. The settings ([`RedisStore::manager_config`]):
+/// connection drops:
 ///
-/// - a command fails if Redis does not answer it within 500 ms (a frozen
-///   or overloaded server), and an attempt to connect fails after 500 ms;
+/// - a command fails if Redis does not answer it within
+///   [`RedisStore::RESPONSE_TIMEOUT`] (125 ms: a frozen or overloaded
+///   server), and opening a connection (TCP, the TLS handshake and the
+///   authentication) fails after [`RedisStore::CONNECTION_TIMEOUT`]
+///   (100 ms); [`RedisStoreBuilder`] sets both;
 /// - a lost connection is reopened at once, with a single attempt; while
 ///   Redis is down each operation fails at once (a refused connection) or
 ///   after the connection timeout (an unreachable host), and makes a new
@@ -78,17 +122,26 @@ const RECONNECT_RETRIES: usize = 0;
 ///   tried again only if the connection was refused: a `SET NX` that
 ///   Redis may have applied is not repeated.
 ///
-/// Each failure is a [`StoreError`] with the Redis error as its source; the
-/// provider also bounds each operation with its own timeout
-/// ([`SharedCache::operation_timeout`](super::SharedCache::operation_timeout))
-/// and exchanges on its own while the store fails.
+/// **The timeouts nest.** The provider bounds each store operation with
+/// [`SharedCache::operation_timeout`](super::SharedCache::operation_timeout)
+/// (250 ms by default) and exchanges on its own when it passes. Inside it,
+/// an operation whose connection has just dropped opens a new one (100 ms
+/// at most) and waits for the answer (125 ms at most): 225 ms, within the
+/// 250 ms, so the store's own error ("did not answer in time", "no
+/// connection to Redis") is what the log shows. On a cluster, a command's
+/// redirections and reconnections together are bounded by the same
+/// 225 ms. If you lower the operation timeout, lower these two with
+/// [`RedisStoreBuilder`] so that their sum stays within it. Each failure
+/// is a [`StoreError`] with the Redis error as its source.
 ///
 /// # Starting while Redis is down
 ///
-/// [`RedisStore::open`] and [`RedisStore::new`] do not connect: the
-/// application starts whether Redis is up or not, and shares tokens as soon
-/// as it is reachable. [`RedisStore::connect`] connects and checks the
-/// server first, for applications that would rather not start without it.
+/// [`RedisStore::open`], [`RedisStore::new`] and
+/// [`RedisStoreBuilder::build`] do not connect: the application starts
+/// whether Redis is up or not, and shares tokens as soon as it is
+/// reachable. [`RedisStore::connect`] and [`RedisStoreBuilder::connect`]
+/// connect and check the server first, for applications that would rather
+/// not start without it.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), routera_auth::store::StoreError> {
@@ -103,57 +156,109 @@ const RECONNECT_RETRIES: usize = 0;
 /// # }
 /// ```
 ///
-/// Its `Debug` output names the server's host and port (or socket path),
-/// never a user name or password.
+/// Its `Debug` output names the server's host and port (or socket path,
+/// or the cluster's nodes), never a user name or password.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    /// Where the manager connects, for `Debug` and errors: host and port or
-    /// socket path, without credentials. `None` for a manager given as is.
+    /// Where the store connects, for `Debug` and errors: host and port,
+    /// socket path or nodes, without credentials. `None` for a manager
+    /// given as is.
     server: Option<String>,
-    /// The client a lazy store builds its manager from.
-    client: Option<Client>,
-    /// The connection manager, built on the first operation.
-    manager: OnceLock<ConnectionManager>,
+    /// How it reaches Redis.
+    link: Link,
 }
 
 impl RedisStore {
+    /// How long opening a connection may take by default (TCP, the TLS
+    /// handshake and the authentication): 100 ms.
+    pub const CONNECTION_TIMEOUT: Duration = Duration::from_millis(100);
+
+    /// How long a command may wait for its answer by default: 125 ms. With
+    /// [`RedisStore::CONNECTION_TIMEOUT`], 225 ms: within the default
+    /// operation timeout of [`SharedCache`](super::SharedCache), 250 ms.
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(125);
+
     /// A store on the server `url` names, connected on its first operation:
     /// it does not need Redis to be up.
     ///
-    /// `url` is `redis://[[user]:password@]host[:port][/db]` or
-    /// `redis+unix:///path/to/redis.sock[?db=N&user=U&pass=P]` (`valkey://`
-    /// and `valkey+unix://` too). `rediss://` needs a TLS feature of the
-    /// `redis` crate (`tls-rustls` or `tls-native-tls`), which this crate
-    /// does not turn on: add it to your own dependency on `redis` 1.x.
+    /// `url` is `redis://[[user]:password@]host[:port][/db]`,
+    /// `rediss://…` for TLS (with a TLS feature of this crate: see
+    /// [TLS](RedisStore#tls)), or
+    /// `redis+unix:///path/to/redis.sock[?db=N&user=U&pass=P]`
+    /// (`valkey://`, `valkeys://` and `valkey+unix://` too).
+    /// [`RedisStore::builder`] takes the same URLs, with certificates and
+    /// timeouts.
     ///
     /// # Errors
     ///
-    /// A malformed or unsupported URL. The error does not repeat the URL,
-    /// which may hold a password.
+    /// A malformed or unsupported URL, or `rediss://` without a TLS
+    /// feature. The error does not repeat the URL, which may hold a
+    /// password.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(|source| {
-            RedisStoreError::with_source(
-                "invalid Redis URL: expected redis://[[user]:password@]host[:port][/db] \
-                 or redis+unix:///path/to/redis.sock (rediss:// needs a TLS feature of \
-                 the redis crate)",
-                source,
-            )
-        })?;
-        Ok(Self::new(client))
+        Self::builder(url).build()
+    }
+
+    /// A builder of a store on the server `url` names (as for
+    /// [`RedisStore::open`]), for extra root certificates, a client
+    /// certificate, the TLS stack and the timeouts.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder::server(url)
+    }
+
+    /// A store on a Redis Cluster (feature `redis-cluster`), reached
+    /// through `nodes` (`redis://` URLs of one or more of its nodes; the
+    /// others are found from them), connected on its first operation.
+    ///
+    /// # Errors
+    ///
+    /// No node, a malformed URL, or a `rediss://` one (a cluster is not
+    /// reached over TLS).
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn cluster<I>(nodes: I) -> Result<Self, StoreError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        Self::cluster_builder(nodes).build()
+    }
+
+    /// A builder of a store on a Redis Cluster (see
+    /// [`RedisStore::cluster`]), for its timeouts.
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn cluster_builder<I>(nodes: I) -> RedisStoreBuilder
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        RedisStoreBuilder::cluster(
+            nodes
+                .into_iter()
+                .map(|node| node.as_ref().to_owned())
+                .collect(),
+        )
     }
 
     /// A store on the server of `client`, connected on its first operation
     /// with [`RedisStore::manager_config`]: it does not need Redis to be up.
+    ///
+    /// A `client` for a TLS address connects with the `redis` crate's own
+    /// TLS (its features, which this crate does not turn on, and, with
+    /// rustls, rustls' process-wide default provider); [`RedisStore::open`]
+    /// and [`RedisStore::builder`] use this crate's.
     pub fn new(client: Client) -> Self {
         Self {
             inner: Arc::new(Inner {
                 server: Some(client.get_connection_info().addr().to_string()),
-                client: Some(client),
-                manager: OnceLock::new(),
+                link: Link::Manager {
+                    client: Some(Box::new((client, Self::manager_config()))),
+                    manager: std::sync::OnceLock::new(),
+                },
             }),
         }
     }
@@ -168,16 +273,50 @@ impl RedisStore {
     /// # Errors
     ///
     /// A malformed URL, or a server that could not be reached or did not
-    /// answer: at once for a refused connection, after 500 ms for a host
-    /// that does not answer.
+    /// answer: at once for a refused connection, after the connection
+    /// timeout (100 ms) for a host that does not answer.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let store = Self::open(url)?;
-        let mut manager = store.manager()?;
-        let reply: RedisResult<Value> = redis::cmd("PING").query_async(&mut manager).await;
+        Self::builder(url).connect().await
+    }
+
+    /// A store on `manager`, as it was configured (its timeouts and
+    /// reconnection included; [`RedisStore::manager_config`] gives this
+    /// store's settings to start from).
+    pub fn from_manager(manager: ConnectionManager) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                server: None,
+                link: Link::manager(manager),
+            }),
+        }
+    }
+
+    /// The settings of the connection manager [`RedisStore::open`],
+    /// [`RedisStore::new`] and [`RedisStore::connect`] build for a server
+    /// over TCP or a unix socket: [`RedisStore::RESPONSE_TIMEOUT`] to answer
+    /// a command, [`RedisStore::CONNECTION_TIMEOUT`] to connect, and a lost
+    /// connection reopened with a single attempt (the next operation makes
+    /// the next one).
+    pub fn manager_config() -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Self::RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(Self::CONNECTION_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+    }
+
+    /// The connection of the next operation.
+    fn connection(&self) -> Result<Connection, StoreError> {
+        Ok(self.inner.link.connection()?)
+    }
+
+    /// Connects and checks that Redis answers `PING`.
+    async fn check(&self) -> Result<(), StoreError> {
+        let mut connection = self.connection()?;
+        let reply: RedisResult<Value> = redis::cmd("PING").query_async(&mut connection).await;
         let Err(source) = reply else {
-            return Ok(store);
+            return Ok(());
         };
-        let server = store.inner.server.as_deref().unwrap_or("the given address");
+        let server = self.inner.server.as_deref().unwrap_or("the given address");
         let message = if source.is_io_error() {
             format!(
                 "could not reach Redis at {server}: check that it runs and that the URL is \
@@ -192,58 +331,6 @@ impl RedisStore {
         Err(RedisStoreError::with_source(message, source).into())
     }
 
-    /// A store on `manager`, as it was configured (its timeouts and
-    /// reconnection included; [`RedisStore::manager_config`] gives this
-    /// store's settings to start from).
-    pub fn from_manager(manager: ConnectionManager) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                server: None,
-                client: None,
-                manager: OnceLock::from(manager),
-            }),
-        }
-    }
-
-    /// The settings of the connection manager [`RedisStore::open`],
-    /// [`RedisStore::new`] and [`RedisStore::connect`] build: 500 ms to
-    /// answer a command, 500 ms to connect, and a lost connection reopened
-    /// with a single attempt (the next operation makes the next one).
-    pub fn manager_config() -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECTION_TIMEOUT))
-            .set_number_of_retries(RECONNECT_RETRIES)
-    }
-
-    /// The connection manager, built the first time (lazily: building it
-    /// connects nothing, but it spawns a task, so it needs a Tokio runtime).
-    fn manager(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(manager) = self.inner.manager.get() {
-            return Ok(manager.clone());
-        }
-        let Some(client) = &self.inner.client else {
-            return Err(RedisStoreError::new("the store has no connection manager").into());
-        };
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(RedisStoreError::new(
-                "RedisStore needs a Tokio runtime: run its operations on one",
-            )
-            .into());
-        }
-        let manager =
-            ConnectionManager::new_lazy_with_config(client.clone(), Self::manager_config())
-                .map_err(|source| {
-                    RedisStoreError::with_source(
-                        "could not set up the Redis connection manager",
-                        source,
-                    )
-                })?;
-        // Two first operations at once may both build one; the second is
-        // dropped before it connects.
-        Ok(self.inner.manager.get_or_init(|| manager).clone())
-    }
-
     /// Runs `command` on the connection, once more if it could not be sent
     /// (see the type's documentation), and names `operation` in its error.
     async fn run<T, F, Fut>(
@@ -253,16 +340,16 @@ impl RedisStore {
         command: F,
     ) -> Result<T, StoreError>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Connection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let manager = self.manager()?;
-        let error = match command(manager.clone()).await {
+        let connection = self.connection()?;
+        let error = match command(connection.clone()).await {
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
         let error = if again.applies(&error) {
-            match command(manager).await {
+            match command(connection).await {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             }

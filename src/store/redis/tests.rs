@@ -93,7 +93,7 @@ fn an_operation_outside_a_runtime_is_an_error() {
         Ok(store) => store,
         Err(error) => panic!("{error}"),
     };
-    let error = match store.manager() {
+    let error = match store.connection() {
         Ok(_) => panic!("built a manager without a runtime"),
         Err(error) => error,
     };

@@ -48,10 +48,10 @@ pub(super) async fn serve(
         }
         Err(error) => Err(error),
     };
-    if let Some(fault) = fault {
-        if let Some(response) = fault::respond(state, fault).await? {
-            return Ok(response);
-        }
+    if let Some(fault) = fault
+        && let Some(response) = fault::respond(state, fault).await?
+    {
+        return Ok(response);
     }
     Ok(match recorded {
         Ok(recorded) => token_response(state, &recorded),

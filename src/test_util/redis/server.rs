@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::{AsyncConnectionConfig, Client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -72,8 +72,29 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 pub struct RedisServer {
     dir: PathBuf,
     socket: PathBuf,
+    /// The loopback TCP ports picked for it (none for a plain server).
+    ports: Vec<u16>,
+    /// Its arguments after the kit's own.
+    args: Vec<String>,
     process: Mutex<Process>,
 }
+
+/// How a server of another kit ([`RedisTlsServer`](super::RedisTlsServer),
+/// [`RedisCluster`](super::RedisCluster)) starts: files to write in its
+/// directory (certificates), free loopback ports to pick, and the
+/// arguments that use them.
+pub(super) struct Launch {
+    /// Written in the server's directory (its working directory) first.
+    pub(super) files: Vec<(&'static str, Vec<u8>)>,
+    /// How many free loopback TCP ports to pick.
+    pub(super) ports: usize,
+    /// The arguments after the kit's own, given the ports picked.
+    pub(super) args: fn(&[u16]) -> Vec<String>,
+}
+
+/// How many times a server is started on newly picked ports when another
+/// process took one between the pick and the start.
+const PORT_ATTEMPTS: usize = 5;
 
 /// The running server, if any.
 struct Process {
@@ -90,28 +111,60 @@ impl RedisServer {
     /// to install), the temporary directory cannot be made, or the server
     /// exits or does not answer in time (the error quotes its log).
     pub async fn start() -> io::Result<RedisServer> {
-        let dir = make_dir()?;
-        let socket = dir.join("redis.sock");
-        let server = RedisServer {
-            dir,
-            socket,
-            process: Mutex::new(Process {
-                child: None,
-                frozen: false,
-            }),
-        };
-        if server.socket.as_os_str().len() > MAX_SOCKET_PATH {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "the socket path {} is too long for a unix socket: set TMPDIR to a \
-                     shorter directory",
-                    server.socket.display()
-                ),
-            ));
+        Self::start_with(Launch {
+            files: Vec::new(),
+            ports: 0,
+            args: |_| Vec::new(),
+        })
+        .await
+    }
+
+    /// Starts a server as `launch` says, on newly picked ports if one was
+    /// taken in between.
+    pub(super) async fn start_with(launch: Launch) -> io::Result<RedisServer> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let ports = free_ports(launch.ports)?;
+            let dir = make_dir()?;
+            for (name, contents) in &launch.files {
+                fs::write(dir.join(name), contents)?;
+            }
+            let socket = dir.join("redis.sock");
+            let server = RedisServer {
+                dir,
+                socket,
+                args: (launch.args)(&ports),
+                ports,
+                process: Mutex::new(Process {
+                    child: None,
+                    frozen: false,
+                }),
+            };
+            if server.socket.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the socket path {} is too long for a unix socket: set TMPDIR to a \
+                         shorter directory",
+                        server.socket.display()
+                    ),
+                ));
+            }
+            match server.launch().await {
+                Ok(()) => return Ok(server),
+                Err(error)
+                    if attempt < PORT_ATTEMPTS
+                        && !server.ports.is_empty()
+                        && error.to_string().contains("already in use") => {}
+                Err(error) => return Err(error),
+            }
         }
-        server.launch().await?;
-        Ok(server)
+    }
+
+    /// The loopback TCP ports picked for the server.
+    pub(super) fn ports(&self) -> &[u16] {
+        &self.ports
     }
 
     /// The URL of the server, `redis+unix:///…/redis.sock`, for
@@ -199,82 +252,6 @@ impl RedisServer {
         Ok(())
     }
 
-    /// Removes every key (`FLUSHALL`).
-    ///
-    /// # Errors
-    ///
-    /// The server could not be reached or did not answer within 5 s.
-    pub async fn flush_all(&self) -> io::Result<()> {
-        let mut connection = self.connection().await?;
-        redis::cmd("FLUSHALL")
-            .exec_async(&mut connection)
-            .await
-            .map_err(|error| command_error("FLUSHALL", error))
-    }
-
-    /// Every key and what it holds, raw: for each key, its name and the
-    /// concatenation of its contents (a string's value; each field name and
-    /// value of a hash; the members of a list, set or sorted set, with
-    /// scores; the entries of a stream; the `DUMP` serialization of
-    /// anything else). Sorted by key name.
-    ///
-    /// For scanning byte by byte what a store left in Redis.
-    ///
-    /// # Errors
-    ///
-    /// The server could not be reached or did not answer within 5 s.
-    pub async fn dump(&self) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut connection = self.connection().await?;
-        let mut names: Vec<Vec<u8>> = redis::cmd("KEYS")
-            .arg("*")
-            .query_async(&mut connection)
-            .await
-            .map_err(|error| command_error("KEYS", error))?;
-        names.sort();
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            let kind: String = redis::cmd("TYPE")
-                .arg(&name)
-                .query_async(&mut connection)
-                .await
-                .map_err(|error| command_error("TYPE", error))?;
-            let mut read = match kind.as_str() {
-                // Expired or removed since KEYS.
-                "none" => continue,
-                "string" => redis::cmd("GET"),
-                "hash" => redis::cmd("HGETALL"),
-                "list" => {
-                    let mut command = redis::cmd("LRANGE");
-                    command.arg(&name).arg(0).arg(-1);
-                    command
-                }
-                "set" => redis::cmd("SMEMBERS"),
-                "zset" => {
-                    let mut command = redis::cmd("ZRANGE");
-                    command.arg(&name).arg(0).arg(-1).arg("WITHSCORES");
-                    command
-                }
-                "stream" => {
-                    let mut command = redis::cmd("XRANGE");
-                    command.arg(&name).arg("-").arg("+");
-                    command
-                }
-                _ => redis::cmd("DUMP"),
-            };
-            if !matches!(kind.as_str(), "list" | "zset" | "stream") {
-                read.arg(&name);
-            }
-            let value: Value = read
-                .query_async(&mut connection)
-                .await
-                .map_err(|error| command_error(&kind, error))?;
-            let mut contents = Vec::new();
-            flatten(&value, &mut contents);
-            entries.push((name, contents));
-        }
-        Ok(entries)
-    }
-
     /// Runs the server and waits until it answers.
     async fn launch(&self) -> io::Result<()> {
         // A killed server leaves its socket behind.
@@ -283,9 +260,13 @@ impl RedisServer {
             _ => {}
         }
         let stderr = File::create(self.dir.join("stderr.log"))?;
+        let port = if self.args.iter().any(|arg| arg == "--port") {
+            &[][..]
+        } else {
+            &["--port", "0"][..]
+        };
         let child = Command::new("redis-server")
-            .arg("--port")
-            .arg("0")
+            .args(port)
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--unixsocket")
@@ -302,6 +283,7 @@ impl RedisServer {
             .arg(&self.dir)
             .arg("--logfile")
             .arg(self.dir.join("redis.log"))
+            .args(&self.args)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -362,7 +344,7 @@ impl RedisServer {
     }
 
     /// The end of the server's log and standard error, for errors.
-    fn logs(&self) -> String {
+    pub(super) fn logs(&self) -> String {
         let mut text = String::new();
         for name in ["stderr.log", "redis.log"] {
             if let Ok(bytes) = fs::read(self.dir.join(name)) {
@@ -382,7 +364,7 @@ impl RedisServer {
     }
 
     /// A new connection for the harness's own commands.
-    async fn connection(&self) -> io::Result<redis::aio::MultiplexedConnection> {
+    pub(super) async fn connection(&self) -> io::Result<redis::aio::MultiplexedConnection> {
         let client = Client::open(self.url())
             .map_err(|error| io::Error::other(format!("the harness's Redis URL: {error}")))?;
         let config = AsyncConnectionConfig::new()
@@ -423,6 +405,18 @@ impl fmt::Debug for RedisServer {
             .field("frozen", &process.frozen)
             .finish()
     }
+}
+
+/// `count` loopback TCP ports that were free a moment ago.
+fn free_ports(count: usize) -> io::Result<Vec<u16>> {
+    // Held together, so that they differ.
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+        .collect::<io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|address| address.port()))
+        .collect()
 }
 
 /// A new directory under the system's temporary directory.
@@ -493,40 +487,4 @@ async fn ping(socket: &Path) -> bool {
         tokio::time::timeout(PING_TIMEOUT, attempt).await,
         Ok(Ok(true))
     )
-}
-
-fn command_error(command: &str, error: redis::RedisError) -> io::Error {
-    io::Error::other(format!("the test redis-server failed {command}: {error}"))
-}
-
-/// Appends every string, number and element of `value` to `out`.
-fn flatten(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Nil | Value::Okay | Value::ServerError(_) => {}
-        Value::Int(number) => out.extend_from_slice(number.to_string().as_bytes()),
-        Value::BulkString(bytes) => out.extend_from_slice(bytes),
-        Value::SimpleString(text) => out.extend_from_slice(text.as_bytes()),
-        Value::Array(items) | Value::Set(items) => {
-            for item in items {
-                flatten(item, out);
-            }
-        }
-        Value::Map(pairs) => {
-            for (key, item) in pairs {
-                flatten(key, out);
-                flatten(item, out);
-            }
-        }
-        Value::Double(number) => out.extend_from_slice(number.to_string().as_bytes()),
-        Value::Boolean(flag) => out.extend_from_slice(flag.to_string().as_bytes()),
-        Value::VerbatimString { text, .. } => out.extend_from_slice(text.as_bytes()),
-        Value::Attribute { data, .. } => flatten(data, out),
-        Value::Push { data, .. } => {
-            for item in data {
-                flatten(item, out);
-            }
-        }
-        // Big numbers (RESP3 only) are not in anything the harness reads.
-        _ => {}
-    }
 }
