@@ -589,6 +589,12 @@ async fn a_redis_that_refuses_writes_opens_the_breaker_with_a_warning_and_never_
         text.contains("write against a read only replica"),
         "the warning says why:\n{text}"
     );
+    let address = redis.socket_path().display().to_string();
+    assert!(
+        text.lines()
+            .any(|line| line.contains("WARN") && line.contains(&address)),
+        "the warning names the store ({address}):\n{text}"
+    );
 
     // Writable again: once the breakers' probe interval (500 ms here) has
     // passed, the next probe closes each breaker, and the fleet renews with

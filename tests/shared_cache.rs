@@ -233,8 +233,11 @@ async fn a_store_down_at_start_is_reported_at_once_and_its_return_too() {
             .filter(|line| line.contains("WARN") && line.contains("exchanging without it"))
             .count()
     };
-    // The first failure of the very first look, not the next refresh.
-    assert_eq!(warned(&logs.text()), 1, "{}", logs.text());
+    // The first failure of the very first look, not the next refresh,
+    // naming the store.
+    let text = logs.text();
+    assert_eq!(warned(&text), 1, "{text}");
+    assert!(text.contains(r#"store="memory""#), "{text}");
 
     store.set_failing(false);
     replica.refresh().await.unwrap();

@@ -428,11 +428,18 @@ impl StdError for TokenError {
 pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn StdError + 'static));
 
 impl fmt::Display for ErrorChain<'_> {
+    /// A cause that says what the one before it said (some errors give
+    /// their own message again as their source) is written once.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            let text = cause.to_string();
+            if !last.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
             source = cause.source();
         }
         Ok(())
@@ -449,6 +456,25 @@ mod tests {
             description: Some("details".to_owned()),
             uri: None,
         })
+    }
+
+    #[test]
+    fn a_cause_that_repeats_the_one_before_is_written_once() {
+        #[derive(Debug)]
+        struct Echo(std::io::Error);
+        impl fmt::Display for Echo {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+        impl StdError for Echo {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = TokenError::transport(Echo(refused));
+        assert_eq!(format!("{err:?}"), format!("{err}: refused"));
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Asks the whole fleet to make no exchange for `duration` (the token
     /// endpoint's `Retry-After`), under [`StoreKeys::backoff`].
     fn back_off<'a>(&'a self, keys: &'a StoreKeys, duration: Duration) -> StoreFuture<'a, ()>;
+
+    /// Where the store is, for the shared cache's logs: a host and port, a
+    /// socket path or a cluster's nodes, never a user name or a password.
+    /// `None` (the default) if it cannot tell.
+    fn address(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The names of one client's entries in a [`TokenStore`].

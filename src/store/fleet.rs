@@ -22,6 +22,8 @@ const SHORTEST_LEASE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(super) struct Config {
     pub(super) store: Arc<dyn TokenStore>,
+    /// [`TokenStore::address`], for the logs.
+    pub(super) address: Option<Arc<str>>,
     pub(super) token_url: String,
     pub(super) auth_method: AuthMethod,
     pub(super) key_ring: Option<StoreKeyRing>,
@@ -167,7 +169,11 @@ impl Fleet {
                     state.breaker.answered(Instant::now());
                 } else if state.breaker.wrote() {
                     drop(state);
-                    tracing::info!("shared token store accepts writes again; sharing resumes");
+                    let store = self.config.address.as_deref().unwrap_or("unnamed");
+                    tracing::info!(
+                        store,
+                        "shared token store accepts writes again; sharing resumes"
+                    );
                 }
                 return Some(value);
             }
@@ -180,14 +186,17 @@ impl Fleet {
             state.breaker.failed(Instant::now())
         };
         let probe_every_ms = self.config.breaker_probe_every.as_millis() as u64;
+        let store = self.config.address.as_deref().unwrap_or("unnamed");
         match failure {
             Failure::Opened => tracing::warn!(
+                store,
                 %error,
                 probe_every_ms,
                 "shared token store failing; exchanging without it, and trying it again now and then"
             ),
             Failure::StillOpen => tracing::debug!(%error, "shared token store still failing"),
             Failure::First => tracing::warn!(
+                store,
                 %error,
                 "shared token store operation failed; exchanging without it while it fails"
             ),

@@ -97,6 +97,7 @@ impl SharedCache {
         auth_method: AuthMethod,
     ) -> Self {
         Self::from_config(Config {
+            address: store.address().map(Arc::from),
             store: Arc::new(store),
             token_url: token_url.into(),
             auth_method,

@@ -168,6 +168,10 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl TokenStore for MemoryStore {
+    fn address(&self) -> Option<String> {
+        Some("memory".to_owned())
+    }
+
     fn load<'a>(&'a self, keys: &'a StoreKeys) -> StoreFuture<'a, Snapshot> {
         self.operate_as(false, move |inner, now| {
             let token = inner.tokens.get(keys.token());

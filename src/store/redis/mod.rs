@@ -382,6 +382,10 @@ impl Again {
 }
 
 impl TokenStore for RedisStore {
+    fn address(&self) -> Option<String> {
+        self.inner.server.clone()
+    }
+
     fn load<'a>(&'a self, keys: &'a StoreKeys) -> StoreFuture<'a, Snapshot> {
         Box::pin(async move {
             let (fields, token_ttl, lock_ttl, backoff): (Vec<Option<Vec<u8>>>, i64, i64, i64) =
