@@ -117,6 +117,39 @@ use crate::{ClientCredentials, Token, TokenProvider, TokenRequest};
 /// `K` is any `Hash + Eq + Clone + Send + Sync` type. Providers are kept in
 /// a [moka](https://docs.rs/moka) concurrent cache: a lookup takes no lock
 /// shared with other keys, and a provider is built once per key.
+///
+/// # Example
+///
+/// ```
+/// # #[cfg(feature = "test-util")]
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), routera_auth::BoxError> {
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use routera_auth::clients::{CredentialSource, TokenProviders};
+/// use routera_auth::test_util::MockExchange;
+/// use routera_auth::ClientCredentials;
+///
+/// // Each account's credentials, from wherever they are kept.
+/// let source = CredentialSource::from_fn(|account: String| async move {
+///     Ok::<_, Infallible>(ClientCredentials::new(format!("{account}-client"), "s3cr3t"))
+/// });
+/// // Any token exchange: `HttpTokenExchange::reqwest()?` against Routera.
+/// let exchange = MockExchange::new(Duration::from_secs(3600));
+/// let providers = TokenProviders::builder(exchange.clone(), source)
+///     .max_clients(10_000)
+///     .idle_timeout(Duration::from_secs(15 * 60))
+///     .build();
+///
+/// // The provider of one account, built on its first use.
+/// let acme = providers.provider(&"acme".to_owned()).await?;
+/// assert_eq!(acme.token().await?.secret(), "token-1");
+/// assert_eq!(exchange.credentials_seen()[0].client_id(), "acme-client");
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "test-util"))]
+/// # fn main() {}
+/// ```
 pub struct TokenProviders<K> {
     inner: Arc<Inner<K>>,
 }
