@@ -142,7 +142,7 @@ async fn child_exchange_over_reqwest() {
             } else {
                 "InvalidCertificate"
             };
-            assert!(format!("{error:?}").contains(library_says), "{error:?}");
+            assert!(format!("{error:#?}").contains(library_says), "{error:#?}");
             println!("CHILD: refused over {stack}: {error}");
         }
         (expect, result) => panic!("expected {expect} over {stack}, got {result:?}"),
