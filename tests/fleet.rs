@@ -51,6 +51,12 @@ async fn cache(redis: &RedisServer, exchange: &EmulatorExchange) -> SharedCache 
     SharedCache::for_exchange(store, exchange).breaker(3, PROBE_EVERY)
 }
 
+/// A shared cache on `redis` for `MockExchange`'s client.
+async fn mock_cache(redis: &RedisServer) -> SharedCache {
+    let store = RedisStore::connect(&redis.url()).await.unwrap();
+    SharedCache::new(store, "https://auth.test/token", AuthMethod::RequestBody)
+}
+
 async fn replica(redis: &RedisServer, emulator: &Emulator) -> Replica {
     let exchange = emulator.exchange();
     let cache = cache(redis, &exchange).await;
@@ -489,10 +495,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_dies_mid_exchange_holds_the_fleet_up_for_its_lease_only() {
     let redis = redis().await;
-    let shared = || async {
-        let store = RedisStore::connect(&redis.url()).await.unwrap();
-        SharedCache::new(store, "https://auth.test/token", AuthMethod::RequestBody)
-    };
+    let shared = || mock_cache(&redis);
     // The holder takes the lock and starts its exchange, then dies: its
     // future is never polled again nor dropped, so it neither renews nor
     // releases the lock.
@@ -609,10 +612,7 @@ async fn a_redis_that_refuses_writes_opens_the_breaker_with_a_warning_and_never_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_a_token_waits_for_a_live_holder_half_its_serving_time_at_most() {
     let redis = redis().await;
-    let shared = || async {
-        let store = RedisStore::connect(&redis.url()).await.unwrap();
-        SharedCache::new(store, "https://auth.test/token", AuthMethod::RequestBody)
-    };
+    let shared = || mock_cache(&redis);
     // A holder that is alive (it renews its lease) but whose exchange
     // never ends.
     let hung = MockExchange::new(Duration::from_secs(3600)).gated();
