@@ -41,6 +41,32 @@ use crate::token::{Token, TokenRequest};
 /// `poll_ready` is always ready: `S` is driven to readiness in the future,
 /// only when this replica exchanges, so that a replica waiting for the
 /// fleet holds nothing of `S` (a concurrency limit's permit) meanwhile.
+///
+/// # Example
+///
+/// Made by the [`SharedCache`] layer, usually in a `ServiceBuilder`:
+///
+/// ```
+/// # #[cfg(feature = "test-util")]
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), routera_auth::TokenError> {
+/// use std::time::Duration;
+/// use routera_auth::store::{SharedCache, SharedExchange};
+/// use routera_auth::test_util::{MemoryStore, MockExchange};
+/// use routera_auth::{AuthMethod, TokenProvider};
+///
+/// let store = MemoryStore::new();
+/// let exchange = MockExchange::new(Duration::from_secs(3600));
+/// let cache = SharedCache::new(store, "https://auth.test/oauth2/token", AuthMethod::RequestBody);
+/// let shared: SharedExchange<MockExchange> = tower::Layer::layer(&cache, exchange.clone());
+/// let provider = TokenProvider::new(shared, MockExchange::credentials());
+/// provider.token().await?;
+/// assert_eq!(cache.stats().lock_wins, 1, "it exchanged for the fleet");
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "test-util"))]
+/// # fn main() {}
+/// ```
 pub struct SharedExchange<S> {
     inner: S,
     cache: SharedCache,
