@@ -4,7 +4,7 @@
 //! one of the crate's own tests, of which it is the whole text.
 
 use std::fs;
-use std::path::Path;
+use std::path::PathBuf;
 
 /// The fenced blocks of `markdown` whose info string starts with `rust`:
 /// (info string, text).
@@ -32,8 +32,15 @@ fn rust_blocks(markdown: &str) -> Vec<(String, String)> {
     blocks
 }
 
+/// The package's directory: cargo sets it when it runs the test (the
+/// directory it was built in may be gone: a package unpacked elsewhere).
+fn root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 fn readme() -> String {
-    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+    fs::read_to_string(root().join("README.md")).unwrap()
 }
 
 #[test]
@@ -51,8 +58,7 @@ fn no_snippet_hides_a_line() {
 
 #[test]
 fn every_test_snippet_is_a_test_of_the_crate() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tests: Vec<String> = fs::read_dir(root.join("tests"))
+    let tests: Vec<String> = fs::read_dir(root().join("tests"))
         .unwrap()
         .map(|entry| fs::read_to_string(entry.unwrap().path()).unwrap_or_default())
         .collect();
