@@ -586,7 +586,7 @@ async fn a_redis_that_refuses_writes_opens_the_breaker_with_a_warning_and_never_
         .count();
     assert_eq!(
         warnings, 5,
-        "one warning per replica when its breaker opens:\n{text}"
+        "one warning per replica, at its first failure:\n{text}"
     );
     assert!(
         text.contains("write against a read only replica"),

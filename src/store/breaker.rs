@@ -27,11 +27,11 @@ pub(super) struct Breaker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Failure {
     /// The first since the store last accepted a write (or since the
-    /// start); still closed.
+    /// start). It opened the breaker if one failure is enough.
     First,
     /// Another one; still closed.
     Counted,
-    /// It opened.
+    /// Another one, which opened it.
     Opened,
     /// A probe failed: it stays open.
     StillOpen,
@@ -86,13 +86,20 @@ impl Breaker {
     /// Counts a failure at `now`.
     pub(super) fn failed(&mut self, now: Instant) -> Failure {
         self.failures = self.failures.saturating_add(1);
-        let failure = match self.next_probe {
-            Some(_) => Failure::StillOpen,
-            None if self.failures >= self.failures_to_open => Failure::Opened,
-            None if self.failures == 1 => return Failure::First,
-            None => return Failure::Counted,
+        let (failure, open) = match self.next_probe {
+            Some(_) => (Failure::StillOpen, true),
+            None => {
+                let opens = self.failures >= self.failures_to_open;
+                match (self.failures == 1, opens) {
+                    (true, _) => (Failure::First, opens),
+                    (false, true) => (Failure::Opened, true),
+                    (false, false) => (Failure::Counted, false),
+                }
+            }
         };
-        self.next_probe = Some(later(now, self.probe_every));
+        if open {
+            self.next_probe = Some(later(now, self.probe_every));
+        }
         failure
     }
 }
@@ -102,6 +109,13 @@ mod tests {
     use super::*;
 
     const PROBE: Duration = Duration::from_millis(250);
+
+    #[tokio::test(start_paused = true)]
+    async fn one_failure_is_enough_when_so_configured() {
+        let mut breaker = Breaker::new(1, PROBE);
+        assert_eq!(breaker.failed(Instant::now()), Failure::First);
+        assert!(breaker.is_open());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_failures_without_a_write_and_probes_until_a_write_succeeds() {

@@ -187,19 +187,20 @@ impl Fleet {
         };
         let probe_every_ms = self.config.breaker_probe_every.as_millis() as u64;
         let store = self.config.address.as_deref().unwrap_or("unnamed");
+        // One warning until the store takes a write again.
         match failure {
-            Failure::Opened => tracing::warn!(
-                store,
-                %error,
-                probe_every_ms,
-                "shared token store failing; exchanging without it, and trying it again now and then"
-            ),
-            Failure::StillOpen => tracing::debug!(%error, "shared token store still failing"),
             Failure::First => tracing::warn!(
                 store,
                 %error,
-                "shared token store operation failed; exchanging without it while it fails"
+                "shared token store failing; exchanging without it until it answers again"
             ),
+            Failure::Opened => tracing::info!(
+                store,
+                %error,
+                probe_every_ms,
+                "shared token store still failing; left alone but for a probe now and then"
+            ),
+            Failure::StillOpen => tracing::debug!(%error, "shared token store still failing"),
             Failure::Counted => tracing::debug!(%error, "shared token store operation failed"),
         }
         None

@@ -78,9 +78,10 @@
 //!   after the store answers again. A wiped store (`FLUSHALL`) is a miss.
 //! - **Logs.** The first failure since the store last accepted a write is
 //!   a `WARN` at once (a store unreachable from the start is reported at
-//!   the first token, not the first refresh), the first accepted write
-//!   after it an `INFO`; a breaker that opens is a `WARN` that quotes the
-//!   store's error. [`SharedCache::stats`] counts hits, misses, errors,
+//!   the first token, not the first refresh), and the only one until the
+//!   store takes a write again: a breaker that opens is an `INFO`, and so
+//!   is the first accepted write after failures. Each names the store
+//!   ([`TokenStore::address`]) and quotes its error. [`SharedCache::stats`] counts hits, misses, errors,
 //!   lock wins, waits, fallbacks and unreadable entries.
 //!
 //! # What the store holds
