@@ -5,12 +5,14 @@
 //! Needs `redis-server` on `PATH` (Debian package `redis-server`); without
 //! it every test fails, naming the package.
 
-use std::error::Error as _;
+mod common;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use routera_auth::store::{RedisStore, StoreError, StoreKeys, StoredToken, TokenStore};
+use common::chain;
+use routera_auth::store::{RedisStore, StoreKeys, StoredToken, TokenStore};
 use routera_auth::test_util::RedisServer;
 
 /// The store's response timeout.
@@ -84,17 +86,6 @@ where
         assert!(start.elapsed() < within, "{what}: not within {within:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-fn chain(error: &StoreError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[tokio::test]

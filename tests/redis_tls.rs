@@ -8,13 +8,10 @@
 
 mod common;
 
-use std::error::Error as _;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Replica, layered};
-use routera_auth::store::{RedisStore, RedisTls, SharedCache, StoreError, StoreKeys, TokenStore};
+use common::{Capture, Replica, chain, layered};
+use routera_auth::store::{RedisStore, RedisTls, SharedCache, StoreKeys, TokenStore};
 use routera_auth::test_util::{Emulator, RedisTlsServer, TestCa};
 
 /// Bounds every wait of a test, so a regression fails it instead of hanging.
@@ -34,18 +31,6 @@ async fn mutual_tls_server() -> RedisTlsServer {
     }
 }
 
-/// The error and its sources, on one line.
-fn chain(error: &StoreError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// A replica of the emulator's client over `store`.
 fn replica(store: RedisStore, emulator: &Emulator) -> Replica {
     let exchange = emulator.exchange();
@@ -61,26 +46,6 @@ fn replica(store: RedisStore, emulator: &Emulator) -> Replica {
 async fn token(replica: &Replica) -> String {
     let token = tokio::time::timeout(BOUND, replica.token()).await.unwrap();
     token.unwrap().secret().to_owned()
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 #[test]
@@ -140,14 +105,7 @@ async fn replicas_that_trust_the_ca_share_one_exchange_over_tls() {
 #[tokio::test]
 async fn a_client_that_does_not_trust_the_ca_fails_clearly_and_exchanges_on_its_own() {
     let redis = tls_server().await;
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (capture, _guard) = Capture::install();
 
     for &stack in RedisTls::available() {
         // Checked at start: the error says what failed and what to give.
