@@ -307,9 +307,11 @@ async fn the_least_recently_used_client_is_evicted_beyond_max_clients() {
     let api =
         RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
 
+    // The LRU order is kept to the second: uses a second apart.
     for tenant in [1, 2, 1, 3] {
         send(&api, tenant).await.unwrap();
         providers.run_pending_tasks();
+        tokio::time::advance(Duration::from_secs(1)).await;
     }
     assert_eq!(providers.len(), 2);
     assert!(providers.contains(&Tenant(1)), "used last but one: kept");
@@ -518,13 +520,13 @@ async fn a_storm_of_401s_looks_the_credentials_up_once_per_interval() {
     assert_eq!(secrets.lookups(1), 3);
 }
 
-/// The path itself allocates nothing; the cache's upkeep, which a lookup
-/// runs inline once 64 reads are waiting to be applied to its LRU order,
-/// makes a few small allocations: under a tenth of one per request.
+/// A request with a fresh token allocates nothing: within a second of a
+/// client's last ranking, it takes nothing of the cache's bookkeeping.
 #[test]
-fn a_request_with_a_fresh_token_allocates_only_for_the_caches_upkeep() {
+fn a_request_with_a_fresh_token_allocates_nothing() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .start_paused(true)
         .build()
         .unwrap();
     let providers = TokenProviders::new(MockExchange::new(HOUR), Secrets::default().source());
@@ -556,7 +558,7 @@ fn a_request_with_a_fresh_token_allocates_only_for_the_caches_upkeep() {
             other => panic!("expected an immediate response, got {other:?}"),
         }
     };
-    // Warm-up: thread-local state of the cache reads is set up on first use.
+    // Warm-up: thread-local state of the map's reads is set up on first use.
     for request in requests.drain(..100) {
         send(request);
     }
@@ -570,7 +572,7 @@ fn a_request_with_a_fresh_token_allocates_only_for_the_caches_upkeep() {
         "{count} requests with a fresh token: {} allocations ({measured:?})",
         measured.count_total
     );
-    assert!(measured.count_total * 10 < count, "{measured:?}");
+    assert_eq!(measured.count_total, 0, "{measured:?}");
     // The counter does see allocations: a new client's first request
     // allocates.
     let first = allocation_counter::measure(|| {

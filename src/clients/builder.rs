@@ -139,7 +139,8 @@ where
     }
 
     /// The most providers kept at once (default 10,000, at least 1).
-    /// Beyond it the least recently used is evicted; requests that already
+    /// Beyond it the least recently used is evicted (uses within a second
+    /// of each other are not told apart); requests that already
     /// hold it finish with it, and the next request for its client builds
     /// a new one (one credential lookup, one exchange).
     pub fn max_clients(mut self, max_clients: u64) -> Self {

@@ -148,7 +148,8 @@ where
         let Some(key) = (self.key_fn)(&request) else {
             return PerClientFuture::refused(MissingClientKey.into());
         };
-        let kept = self.providers.kept(&key);
+        let now = Instant::now();
+        let kept = self.providers.used(&key, now);
         let Some(slot) = kept.as_ref().and_then(Kept::slot) else {
             // A new client: wait for its provider, then for its token. This
             // request has just looked the credentials up, so its rejection
@@ -160,8 +161,6 @@ where
             });
             return PerClientFuture::sent(self.waiting(token, request), None);
         };
-        let now = Instant::now();
-        slot.touch(now);
         match slot.provider().fresh_header_at(now) {
             Some((authorization, tag)) => {
                 // `self.inner` is the instance that was polled ready.

@@ -59,7 +59,8 @@
 //! - **Isolation**: a request carries the token of the provider its key
 //!   names, and a 401 invalidates that token only.
 //! - **Bounded**: at most [`max_clients`](TokenProvidersBuilder::max_clients)
-//!   providers, the least recently used evicted beyond it, and a provider
+//!   providers, the least recently used (to the second) evicted beyond it,
+//!   and a provider
 //!   without requests for
 //!   [`idle_timeout`](TokenProvidersBuilder::idle_timeout) is dropped.
 //!   Requests that hold an evicted provider finish with it; the next
@@ -104,6 +105,9 @@ use self::builder::{MakeProvider, over_exchange};
 pub use self::error::{CredentialsError, MissingClientKey};
 pub use self::layer::{PerClientAuth, PerClientAuthLayer, PerClientFuture};
 use self::slot::{Kept, Slot, SlotShared};
+
+/// The request path's map: no lock to read, and a fast hash of the key.
+type Built<K> = papaya::HashMap<K, Kept<K>, foldhash::fast::RandomState>;
 use crate::error::BoxError;
 use crate::{ClientCredentials, Token, TokenProvider, TokenRequest};
 
@@ -115,8 +119,11 @@ use crate::{ClientCredentials, Token, TokenProvider, TokenRequest};
 /// [module docs](self) for the guarantees and an example.
 ///
 /// `K` is any `Hash + Eq + Clone + Send + Sync` type. Providers are kept in
-/// a [moka](https://docs.rs/moka) concurrent cache: a lookup takes no lock
-/// shared with other keys, and a provider is built once per key.
+/// a [moka](https://docs.rs/moka) concurrent cache, which bounds the set,
+/// orders it by use and builds a provider once per key. Requests find
+/// their client's provider in a [papaya](https://docs.rs/papaya) map of
+/// the built ones, which takes no lock; the cache hears of a busy client's
+/// use once a second, so the LRU order is kept to the second.
 ///
 /// # Example
 ///
@@ -155,7 +162,12 @@ pub struct TokenProviders<K> {
 }
 
 struct Inner<K> {
+    /// Every client: the bound, the LRU order and the single flight.
     cache: Cache<K, Kept<K>>,
+    /// The built providers of `cache`, for the request path. An entry
+    /// leaves it when it leaves the cache (the cache's eviction listener),
+    /// and one that missed that is removed at its next ranking or sweep.
+    built: Arc<Built<K>>,
     source: CredentialSource<K>,
     make_provider: Arc<MakeProvider<K>>,
     /// What every slot shares.
@@ -235,10 +247,17 @@ where
     }
 
     fn from_builder(builder: TokenProvidersBuilder<K>) -> Self {
+        let built: Arc<Built<K>> = Arc::default();
         let cache = Cache::builder()
             .max_capacity(builder.max_clients)
             .eviction_policy(EvictionPolicy::lru())
             .support_invalidation_closures()
+            .eviction_listener({
+                let built = Arc::clone(&built);
+                move |key: Arc<K>, gone: Kept<K>, _| {
+                    let _ = built.pin().remove_if(&*key, |_, kept| kept.same(&gone));
+                }
+            })
             .build();
         let shared = Arc::new(SlotShared::new(
             builder.source.clone(),
@@ -247,6 +266,7 @@ where
         Self {
             inner: Arc::new(Inner {
                 cache,
+                built,
                 source: builder.source,
                 make_provider: builder.make_provider,
                 shared,
@@ -348,7 +368,12 @@ where
         match built {
             Ok(slot) => {
                 slot.touch(Instant::now());
-                Ok(slot.provider().clone())
+                let provider = slot.provider().clone();
+                let _ = inner.built.pin().insert(key.clone(), kept.clone());
+                // Evicted meanwhile: the listener may have run before the
+                // insert.
+                self.ranked(&key, &kept);
+                Ok(provider)
             }
             Err(error) => {
                 let error = error.clone();
@@ -366,10 +391,32 @@ where
         }
     }
 
-    /// The entry kept for `key`, if any. The request path.
+    /// The built provider's entry for `key`, if any, used at `now`. The
+    /// request path.
     #[inline]
-    pub(crate) fn kept(&self, key: &K) -> Option<Kept<K>> {
-        self.inner.cache.get(key)
+    pub(crate) fn used(&self, key: &K, now: Instant) -> Option<Kept<K>> {
+        let kept = self.inner.built.pin().get(key).cloned()?;
+        if kept.slot().is_some_and(|slot| slot.touch(now)) {
+            self.ranked(key, &kept);
+        }
+        Some(kept)
+    }
+
+    /// Moves `key` up the LRU order, as a use of `kept`; if the cache no
+    /// longer holds `kept`, the request path stops finding it.
+    pub(crate) fn ranked(&self, key: &K, kept: &Kept<K>) {
+        if !self
+            .inner
+            .cache
+            .get(key)
+            .is_some_and(|held| held.same(kept))
+        {
+            let _ = self
+                .inner
+                .built
+                .pin()
+                .remove_if(key, |_, held| held.same(kept));
+        }
     }
 
     /// Starts the task that drops idle providers, unless it runs.
@@ -415,6 +462,11 @@ where
                 None => false,
             });
         inner.cache.run_pending_tasks();
+        // An entry the listener missed, unused since, goes too.
+        inner
+            .built
+            .pin()
+            .retain(|_, kept| kept.slot().is_some_and(|slot| slot.idle_for(now) < idle));
     }
 }
 

@@ -31,6 +31,11 @@ impl<K> Kept<K> {
         Self(Arc::new(OnceCell::new()))
     }
 
+    /// Whether `other` is this very entry.
+    pub(super) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The client's slot, once its provider is built.
     #[inline]
     pub(crate) fn slot(&self) -> Option<&Slot<K>> {
@@ -68,6 +73,11 @@ impl<K> SlotShared<K> {
     }
 }
 
+/// How finely the LRU order tells uses apart, in milliseconds: uses of a
+/// client within a second of the last one the cache was told of are not
+/// told again.
+pub(super) const LRU_RESOLUTION: u64 = 1_000;
+
 /// One client of a set.
 pub(crate) struct Slot<K> {
     key: K,
@@ -75,6 +85,9 @@ pub(crate) struct Slot<K> {
     shared: Arc<SlotShared<K>>,
     /// When a request last used it, in milliseconds since the epoch.
     last_used: AtomicU64,
+    /// When the cache's LRU order last heard of a use, in milliseconds
+    /// since the epoch.
+    ranked: AtomicU64,
     /// When the last lookup after a rejection started, in milliseconds
     /// since the epoch, plus one; 0 before any.
     rechecked: AtomicU64,
@@ -90,6 +103,7 @@ impl<K> Slot<K> {
             provider,
             shared,
             last_used: AtomicU64::new(now),
+            ranked: AtomicU64::new(now),
             rechecked: AtomicU64::new(0),
             rechecking: AtomicBool::new(false),
         }
@@ -101,12 +115,28 @@ impl<K> Slot<K> {
 
     /// Records a use at `now`. Written only when the millisecond changed,
     /// so that threads using one client share its cache line read-only.
+    ///
+    /// Whether the use should also move the client up the cache's LRU
+    /// order: true once per [`LRU_RESOLUTION`], for the first use after
+    /// it, so that the cache's bookkeeping (its hash, its read log) costs
+    /// a busy client one lookup a second rather than one per request.
     #[inline]
-    pub(crate) fn touch(&self, now: Instant) {
+    pub(crate) fn touch(&self, now: Instant) -> bool {
         let now = self.shared.millis(now);
-        if self.last_used.load(Ordering::Relaxed) < now {
-            self.last_used.store(now, Ordering::Relaxed);
+        if self.last_used.load(Ordering::Relaxed) >= now {
+            return false;
         }
+        self.last_used.store(now, Ordering::Relaxed);
+        if now
+            < self
+                .ranked
+                .load(Ordering::Relaxed)
+                .saturating_add(LRU_RESOLUTION)
+        {
+            return false;
+        }
+        self.ranked.store(now, Ordering::Relaxed);
+        true
     }
 
     /// How long it has gone unused at `now` (milliseconds since the epoch).
