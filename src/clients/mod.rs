@@ -492,3 +492,48 @@ impl<K> fmt::Debug for TokenProviders<K> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, feature = "test-util"))]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::test_util::MockExchange;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A set with one built client, 1, whose entry in the request path's
+    /// map is then one the cache no longer holds: the eviction listener
+    /// ran before the entry was inserted, a race the set must survive.
+    async fn with_a_stray_entry() -> TokenProviders<u32> {
+        let source = CredentialSource::from_fn(|key: u32| async move {
+            Ok::<_, Infallible>(ClientCredentials::new(format!("client-{key}"), "s3cr3t"))
+        });
+        let providers = TokenProviders::new(MockExchange::new(HOUR), source);
+        providers.provider(&1).await.unwrap();
+        let kept = providers.used(&1, Instant::now()).unwrap();
+        providers.inner.cache.invalidate(&1);
+        assert!(providers.inner.built.pin().get(&1).is_none(), "listener");
+        let _ = providers.inner.built.pin().insert(1, kept);
+        providers
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stray_entry_leaves_the_request_path_at_its_next_ranking() {
+        let providers = with_a_stray_entry().await;
+        // Within the second of its last ranking, it is used as it is.
+        assert!(providers.used(&1, Instant::now()).is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // The request that ranks it still gets it; the next one does not.
+        assert!(providers.used(&1, Instant::now()).is_some());
+        assert!(providers.used(&1, Instant::now()).is_none());
+        assert!(providers.inner.built.pin().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unused_stray_entry_leaves_at_the_idle_sweep() {
+        let providers = with_a_stray_entry().await;
+        tokio::time::sleep(HOUR + 2 * MINUTE).await;
+        assert!(providers.inner.built.pin().is_empty());
+    }
+}
