@@ -243,13 +243,48 @@ async fn failures_stay_with_their_client() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert!(
         !providers.contains(&Tenant(3)),
-        "a failed lookup keeps nothing"
+        "a failed lookup builds no provider"
     );
 
-    // Once the source knows tenant 3, its next request is served.
+    // Once the source knows tenant 3, its next request after the pause
+    // is served.
     secrets.missing.lock().unwrap().clear();
+    tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(send(&api, 3).await.unwrap(), "Bearer token-4");
     assert_eq!(secrets.lookups(3), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_lookup_is_the_answer_for_a_pause_that_doubles_up_to_the_recheck_interval() {
+    let secrets = Secrets::default();
+    secrets.missing.lock().unwrap().push(3);
+    let providers = TokenProviders::builder(MockExchange::new(HOUR), secrets.source())
+        .recheck_interval(Duration::from_secs(4))
+        .build();
+    let api =
+        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let start = tokio::time::Instant::now();
+    // A request every 100 ms for 12 s: lookups at 0, 1, 3 (2 s after),
+    // 7 and 11 s (4 s after, the interval), and the error every time.
+    let mut lookups_at = Vec::new();
+    while start.elapsed() < Duration::from_secs(12) {
+        let before = secrets.lookups(3);
+        let error = send(&api, 3).await.unwrap_err();
+        assert!(error.is::<CredentialsError>(), "{error}");
+        if secrets.lookups(3) > before {
+            lookups_at.push(start.elapsed().as_millis());
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lookups_at, [0, 1_000, 3_000, 7_000, 11_000]);
+    assert!(!providers.contains(&Tenant(3)));
+
+    // Found at last: served at the end of the pause, and a later failure
+    // starts from 1 s again.
+    secrets.missing.lock().unwrap().clear();
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert_eq!(send(&api, 3).await.unwrap(), "Bearer token-1");
+    assert_eq!(secrets.lookups(3), 6);
 }
 
 #[tokio::test(start_paused = true)]
@@ -278,8 +313,11 @@ async fn a_herd_on_a_client_whose_lookup_fails_shares_one_lookup_and_its_error()
     );
     assert_eq!(exchange.calls(), 0);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
-    providers.run_pending_tasks();
-    assert!(providers.is_empty(), "nothing is kept of a failed lookup");
+    // The failure is the answer for a second, with no new lookup.
+    let error = send(&api, 3).await.unwrap_err();
+    assert!(error.is::<CredentialsError>(), "{error}");
+    assert_eq!(secrets.lookups(3), 1);
+    assert!(!providers.contains(&Tenant(3)));
 }
 
 #[tokio::test(start_paused = true)]

@@ -162,6 +162,11 @@ where
     /// rejects its credentials (default 10 s): a rotated secret is picked
     /// up within that, and a storm of 401s costs the credential source one
     /// lookup per interval and client.
+    ///
+    /// It is also the longest pause after failed lookups: a client whose
+    /// lookup fails gets that error at once for 1 s, doubling with each
+    /// failure in a row up to this interval, then the next request looks
+    /// its credentials up again.
     pub fn recheck_interval(mut self, interval: Duration) -> Self {
         self.recheck_interval = interval;
         self

@@ -68,7 +68,10 @@
 //! - **Failures stay with their client**: a client whose credentials cannot
 //!   be loaded gets a [`CredentialsError`], a client whose exchange fails
 //!   its [`TokenError`](crate::TokenError); other clients are served as
-//!   before.
+//!   before. A failed lookup is the answer for a pause (1 s, doubling up to
+//!   [`recheck_interval`](TokenProvidersBuilder::recheck_interval)), so a
+//!   busy client whose secret is missing costs the source one lookup per
+//!   pause, not one per request.
 //! - **Rotation**: [`TokenProviders::set_credentials`] gives one client new
 //!   credentials; and after a 401 from the API, or the token endpoint
 //!   rejecting a client's credentials, the layer asks the
@@ -104,7 +107,7 @@ pub use self::builder::{
 use self::builder::{MakeProvider, over_exchange};
 pub use self::error::{CredentialsError, MissingClientKey};
 pub use self::layer::{PerClientAuth, PerClientAuthLayer, PerClientFuture};
-use self::slot::{Kept, Slot, SlotShared};
+use self::slot::{Failed, Kept, Slot, SlotShared};
 
 /// The request path's map: no lock to read, and a fast hash of the key.
 type Built<K> = papaya::HashMap<K, Kept<K>, foldhash::fast::RandomState>;
@@ -174,6 +177,8 @@ struct Inner<K> {
     shared: Arc<SlotShared<K>>,
     max_clients: u64,
     idle_timeout: Duration,
+    /// The longest pause after failed lookups.
+    recheck_interval: Duration,
     /// The task that drops idle providers, once one was built.
     sweeper: Mutex<Option<JoinHandle<()>>>,
 }
@@ -272,6 +277,7 @@ where
                 shared,
                 max_clients: builder.max_clients,
                 idle_timeout: builder.idle_timeout,
+                recheck_interval: builder.recheck_interval,
                 sweeper: Mutex::new(None),
             }),
         }
@@ -284,8 +290,10 @@ where
     /// # Errors
     ///
     /// A [`CredentialsError`] when the source fails for `key`, to every
-    /// call that waited on that lookup; nothing is kept, and the next call
-    /// asks the source again.
+    /// call that waited on that lookup, and at once to the calls of the
+    /// next second (doubling with each failure in a row, up to
+    /// [`recheck_interval`](TokenProvidersBuilder::recheck_interval)); the
+    /// first call after that asks the source again.
     pub async fn provider(&self, key: &K) -> Result<TokenProvider, CredentialsError> {
         self.provider_of(key.clone()).await
     }
@@ -326,7 +334,8 @@ where
         self.inner.cache.invalidate(key);
     }
 
-    /// How many clients are kept. Evictions are applied in batches, so
+    /// How many clients are kept, those whose failed lookup is still
+    /// answered included. Evictions are applied in batches, so
     /// the count may lag behind them until
     /// [`run_pending_tasks`](Self::run_pending_tasks).
     pub fn len(&self) -> u64 {
@@ -351,18 +360,35 @@ where
         let inner = &self.inner;
         // The entry is made at once; what takes time is filled in below,
         // by the first caller, while the others wait on it.
-        let kept = inner.cache.get_with_by_ref(&key, Kept::empty);
+        let mut kept = inner.cache.get_with_by_ref(&key, || Kept::after(0));
+        if let Some(failed) = kept.failure_over(Instant::now()) {
+            // A failed lookup whose pause is over: a new entry replaces it
+            // (unless another caller's did), to be filled by a new lookup.
+            let next = Kept::after(failed.failures);
+            let _ = inner
+                .cache
+                .entry_by_ref(&key)
+                .and_compute_with(|entry| match entry {
+                    Some(entry) if entry.value().same(&kept) => Op::Put(next),
+                    _ => Op::Nop,
+                });
+            kept = inner.cache.get_with_by_ref(&key, || Kept::after(0));
+        }
         let built = kept
             .0
+            .built
             .get_or_init(|| async {
-                let credentials = inner
-                    .source
-                    .lookup(key.clone())
-                    .await
-                    .map_err(CredentialsError::new)?;
-                let provider = (inner.make_provider)(&key, credentials);
                 self.start_sweeper();
-                Ok(Slot::new(key.clone(), provider, Arc::clone(&inner.shared)))
+                match inner.source.lookup(key.clone()).await {
+                    Ok(credentials) => {
+                        let provider = (inner.make_provider)(&key, credentials);
+                        Ok(Slot::new(key.clone(), provider, Arc::clone(&inner.shared)))
+                    }
+                    Err(error) => {
+                        let error = CredentialsError::new(error);
+                        Err(Failed::new(error, kept.failures(), inner.recheck_interval))
+                    }
+                }
             })
             .await;
         match built {
@@ -375,19 +401,8 @@ where
                 self.ranked(&key, &kept);
                 Ok(provider)
             }
-            Err(error) => {
-                let error = error.clone();
-                // Nothing is kept of a failed lookup: the entry goes, if it
-                // is still this one.
-                let _ = inner
-                    .cache
-                    .entry_by_ref(&key)
-                    .and_compute_with(|entry| match entry {
-                        Some(entry) if Arc::ptr_eq(&entry.value().0, &kept.0) => Op::Remove,
-                        _ => Op::Nop,
-                    });
-                Err(error)
-            }
+            // Kept for its pause: the requests until then get it at once.
+            Err(failed) => Err(failed.error.clone()),
         }
     }
 
@@ -456,7 +471,7 @@ where
         // and so is an entry whose first lookup runs.
         let _ = inner
             .cache
-            .invalidate_entries_if(move |_, kept| match kept.0.get() {
+            .invalidate_entries_if(move |_, kept| match kept.0.built.get() {
                 Some(Ok(slot)) => slot.idle_for(now) >= idle,
                 Some(Err(_)) => true,
                 None => false,
