@@ -9,7 +9,7 @@ use http_body_util::BodyExt as _;
 use serde_json::json;
 
 use super::fault_body::{OversizedBody, RESET_DECLARED_LENGTH, ResetBody};
-use super::server::{Aborted, Body, full};
+use super::response::{Aborted, Body, full};
 use super::state::State;
 
 /// A way for the token endpoint to misbehave; see

@@ -9,7 +9,7 @@ use http_body::{Frame, SizeHint};
 
 #[cfg(doc)]
 use super::Fault;
-use super::server::Aborted;
+use super::response::Aborted;
 
 /// What [`Fault::ResetMidResponse`] sends of its body before aborting.
 pub(super) const RESET_PREFIX: &[u8] = br#"{"access_token":""#;

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 
 use super::resource::{bearer_token, token_problem};
-use super::server::Body;
+use super::response::Body;
 use super::state::State;
 
 /// Path of the health check RPC.
@@ -57,7 +57,7 @@ pub(super) async fn health_check(state: &State, request: Request<Incoming>) -> R
             grpc_response(body)
         }
         Some(problem) => {
-            let mut response = grpc_response(super::server::full(Bytes::new()));
+            let mut response = grpc_response(super::response::full(Bytes::new()));
             let headers = response.headers_mut();
             headers.insert("grpc-status", HeaderValue::from_static(UNAUTHENTICATED));
             headers.insert("grpc-message", HeaderValue::from_static(problem));

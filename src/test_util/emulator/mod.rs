@@ -4,9 +4,11 @@
 //! * `builder`: [`EmulatorBuilder`] and starting the server;
 //! * `state`: what the handle and the server tasks share, and
 //!   [`RecordedRequest`];
-//! * `server`: the accept loop, routing, and the body of every response;
-//! * `tls`: the generated CA and server certificate, and connections over
-//!   TLS (features `rustls` or `rustls-ring`);
+//! * `server`: the accept loop, connections over plain HTTP or TLS, and
+//!   routing;
+//! * `response`: the body of every response, and JSON answers;
+//! * `tls`: the generated CA and server certificate (features `rustls` or
+//!   `rustls-ring`);
 //! * `grpc`: the gRPC health service;
 //! * `token_endpoint`: `POST /oauth2/token`;
 //! * `resource`: the protected resource and [`TokenValidator`];
@@ -21,6 +23,7 @@ mod fault;
 mod fault_body;
 mod grpc;
 mod resource;
+mod response;
 mod server;
 mod state;
 #[cfg(test)]

@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::server::{Body, json_response};
+use super::response::{Body, json_response};
 use super::state::{State, lock};
 
 /// Path of the protected resource.

@@ -1,49 +1,21 @@
-//! Connection plumbing: the accept loop, routing, the body of every
-//! response and the JSON answers both endpoints build on.
+//! Connection plumbing: the accept loop, connections over plain HTTP/1.1
+//! or TLS (HTTP/2 or HTTP/1.1, as ALPN chose), and routing to the
+//! endpoints.
 
-use std::error::Error as StdError;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::grpc::{self, HEALTH_CHECK_PATH};
 use super::resource::{self, RESOURCE_PATH};
+use super::response::{Aborted, Body, json_response};
 use super::state::State;
 use super::token_endpoint::{self, TOKEN_PATH};
-
-/// The body of every emulator response: a [`Full`] one, or one of the
-/// bodies of [`Fault`](super::Fault) that stream or break.
-pub(super) type Body = BoxBody<Bytes, Aborted>;
-
-/// A body sent whole, in one frame.
-pub(super) fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// Why the emulator cut a connection: a hung request released, or a
-/// response aborted on purpose.
-#[derive(Debug)]
-pub(super) struct Aborted(pub(super) &'static str);
-
-impl fmt::Display for Aborted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl StdError for Aborted {}
 
 /// How the emulator's connections are served.
 #[derive(Clone)]
@@ -74,7 +46,7 @@ pub(super) async fn accept_loop(listener: TcpListener, transport: Transport, sta
             }
             #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
             Transport::Https(acceptor) => {
-                tokio::spawn(super::tls::serve(acceptor.clone(), stream, state));
+                tokio::spawn(serve_tls(acceptor.clone(), stream, state));
             }
         }
     }
@@ -88,6 +60,41 @@ where
     let service = hyper::service::service_fn(move |request| route(Arc::clone(&state), request));
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .serve_connection(io, service);
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "routera emulator: connection error");
+    }
+}
+
+/// Completes the handshake, then serves HTTP/2 if the client asked for it
+/// through ALPN, HTTP/1.1 otherwise.
+#[cfg(any(feature = "rustls", feature = "rustls-ring"))]
+async fn serve_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    state: Arc<State>,
+) {
+    // A handshake that never completes ends with the emulator, on no
+    // timer (tests may run on paused time).
+    let mut shutdown = state.shutdown.clone();
+    let stream = tokio::select! {
+        accepted = acceptor.accept(stream) => match accepted {
+            Ok(stream) => stream,
+            Err(error) => {
+                // A client that does not trust the certificate ends up here.
+                tracing::debug!(%error, "routera emulator: TLS handshake failed");
+                return;
+            }
+        },
+        _ = shutdown.changed() => return,
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let io = TokioIo::new(stream);
+    if !h2 {
+        return serve_http1(io, state).await;
+    }
+    let service = hyper::service::service_fn(move |request| route(Arc::clone(&state), request));
+    let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
         .serve_connection(io, service);
     if let Err(error) = connection.await {
         tracing::debug!(%error, "routera emulator: connection error");
@@ -111,22 +118,9 @@ pub(super) async fn route(
     }
 }
 
-/// A JSON response that must not be cached.
-pub(super) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut response = Response::new(full(body.to_string()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
-
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use http::{Method, Request, StatusCode, header};
     use http_body_util::Full;
 
@@ -158,17 +152,6 @@ mod tests {
         assert_eq!(emulator.token_requests(), 1);
         assert_eq!(emulator.resource_requests(), 0);
         assert_eq!(emulator.exchange_count(), 0);
-    }
-
-    #[test]
-    fn full_bodies_announce_their_length() {
-        use http_body::Body as _;
-
-        let body = full("four");
-        assert_eq!(body.size_hint().exact(), Some(4));
-        let empty = full(Bytes::new());
-        assert!(empty.is_end_stream());
-        assert_eq!(empty.size_hint().exact(), Some(0));
     }
 
     #[tokio::test]

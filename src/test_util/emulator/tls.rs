@@ -1,12 +1,10 @@
-//! HTTPS: the CA and server certificate an emulator generates, its rustls
-//! server configuration, and connections served over TLS (HTTP/2 or
-//! HTTP/1.1, as ALPN chose).
+//! HTTPS: the CA and server certificate an emulator generates, and its
+//! rustls server configuration.
 
 use std::io;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -14,11 +12,7 @@ use rcgen::{
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-
-use super::server::{self, route};
-use super::state::State;
 
 /// The names the server certificate is issued for.
 const SERVER_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
@@ -136,39 +130,11 @@ fn config_error(error: rustls::Error) -> io::Error {
     ))
 }
 
-/// Completes the handshake, then serves HTTP/2 if the client asked for it
-/// through ALPN, HTTP/1.1 otherwise.
-pub(super) async fn serve(acceptor: TlsAcceptor, stream: TcpStream, state: Arc<State>) {
-    // A handshake that never completes ends with the emulator, on no
-    // timer (tests may run on paused time).
-    let mut shutdown = state.shutdown.clone();
-    let stream = tokio::select! {
-        accepted = acceptor.accept(stream) => match accepted {
-            Ok(stream) => stream,
-            Err(error) => {
-                // A client that does not trust the certificate ends up here.
-                tracing::debug!(%error, "routera emulator: TLS handshake failed");
-                return;
-            }
-        },
-        _ = shutdown.changed() => return,
-    };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-    let io = TokioIo::new(stream);
-    if !h2 {
-        return server::serve_http1(io, state).await;
-    }
-    let service = hyper::service::service_fn(move |request| route(Arc::clone(&state), request));
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .serve_connection(io, service);
-    if let Err(error) = connection.await {
-        tracing::debug!(%error, "routera emulator: connection error");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use tower::ServiceExt as _;
+
+    use tokio::net::TcpStream;
 
     use super::super::Emulator;
     use super::*;

@@ -15,7 +15,7 @@ use tower::util::rng::{HasherRng, Rng as _};
 
 use super::RecordedRequest;
 use super::fault;
-use super::server::{Aborted, Body, json_response};
+use super::response::{Aborted, Body, json_response};
 use super::state::{Issued, State, lock};
 
 /// Path of the token endpoint.
