@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -279,12 +279,70 @@ async fn a_failed_lookup_is_the_answer_for_a_pause_that_doubles_up_to_the_rechec
     assert_eq!(lookups_at, [0, 1_000, 3_000, 7_000, 11_000]);
     assert!(!providers.contains(&Tenant(3)));
 
-    // Found at last: served at the end of the pause, and a later failure
-    // starts from 1 s again.
+    // Found at last: served at the end of the pause.
     secrets.missing.lock().unwrap().clear();
     tokio::time::advance(Duration::from_secs(4)).await;
     assert_eq!(send(&api, 3).await.unwrap(), "Bearer token-1");
     assert_eq!(secrets.lookups(3), 6);
+
+    // A success starts the count over: removed and missing again, the
+    // client is looked up again 1 s after its next failure.
+    providers.remove(&Tenant(3));
+    secrets.missing.lock().unwrap().push(3);
+    send(&api, 3).await.unwrap_err();
+    tokio::time::advance(Duration::from_millis(900)).await;
+    send(&api, 3).await.unwrap_err();
+    assert_eq!(secrets.lookups(3), 7);
+    tokio::time::advance(Duration::from_millis(100)).await;
+    send(&api, 3).await.unwrap_err();
+    assert_eq!(secrets.lookups(3), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clients_whose_lookup_fails_take_no_place_from_a_provider() {
+    let exchange = MockExchange::new(HOUR);
+    let secrets = Secrets::default();
+    let providers = TokenProviders::builder(exchange.clone(), secrets.source())
+        .max_clients(2)
+        .build();
+    let api =
+        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    send(&api, 1).await.unwrap();
+    send(&api, 2).await.unwrap();
+    // Requests for unknown tenants, some again and again, some once.
+    secrets.missing.lock().unwrap().extend(100..120);
+    for round in 0..10 {
+        for tenant in [100, 101, 102 + round] {
+            let error = send(&api, tenant).await.unwrap_err();
+            assert!(error.is::<CredentialsError>(), "{error}");
+            providers.run_pending_tasks();
+        }
+        tokio::time::advance(Duration::from_millis(100)).await;
+    }
+    assert!(providers.contains(&Tenant(1)) && providers.contains(&Tenant(2)));
+    assert_eq!(providers.len(), 2);
+    assert_eq!(send(&api, 1).await.unwrap(), "Bearer token-1");
+    assert_eq!(send(&api, 2).await.unwrap(), "Bearer token-2");
+    assert_eq!(
+        exchange.calls(),
+        2,
+        "no provider was evicted and built again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_credentials_for_a_client_whose_lookup_failed_are_looked_up_at_once() {
+    let secrets = Secrets::default();
+    secrets.missing.lock().unwrap().push(3);
+    let providers = TokenProviders::new(MockExchange::new(HOUR), secrets.source());
+    let api =
+        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    send(&api, 3).await.unwrap_err();
+    // The secret is created, and the set told so: no pause to wait out.
+    secrets.missing.lock().unwrap().clear();
+    assert!(!providers.set_credentials(&Tenant(3), credentials(3, 1)));
+    assert_eq!(send(&api, 3).await.unwrap(), "Bearer token-1");
+    assert_eq!(secrets.lookups(3), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -435,6 +493,34 @@ async fn a_request_in_flight_across_an_eviction_completes_with_its_token() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_client_removed_while_its_provider_is_built_is_built_again_by_the_next_request() {
+    let exchange = MockExchange::new(HOUR);
+    let secrets = Secrets::default();
+    let set: Arc<OnceLock<TokenProviders<Tenant>>> = Arc::default();
+    let providers = TokenProviders::builder_with(secrets.source(), {
+        let (set, exchange) = (Arc::clone(&set), exchange.clone());
+        move |tenant: &Tenant, credentials| {
+            // Removed (or evicted) between its lookup and its first use.
+            if let Some(providers) = set.get() {
+                providers.remove(tenant);
+            }
+            TokenProvider::new(exchange.clone(), credentials)
+        }
+    })
+    .build();
+    let _ = set.set(providers.clone());
+    let api =
+        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+
+    // The request that built it is served by it...
+    assert_eq!(send(&api, 1).await.unwrap(), "Bearer token-1");
+    // ...but the request path does not keep what the set dropped.
+    assert!(!providers.contains(&Tenant(1)));
+    assert_eq!(send(&api, 1).await.unwrap(), "Bearer token-2");
+    assert_eq!(secrets.lookups(1), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_in_flight_across_a_removal_completes_with_its_token() {
     let exchange = MockExchange::new(HOUR).gated();
     let secrets = Secrets::default();
@@ -558,8 +644,9 @@ async fn a_storm_of_401s_looks_the_credentials_up_once_per_interval() {
     assert_eq!(secrets.lookups(1), 3);
 }
 
-/// A request with a fresh token allocates nothing: within a second of a
-/// client's last ranking, it takes nothing of the cache's bookkeeping.
+/// A request with a fresh token allocates nothing; the one a second that
+/// ranks its client in the cache's LRU order allocates in the cache's
+/// upkeep, now and then.
 #[test]
 fn a_request_with_a_fresh_token_allocates_nothing() {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -581,7 +668,7 @@ fn a_request_with_a_fresh_token_allocates_nothing() {
     });
     let mut service = RouteraAuthLayer::per_client(providers, tenant_of).layer(inner);
     let mut cx = Context::from_waker(Waker::noop());
-    let mut requests: Vec<_> = (0..10_100)
+    let mut requests: Vec<_> = (0..20_100)
         .map(|i| {
             let mut request = request_for(i % 100);
             request.headers_mut().reserve(4);
@@ -600,9 +687,11 @@ fn a_request_with_a_fresh_token_allocates_nothing() {
     for request in requests.drain(..100) {
         send(request);
     }
-    let count = requests.len() as u64;
+    // Within a second of each client's last ranking: nothing.
+    let count = requests.len() as u64 / 2;
+    let mut requests = requests.into_iter();
     let measured = allocation_counter::measure(|| {
-        for request in requests {
+        for request in requests.by_ref().take(count as usize) {
             send(request);
         }
     });
@@ -611,6 +700,20 @@ fn a_request_with_a_fresh_token_allocates_nothing() {
         measured.count_total
     );
     assert_eq!(measured.count_total, 0, "{measured:?}");
+    // A second between each client's uses: every request ranks its client
+    // in the cache's LRU order, whose upkeep allocates now and then.
+    let mut ranked = 0;
+    for _ in 0..count / 100 {
+        runtime.block_on(tokio::time::advance(Duration::from_secs(1)));
+        ranked += allocation_counter::measure(|| {
+            for request in requests.by_ref().take(100) {
+                send(request);
+            }
+        })
+        .count_total;
+    }
+    println!("{count} requests, each ranking its client: {ranked} allocations");
+    assert!(ranked * 50 < count, "{ranked} allocations");
     // The counter does see allocations: a new client's first request
     // allocates.
     let first = allocation_counter::measure(|| {

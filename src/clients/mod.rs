@@ -90,6 +90,7 @@ mod slot;
 
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{Ordering, fence};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -108,11 +109,11 @@ use self::builder::{MakeProvider, over_exchange};
 pub use self::error::{CredentialsError, MissingClientKey};
 pub use self::layer::{PerClientAuth, PerClientAuthLayer, PerClientFuture};
 use self::slot::{Failed, Kept, Slot, SlotShared};
+use crate::error::BoxError;
+use crate::{ClientCredentials, Token, TokenProvider, TokenRequest};
 
 /// The request path's map: no lock to read, and a fast hash of the key.
 type Built<K> = papaya::HashMap<K, Kept<K>, foldhash::fast::RandomState>;
-use crate::error::BoxError;
-use crate::{ClientCredentials, Token, TokenProvider, TokenRequest};
 
 /// A bounded set of [`TokenProvider`]s, one per client key (a tenant id,
 /// an account): many Routera clients in one process.
@@ -177,6 +178,9 @@ struct Inner<K> {
     shared: Arc<SlotShared<K>>,
     max_clients: u64,
     idle_timeout: Duration,
+    /// The clients whose last lookup failed, apart from `cache` so that
+    /// they take no place from a provider; as many as `max_clients`.
+    failures: Cache<K, Failed>,
     /// The longest pause after failed lookups.
     recheck_interval: Duration,
     /// The task that drops idle providers, once one was built.
@@ -260,6 +264,8 @@ where
             .eviction_listener({
                 let built = Arc::clone(&built);
                 move |key: Arc<K>, gone: Kept<K>, _| {
+                    // Pairs with the fence after an insert into `built`.
+                    fence(Ordering::SeqCst);
                     let _ = built.pin().remove_if(&*key, |_, kept| kept.same(&gone));
                 }
             })
@@ -277,6 +283,7 @@ where
                 shared,
                 max_clients: builder.max_clients,
                 idle_timeout: builder.idle_timeout,
+                failures: Cache::new(builder.max_clients),
                 recheck_interval: builder.recheck_interval,
                 sweeper: Mutex::new(None),
             }),
@@ -316,8 +323,9 @@ where
     /// [`TokenProvider::set_credentials`] does for its provider. Returns
     /// whether a provider was kept for it; if none was, the next request
     /// looks the credentials up from the source, which should then give the
-    /// new ones.
+    /// new ones, even if the last lookup for `key` failed moments ago.
     pub fn set_credentials(&self, key: &K, credentials: ClientCredentials) -> bool {
+        self.inner.failures.invalidate(key);
         match self.get(key) {
             Some(provider) => {
                 provider.set_credentials(credentials);
@@ -327,15 +335,16 @@ where
         }
     }
 
-    /// Drops the provider of `key` (a client that was removed). Requests
-    /// holding it finish with it; the next request for `key` builds a new
-    /// one.
+    /// Drops the provider of `key` (a client that was removed), or the
+    /// failure of its last lookup. Requests holding the provider finish
+    /// with it; the next request for `key` looks its credentials up and
+    /// builds a new one.
     pub fn remove(&self, key: &K) {
+        self.inner.failures.invalidate(key);
         self.inner.cache.invalidate(key);
     }
 
-    /// How many clients are kept, those whose failed lookup is still
-    /// answered included. Evictions are applied in batches, so
+    /// How many clients are kept. Evictions are applied in batches, so
     /// the count may lag behind them until
     /// [`run_pending_tasks`](Self::run_pending_tasks).
     pub fn len(&self) -> u64 {
@@ -358,37 +367,33 @@ where
     /// build for concurrent callers, who all get its result.
     pub(crate) async fn provider_of(&self, key: K) -> Result<TokenProvider, CredentialsError> {
         let inner = &self.inner;
+        if let Some(failed) = inner.failures.get(&key)
+            && Instant::now() < failed.retry_at
+        {
+            // Its last lookup failed, and the pause is not over.
+            return Err(failed.error);
+        }
         // The entry is made at once; what takes time is filled in below,
         // by the first caller, while the others wait on it.
-        let mut kept = inner.cache.get_with_by_ref(&key, || Kept::after(0));
-        if let Some(failed) = kept.failure_over(Instant::now()) {
-            // A failed lookup whose pause is over: a new entry replaces it
-            // (unless another caller's did), to be filled by a new lookup.
-            let next = Kept::after(failed.failures);
-            let _ = inner
-                .cache
-                .entry_by_ref(&key)
-                .and_compute_with(|entry| match entry {
-                    Some(entry) if entry.value().same(&kept) => Op::Put(next),
-                    _ => Op::Nop,
-                });
-            kept = inner.cache.get_with_by_ref(&key, || Kept::after(0));
-        }
+        let kept = inner.cache.get_with_by_ref(&key, Kept::empty);
         let built = kept
             .0
-            .built
             .get_or_init(|| async {
                 self.start_sweeper();
-                match inner.source.lookup(key.clone()).await {
-                    Ok(credentials) => {
-                        let provider = (inner.make_provider)(&key, credentials);
-                        Ok(Slot::new(key.clone(), provider, Arc::clone(&inner.shared)))
-                    }
-                    Err(error) => {
-                        let error = CredentialsError::new(error);
-                        Err(Failed::new(error, kept.failures(), inner.recheck_interval))
-                    }
-                }
+                let credentials = inner.source.lookup(key.clone()).await;
+                let credentials = credentials.map_err(|error| {
+                    let error = CredentialsError::new(error);
+                    let failed = Failed::new(
+                        error.clone(),
+                        inner.failures.get(&key),
+                        inner.recheck_interval,
+                    );
+                    inner.failures.insert(key.clone(), failed);
+                    error
+                })?;
+                inner.failures.invalidate(&key);
+                let provider = (inner.make_provider)(&key, credentials);
+                Ok(Slot::new(key.clone(), provider, Arc::clone(&inner.shared)))
             })
             .await;
         match built {
@@ -397,12 +402,25 @@ where
                 let provider = slot.provider().clone();
                 let _ = inner.built.pin().insert(key.clone(), kept.clone());
                 // Evicted meanwhile: the listener may have run before the
-                // insert.
+                // insert (the fence pairs with the listener's).
+                fence(Ordering::SeqCst);
                 self.ranked(&key, &kept);
                 Ok(provider)
             }
-            // Kept for its pause: the requests until then get it at once.
-            Err(failed) => Err(failed.error.clone()),
+            Err(error) => {
+                let error = error.clone();
+                // The failure is kept apart, for its pause (above); the
+                // entry goes, if it is still this one, so that failing
+                // clients hold no place among the providers.
+                let _ = inner
+                    .cache
+                    .entry_by_ref(&key)
+                    .and_compute_with(|entry| match entry {
+                        Some(entry) if entry.value().same(&kept) => Op::Remove,
+                        _ => Op::Nop,
+                    });
+                Err(error)
+            }
         }
     }
 
@@ -471,7 +489,7 @@ where
         // and so is an entry whose first lookup runs.
         let _ = inner
             .cache
-            .invalidate_entries_if(move |_, kept| match kept.0.built.get() {
+            .invalidate_entries_if(move |_, kept| match kept.0.get() {
                 Some(Ok(slot)) => slot.idle_for(now) >= idle,
                 Some(Err(_)) => true,
                 None => false,

@@ -16,39 +16,9 @@ use crate::error::ErrorChain;
 
 /// The cache's entry for one client: empty while the first request for it
 /// looks its credentials up (the requests that come meanwhile wait on that
-/// lookup), then its slot, or the lookup's failure for every request until
-/// the failure's pause is over.
-pub(crate) struct Kept<K>(pub(super) Arc<Entry<K>>);
-
-pub(super) struct Entry<K> {
-    pub(super) built: OnceCell<Result<Slot<K>, Failed>>,
-    /// Failed lookups in a row before this entry's.
-    failed_before: u32,
-}
-
-/// A failed lookup: its error is the answer until `retry_at`.
-pub(super) struct Failed {
-    pub(super) error: CredentialsError,
-    pub(super) retry_at: Instant,
-    /// Failed lookups in a row, this one included.
-    pub(super) failures: u32,
-}
-
-impl Failed {
-    /// The failure of a lookup that ends now, the `failures`-th in a row:
-    /// answered for 1 s, doubling with each failure up to `longest`.
-    pub(super) fn new(error: CredentialsError, failures: u32, longest: Duration) -> Self {
-        let pause = Duration::from_secs(1)
-            .saturating_mul(1 << failures.saturating_sub(1).min(16))
-            .min(longest);
-        let now = Instant::now();
-        Self {
-            error,
-            retry_at: now.checked_add(pause).unwrap_or(now),
-            failures,
-        }
-    }
-}
+/// lookup), then its slot, or the lookup's error for every request that
+/// waited on it.
+pub(crate) struct Kept<K>(pub(super) Arc<OnceCell<Result<Slot<K>, CredentialsError>>>);
 
 impl<K> Clone for Kept<K> {
     fn clone(&self) -> Self {
@@ -57,17 +27,8 @@ impl<K> Clone for Kept<K> {
 }
 
 impl<K> Kept<K> {
-    /// An entry to fill, after `failed_before` failed lookups in a row.
-    pub(super) fn after(failed_before: u32) -> Self {
-        Self(Arc::new(Entry {
-            built: OnceCell::new(),
-            failed_before,
-        }))
-    }
-
-    /// How many lookups in a row this entry's will be, if it fails.
-    pub(super) fn failures(&self) -> u32 {
-        self.0.failed_before.saturating_add(1)
+    pub(super) fn empty() -> Self {
+        Self(Arc::new(OnceCell::new()))
     }
 
     /// Whether `other` is this very entry.
@@ -78,14 +39,38 @@ impl<K> Kept<K> {
     /// The client's slot, once its provider is built.
     #[inline]
     pub(crate) fn slot(&self) -> Option<&Slot<K>> {
-        self.0.built.get()?.as_ref().ok()
+        self.0.get()?.as_ref().ok()
     }
+}
 
-    /// The failed lookup whose pause is over, if this entry holds one.
-    pub(super) fn failure_over(&self, now: Instant) -> Option<&Failed> {
-        match self.0.built.get()? {
-            Err(failed) if now >= failed.retry_at => Some(failed),
-            _ => None,
+/// A client's failed lookups: the last error is the answer until
+/// `retry_at`.
+#[derive(Clone)]
+pub(super) struct Failed {
+    pub(super) error: CredentialsError,
+    pub(super) retry_at: Instant,
+    /// Failed lookups in a row.
+    failures: u32,
+}
+
+impl Failed {
+    /// A lookup that failed now with `error`, after `before` (the failures
+    /// in a row until then, if any): answered for 1 s, doubling with each
+    /// failure in a row up to `longest`. A failure whose pause ended
+    /// `longest` ago or more starts over.
+    pub(super) fn new(error: CredentialsError, before: Option<Failed>, longest: Duration) -> Self {
+        let now = Instant::now();
+        let after = |at: Instant, pause| at.checked_add(pause).unwrap_or(at);
+        let failures = before
+            .filter(|before| now < after(before.retry_at, longest))
+            .map_or(1, |before| before.failures.saturating_add(1));
+        let pause = Duration::from_secs(1)
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(longest);
+        Self {
+            error,
+            retry_at: after(now, pause),
+            failures,
         }
     }
 }
