@@ -60,8 +60,7 @@
 //!   names, and a 401 invalidates that token only.
 //! - **Bounded**: at most [`max_clients`](TokenProvidersBuilder::max_clients)
 //!   providers, the least recently used (to the second) evicted beyond it,
-//!   and a provider
-//!   without requests for
+//!   and a provider without requests for
 //!   [`idle_timeout`](TokenProvidersBuilder::idle_timeout) is dropped.
 //!   Requests that hold an evicted provider finish with it; the next
 //!   request for its client builds a new one.
