@@ -13,7 +13,7 @@ use http::header::AUTHORIZATION;
 use http::{Request, Response};
 use routera_auth::test_util::MockExchange;
 use routera_auth::{RouteraAuthLayer, TokenProvider};
-use tower::{Layer, Service, service_fn};
+use tower::{Layer, service_fn};
 
 #[test]
 fn a_request_with_a_fresh_token_allocates_nothing_and_starts_no_exchange() {
@@ -46,14 +46,7 @@ fn a_request_with_a_fresh_token_allocates_nothing_and_starts_no_exchange() {
         })
         .collect();
 
-    let mut send = |request: Request<()>| {
-        assert!(service.poll_ready(&mut cx).is_ready());
-        let future = pin!(service.call(request));
-        match future.poll(&mut cx) {
-            Poll::Ready(Ok(response)) => response,
-            other => panic!("expected an immediate response, got {other:?}"),
-        }
-    };
+    let mut send = |request: Request<()>| common::call_now(&mut service, request);
     // Warm-up: thread-local state of the cache read is set up on first use.
     if let Some(request) = requests.pop() {
         send(request);

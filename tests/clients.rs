@@ -3,13 +3,15 @@
 //! other, eviction by size and by idle time, failures that stay with their
 //! client, rotation, and the request path's allocations.
 
+mod common;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use http::header::AUTHORIZATION;
@@ -115,6 +117,22 @@ fn echo(
     })
 }
 
+/// The per-client layer over `providers`, on [`echo`], the tenant read
+/// from the request's extension.
+fn api(
+    providers: &TokenProviders<Tenant>,
+    calls: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<()>,
+    Response = Response<String>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<String>, BoxError>> + Send + 'static,
+> + Clone
++ Send
++ 'static {
+    RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(calls))
+}
+
 /// The `Authorization` of a request for `tenant` through `api`.
 async fn send<S>(api: &S, tenant: u32) -> Result<String, BoxError>
 where
@@ -132,7 +150,7 @@ async fn a_herd_on_a_new_client_makes_one_lookup_and_one_exchange() {
     };
     let providers = TokenProviders::new(exchange.clone(), secrets.source());
     let calls = Arc::new(AtomicUsize::new(0));
-    let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(calls.clone()));
+    let api = api(&providers, calls.clone());
 
     let herd: Vec<_> = (0..1_000)
         .map(|i| {
@@ -169,7 +187,7 @@ async fn a_client_whose_lookup_hangs_holds_no_other_client_back() {
     };
     let exchange = MockExchange::new(HOUR);
     let providers = TokenProviders::new(exchange.clone(), secrets.source());
-    let api = RouteraAuthLayer::per_client(providers, tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
 
     // Tenant 1's lookup is held at the gate.
     let held: Vec<_> = (0..10)
@@ -213,7 +231,7 @@ async fn failures_stay_with_their_client() {
     })
     .build();
     let calls = Arc::new(AtomicUsize::new(0));
-    let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(calls.clone()));
+    let api = api(&providers, calls.clone());
 
     let missing = send(&api, 3).await.unwrap_err();
     let error = missing
@@ -261,8 +279,7 @@ async fn a_failed_lookup_is_the_answer_for_a_pause_that_doubles_up_to_the_rechec
     let providers = TokenProviders::builder(MockExchange::new(HOUR), secrets.source())
         .recheck_interval(Duration::from_secs(4))
         .build();
-    let api =
-        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
     let start = tokio::time::Instant::now();
     // A request every 100 ms for 12 s: lookups at 0, 1, 3 (2 s after),
     // 7 and 11 s (4 s after, the interval), and the error every time.
@@ -305,8 +322,7 @@ async fn clients_whose_lookup_fails_take_no_place_from_a_provider() {
     let providers = TokenProviders::builder(exchange.clone(), secrets.source())
         .max_clients(2)
         .build();
-    let api =
-        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
     send(&api, 1).await.unwrap();
     send(&api, 2).await.unwrap();
     // Requests for unknown tenants, some again and again, some once.
@@ -335,8 +351,7 @@ async fn new_credentials_for_a_client_whose_lookup_failed_are_looked_up_at_once(
     let secrets = Secrets::default();
     secrets.missing.lock().unwrap().push(3);
     let providers = TokenProviders::new(MockExchange::new(HOUR), secrets.source());
-    let api =
-        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
     send(&api, 3).await.unwrap_err();
     // The secret is created, and the set told so: no pause to wait out.
     secrets.missing.lock().unwrap().clear();
@@ -355,7 +370,7 @@ async fn a_herd_on_a_client_whose_lookup_fails_shares_one_lookup_and_its_error()
     let exchange = MockExchange::new(HOUR);
     let providers = TokenProviders::new(exchange.clone(), secrets.source());
     let calls = Arc::new(AtomicUsize::new(0));
-    let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(calls.clone()));
+    let api = api(&providers, calls.clone());
 
     let herd: Vec<_> = (0..100)
         .map(|_| tokio::spawn(api.clone().oneshot(request_for(3))))
@@ -382,7 +397,7 @@ async fn a_herd_on_a_client_whose_lookup_fails_shares_one_lookup_and_its_error()
 async fn a_request_naming_no_client_is_refused_and_not_sent() {
     let providers = TokenProviders::new(MockExchange::new(HOUR), Secrets::default().source());
     let calls = Arc::new(AtomicUsize::new(0));
-    let api = RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(calls.clone()));
+    let api = api(&providers, calls.clone());
     let error = api.oneshot(Request::new(())).await.unwrap_err();
     assert!(error.is::<MissingClientKey>(), "{error}");
     assert!(
@@ -400,8 +415,7 @@ async fn the_least_recently_used_client_is_evicted_beyond_max_clients() {
     let providers = TokenProviders::builder(exchange.clone(), secrets.source())
         .max_clients(2)
         .build();
-    let api =
-        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
 
     // The LRU order is kept to the second: uses a second apart.
     for tenant in [1, 2, 1, 3] {
@@ -432,8 +446,7 @@ async fn a_client_idle_past_the_timeout_is_dropped_and_a_busy_one_kept() {
     let providers = TokenProviders::builder(exchange.clone(), secrets.source())
         .idle_timeout(Duration::from_secs(60))
         .build();
-    let api =
-        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
 
     send(&api, 1).await.unwrap();
     // Tenant 2 is used every 20 s; tenant 1 never again.
@@ -469,8 +482,7 @@ async fn a_request_in_flight_across_an_eviction_completes_with_its_token() {
     })
     .max_clients(1)
     .build();
-    let api =
-        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
 
     // Tenant 1's request waits for its exchange...
     let in_flight = tokio::spawn({
@@ -509,8 +521,7 @@ async fn a_client_removed_while_its_provider_is_built_is_built_again_by_the_next
     })
     .build();
     let _ = set.set(providers.clone());
-    let api =
-        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
 
     // The request that built it is served by it...
     assert_eq!(send(&api, 1).await.unwrap(), "Bearer token-1");
@@ -525,8 +536,7 @@ async fn a_request_in_flight_across_a_removal_completes_with_its_token() {
     let exchange = MockExchange::new(HOUR).gated();
     let secrets = Secrets::default();
     let providers = TokenProviders::new(exchange.clone(), secrets.source());
-    let api =
-        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
 
     let in_flight = tokio::spawn({
         let api = api.clone();
@@ -547,8 +557,7 @@ async fn a_request_in_flight_across_a_removal_completes_with_its_token() {
 async fn set_credentials_rotates_one_client_only() {
     let exchange = MockExchange::new(HOUR);
     let providers = TokenProviders::new(exchange.clone(), Secrets::default().source());
-    let api =
-        RouteraAuthLayer::per_client(providers.clone(), tenant_of).layer(echo(Arc::default()));
+    let api = api(&providers, Arc::default());
     send(&api, 1).await.unwrap();
     send(&api, 2).await.unwrap();
 
@@ -675,14 +684,7 @@ fn a_request_with_a_fresh_token_allocates_nothing() {
             request
         })
         .collect();
-    let mut send = |request: Request<()>| {
-        assert!(service.poll_ready(&mut cx).is_ready());
-        let future = pin!(service.call(request));
-        match future.poll(&mut cx) {
-            Poll::Ready(Ok(response)) => response,
-            other => panic!("expected an immediate response, got {other:?}"),
-        }
-    };
+    let mut send = |request: Request<()>| common::call_now(&mut service, request);
     // Warm-up: thread-local state of the map's reads is set up on first use.
     for request in requests.drain(..100) {
         send(request);

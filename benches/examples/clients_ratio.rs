@@ -12,7 +12,7 @@
 use http::{Request, Response};
 use routera_auth::RouteraAuthLayer;
 use routera_auth_benches::{
-    Noop, key_of, on_threads_keyed, runtime, warm_provider, warm_providers,
+    Noop, key_of, median, on_threads_keyed, quantile, runtime, warm_provider, warm_providers,
 };
 use tower::{Layer, Service};
 
@@ -73,13 +73,4 @@ where
 {
     let slowest = on_threads_keyed(service, threads, KEYS, u64::from(BATCH));
     slowest.as_nanos() as f64 / f64::from(BATCH)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    quantile(values, 0.5)
-}
-
-fn quantile(values: &mut [f64], q: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * q).round() as usize]
 }

@@ -13,7 +13,7 @@
 
 use http::{Request, Response};
 use routera_auth::RouteraAuthLayer;
-use routera_auth_benches::{Noop, TOKEN, on_threads, runtime, warm_provider};
+use routera_auth_benches::{Noop, TOKEN, median, on_threads, quantile, runtime, warm_provider};
 use tower::{Layer, Service};
 use tower_http::auth::AddAuthorizationLayer;
 
@@ -78,13 +78,4 @@ where
 {
     let slowest = on_threads(service, threads, u64::from(BATCH / 10), u64::from(BATCH));
     slowest.as_nanos() as f64 / f64::from(BATCH)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    quantile(values, 0.5)
-}
-
-fn quantile(values: &mut [f64], q: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * q).round() as usize]
 }

@@ -305,3 +305,14 @@ pub async fn start_server() -> SocketAddr {
     });
     addr
 }
+
+/// The median of `values` (sorted in place).
+pub fn median(values: &mut [f64]) -> f64 {
+    quantile(values, 0.5)
+}
+
+/// The `q` quantile of `values` (sorted in place), the nearest rank.
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}

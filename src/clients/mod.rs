@@ -180,8 +180,6 @@ struct Inner<K> {
     /// The clients whose last lookup failed, apart from `cache` so that
     /// they take no place from a provider; as many as `max_clients`.
     failures: Cache<K, Failed>,
-    /// The longest pause after failed lookups.
-    recheck_interval: Duration,
     /// The task that drops idle providers, once one was built.
     sweeper: Mutex<Option<JoinHandle<()>>>,
 }
@@ -283,7 +281,6 @@ where
                 max_clients: builder.max_clients,
                 idle_timeout: builder.idle_timeout,
                 failures: Cache::new(builder.max_clients),
-                recheck_interval: builder.recheck_interval,
                 sweeper: Mutex::new(None),
             }),
         }
@@ -382,11 +379,7 @@ where
                 let credentials = inner.source.lookup(key.clone()).await;
                 let credentials = credentials.map_err(|error| {
                     let error = CredentialsError::new(error);
-                    let failed = Failed::new(
-                        error.clone(),
-                        inner.failures.get(&key),
-                        inner.recheck_interval,
-                    );
+                    let failed = inner.shared.failed(error.clone(), inner.failures.get(&key));
                     inner.failures.insert(key.clone(), failed);
                     error
                 })?;

@@ -58,7 +58,7 @@ impl Failed {
     /// in a row until then, if any): answered for 1 s, doubling with each
     /// failure in a row up to `longest`. A failure whose pause ended
     /// `longest` ago or more starts over.
-    pub(super) fn new(error: CredentialsError, before: Option<Failed>, longest: Duration) -> Self {
+    fn new(error: CredentialsError, before: Option<Failed>, longest: Duration) -> Self {
         let now = Instant::now();
         let after = |at: Instant, pause| at.checked_add(pause).unwrap_or(at);
         let failures = before
@@ -102,6 +102,12 @@ impl<K> SlotShared<K> {
 
     pub(super) fn millis_of(&self, duration: Duration) -> u64 {
         u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A lookup that failed now with `error`, after `before`: its pause
+    /// is at most the recheck interval.
+    pub(super) fn failed(&self, error: CredentialsError, before: Option<Failed>) -> Failed {
+        Failed::new(error, before, Duration::from_millis(self.recheck_interval))
     }
 }
 

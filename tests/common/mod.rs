@@ -222,3 +222,21 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// Calls `service` with `request` and polls the call once, on a no-op
+/// waker: the response of a service that answers at once (a fresh token
+/// over an inner service that is always ready). Panics if it is not ready.
+pub fn call_now<S, R>(service: &mut S, request: R) -> S::Response
+where
+    S: tower::Service<R>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(service.poll_ready(&mut cx).is_ready());
+    let future = std::pin::pin!(service.call(request));
+    match std::future::Future::poll(future, &mut cx) {
+        Poll::Ready(Ok(response)) => response,
+        Poll::Ready(Err(error)) => panic!("expected a response, got {error:?}"),
+        Poll::Pending => panic!("expected an immediate response"),
+    }
+}
