@@ -24,6 +24,7 @@ pub struct TokenRequest {
     needed_by: Option<Instant>,
     timeout: Duration,
     expiry_skew: Duration,
+    backoff: Duration,
 }
 
 impl TokenRequest {
@@ -38,6 +39,7 @@ impl TokenRequest {
             needed_by: None,
             timeout: crate::defaults::EXCHANGE_TIMEOUT,
             expiry_skew: crate::defaults::EXPIRY_SKEW,
+            backoff: crate::defaults::MIN_BACKOFF,
         }
     }
 
@@ -70,6 +72,23 @@ impl TokenRequest {
     /// ([`Token::with_age`]) must hand out one with time left to serve.
     pub fn served_for(&self, lifetime: Duration) -> Duration {
         served_for(lifetime, self.expiry_skew)
+    }
+
+    /// Says how long the caller waits before it asks again if this
+    /// exchange fails (see [`backoff`](Self::backoff)).
+    pub fn with_backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How long the caller waits before it asks again if this exchange
+    /// fails without a `Retry-After` that asks for longer: the provider's
+    /// next backoff, jitter included (the
+    /// minimum of [`backoff`](crate::TokenProviderBuilder::backoff) by
+    /// default). A middleware that shares the failure with others (a
+    /// fleet's shared cache) makes them back off as long.
+    pub fn backoff(&self) -> Duration {
+        self.backoff
     }
 
     /// Says why the token is wanted.

@@ -609,48 +609,190 @@ async fn a_redis_that_refuses_writes_opens_the_breaker_with_a_warning_and_never_
     assert_eq!(emulator.exchange_count() - before, 1, "shared again");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_with_a_token_waits_for_a_live_holder_half_its_serving_time_at_most() {
-    let redis = redis().await;
-    let shared = || mock_cache(&redis);
-    // A holder that is alive (it renews its lease) but whose exchange
-    // never ends.
-    let hung = MockExchange::new(Duration::from_secs(3600)).gated();
-    let holder = shared().await.layer(hung.clone());
-    let holding = tokio::spawn(holder.oneshot(TokenRequest::new(MockExchange::credentials())));
+/// Starts `exchange` under a shared cache of its own on `redis` as a
+/// lock holder would: in a task, with a cold request of `timeout`, once
+/// its exchange has started.
+async fn holding(
+    redis: &RedisServer,
+    exchange: &MockExchange,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<routera_auth::Token, routera_auth::TokenError>> {
+    let holder = mock_cache(redis).await.layer(exchange.clone());
+    let request = TokenRequest::new(MockExchange::credentials()).with_timeout(timeout);
+    let task = tokio::spawn(holder.oneshot(request));
     let deadline = std::time::Instant::now() + BOUND;
-    while hung.calls() == 0 {
+    while exchange.calls() == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the holder never exchanged"
         );
         tokio::task::yield_now().await;
     }
+    task
+}
 
-    // A replica whose token is served 2 s more: it waits 1 s (past the
-    // holder's first lease, which the holder renewed), then exchanges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_token_waits_for_a_live_holder_past_half_its_serving_time() {
+    let redis = redis().await;
+    // A holder that is alive (it renews its lease) and whose exchange
+    // answers when the test opens its gate.
+    let slow = MockExchange::new(Duration::from_secs(3600)).gated();
+    let holder = holding(&redis, &slow, Duration::from_secs(10)).await;
+
+    // A replica whose token is served 2 s more: the old rule gave up on
+    // the holder after 1 s, half of that, and exchanged.
     let exchange = MockExchange::new(Duration::from_secs(3600));
-    let cache = shared().await;
-    let refreshing = cache.layer(exchange.clone());
-    let started = Instant::now();
-    let request = TokenRequest::new(MockExchange::credentials())
-        .with_reason(routera_auth::TokenReason::RefreshDue)
-        .with_needed_by(started + Duration::from_secs(2));
-    let token = refreshing.oneshot(request).await.unwrap();
-    let took = started.elapsed();
+    let cache = mock_cache(&redis).await;
+    let refreshing = tokio::spawn({
+        let service = cache.layer(exchange.clone());
+        let request = TokenRequest::new(MockExchange::credentials())
+            .with_reason(routera_auth::TokenReason::RefreshDue)
+            .with_needed_by(Instant::now() + Duration::from_secs(2));
+        service.oneshot(request)
+    });
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!refreshing.is_finished(), "it still waits for the holder");
+    slow.open_gate();
+    let token = tokio::time::timeout(BOUND, refreshing).await.unwrap();
 
-    assert!(
-        (Duration::from_secs(1)..Duration::from_millis(1_300)).contains(&took),
-        "{took:?}"
-    );
-    assert_eq!(token.access_token().secret(), "token-1");
-    assert_eq!(exchange.calls(), 1);
+    assert_eq!(token.unwrap().unwrap().access_token().secret(), "token-1");
+    assert_eq!(exchange.calls(), 0, "no exchange beside the holder's");
     let stats = cache.stats();
-    assert_eq!(
-        (stats.waits, stats.lock_wins, stats.fallbacks),
-        (1, 0, 1),
-        "the lock was held all along: the holder renewed its lease"
+    assert_eq!((stats.waits, stats.hits, stats.fallbacks), (1, 1, 0));
+    assert!(holder.await.unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_costs_a_cold_fleet_one_exchange() {
+    let redis = redis().await;
+    // 1.5 s an answer, with a 2 s exchange timeout: the old rule gave up
+    // on the holder after 0.5 s and sent an exchange per replica.
+    let endpoint = Duration::from_millis(1_500);
+    let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(endpoint);
+    let mut replicas = Vec::new();
+    for _ in 0..10 {
+        let cache = mock_cache(&redis).await;
+        let credentials = MockExchange::credentials();
+        let timeout = Duration::from_secs(2);
+        replicas.push(layered(cache, exchange.clone(), credentials, timeout));
+    }
+
+    let (tokens, longest) = all_ask(&replicas).await;
+
+    assert_eq!(exchange.calls(), 1);
+    assert!(tokens.iter().all(|token| token == "token-1"), "{tokens:?}");
+    assert!(
+        longest < endpoint + Duration::from_millis(400),
+        "{longest:?}"
     );
-    assert!(!holding.is_finished());
-    holding.abort();
+    assert_eq!(total(&replicas, |s| s.waits), 9);
+    assert_eq!(total(&replicas, |s| s.fallbacks), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_stops_renewing_is_replaced_by_one_waiter_the_others_wait_on() {
+    let redis = redis().await;
+    // The holder takes the lock, starts its exchange, then stops: its
+    // future is never polled again nor dropped, so it neither renews nor
+    // releases the lock.
+    let hung = MockExchange::new(Duration::from_secs(3600)).gated();
+    let holder = mock_cache(&redis).await.layer(hung.clone());
+    let mut stopped = Box::pin(holder.oneshot(TokenRequest::new(MockExchange::credentials())));
+    let deadline = std::time::Instant::now() + BOUND;
+    while hung.calls() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never exchanged"
+        );
+        let waker = std::task::Waker::noop();
+        let _ = stopped
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        tokio::task::yield_now().await;
+    }
+    std::mem::forget(stopped);
+
+    // Six replicas with a 2.5 s exchange timeout: the old rule gave up
+    // after 0.75 s, before the lease (1 s) lapsed, and all six exchanged.
+    let endpoint = Duration::from_millis(800);
+    let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(endpoint);
+    let mut replicas = Vec::new();
+    for _ in 0..6 {
+        let cache = mock_cache(&redis).await;
+        let credentials = MockExchange::credentials();
+        let timeout = Duration::from_millis(2_500);
+        replicas.push(layered(cache, exchange.clone(), credentials, timeout));
+    }
+    let (tokens, longest) = all_ask(&replicas).await;
+
+    assert_eq!(
+        exchange.calls(),
+        1,
+        "one took over, the others waited on it"
+    );
+    assert!(tokens.iter().all(|token| token == "token-1"), "{tokens:?}");
+    // The lease, the new holder's exchange, and half a second of looks.
+    let lease = Duration::from_secs(1);
+    assert!(
+        longest < lease + endpoint + Duration::from_millis(500),
+        "{longest:?}"
+    );
+    assert_eq!(total(&replicas, |s| s.lock_wins), 1);
+    assert_eq!(total(&replicas, |s| s.fallbacks), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holders_failure_is_published_and_its_waiters_fail_with_it() {
+    let redis = redis().await;
+    let failing =
+        MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::from_millis(500));
+    failing.fail_next(routera_auth::TokenError::new(
+        routera_auth::TokenErrorKind::ServerError,
+    ));
+    let holder = holding(&redis, &failing, Duration::from_secs(10)).await;
+
+    let exchange = MockExchange::new(Duration::from_secs(3600));
+    let mut waiters = JoinSet::new();
+    for _ in 0..5 {
+        let service = mock_cache(&redis).await.layer(exchange.clone());
+        waiters.spawn(service.oneshot(TokenRequest::new(MockExchange::credentials())));
+    }
+    let answers = tokio::time::timeout(BOUND, waiters.join_all())
+        .await
+        .unwrap();
+
+    assert!(holder.await.unwrap().is_err());
+    for answer in answers {
+        let error = answer.unwrap_err();
+        assert_eq!(error.kind(), routera_auth::TokenErrorKind::ServerError);
+        assert!(
+            !error.is_deferred(),
+            "a failure of the waiters' own: {error}"
+        );
+    }
+    assert_eq!(exchange.calls(), 0, "no waiter exchanged after the failure");
+    // The fleet backs off, and the store says after what.
+    let backoff = redis_get(&redis, "backoff");
+    assert_eq!(backoff, "server_error");
+}
+
+/// The value of the one key of `redis` whose name ends with `:suffix`.
+fn redis_get(redis: &RedisServer, suffix: &str) -> String {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("redis-cli")
+            .arg("-s")
+            .arg(redis.socket_path())
+            .args(args)
+            .output()
+            .unwrap_or_else(|error| {
+                panic!("this test needs redis-cli (Debian package redis-tools): {error}")
+            });
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let keys = run(&["--scan", "--pattern", &format!("*:{suffix}")]);
+    let key = keys
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no key *:{suffix}"));
+    run(&["GET", key])
 }

@@ -383,12 +383,12 @@ async fn a_backoff_is_never_shortened() {
     let store = store(&server).await;
     let keys = keys("backoff");
 
-    bounded(store.back_off(&keys, Duration::ZERO))
+    bounded(store.back_off(&keys, Duration::ZERO, "rate_limited"))
         .await
         .unwrap();
     assert_eq!(bounded(store.load(&keys)).await.unwrap().backoff, None);
 
-    bounded(store.back_off(&keys, Duration::from_secs(10)))
+    bounded(store.back_off(&keys, Duration::from_secs(10), "rate_limited"))
         .await
         .unwrap();
     let backoff = bounded(store.load(&keys)).await.unwrap().backoff.unwrap();
@@ -397,18 +397,22 @@ async fn a_backoff_is_never_shortened() {
         "{backoff:?}"
     );
 
-    // Shorter: ignored.
-    bounded(store.back_off(&keys, Duration::from_secs(1)))
+    // Shorter: ignored, cause and all.
+    bounded(store.back_off(&keys, Duration::from_secs(1), "timeout"))
         .await
         .unwrap();
-    let backoff = bounded(store.load(&keys)).await.unwrap().backoff.unwrap();
+    let snapshot = bounded(store.load(&keys)).await.unwrap();
+    assert_eq!(snapshot.backoff_cause.as_deref(), Some("rate_limited"));
+    let backoff = snapshot.backoff.unwrap();
     assert!(backoff > Duration::from_secs(9), "{backoff:?}");
 
-    // Longer: extended.
-    bounded(store.back_off(&keys, Duration::from_secs(20)))
+    // Longer: extended, with its cause.
+    bounded(store.back_off(&keys, Duration::from_secs(20), "server_error"))
         .await
         .unwrap();
-    let backoff = bounded(store.load(&keys)).await.unwrap().backoff.unwrap();
+    let snapshot = bounded(store.load(&keys)).await.unwrap();
+    assert_eq!(snapshot.backoff_cause.as_deref(), Some("server_error"));
+    let backoff = snapshot.backoff.unwrap();
     assert!(
         backoff > Duration::from_secs(19) && backoff <= Duration::from_secs(20),
         "{backoff:?}"
@@ -416,7 +420,7 @@ async fn a_backoff_is_never_shortened() {
 
     // It ends with its duration.
     let short = StoreKeys::new("test", "backoff-short");
-    bounded(store.back_off(&short, Duration::from_millis(50)))
+    bounded(store.back_off(&short, Duration::from_millis(50), "rate_limited"))
         .await
         .unwrap();
     assert!(bounded(store.load(&short)).await.unwrap().backoff.is_some());
@@ -434,7 +438,7 @@ async fn a_backoff_is_never_shortened() {
         .await
         .unwrap();
     assert_eq!(bounded(store.load(&stuck)).await.unwrap().backoff, None);
-    bounded(store.back_off(&stuck, Duration::from_secs(5)))
+    bounded(store.back_off(&stuck, Duration::from_secs(5), "rate_limited"))
         .await
         .unwrap();
     let remaining = pttl(&server, stuck.backoff()).await;
@@ -581,7 +585,9 @@ async fn clients_do_not_share_entries() {
     assert!(bounded(store.save(&b, &token(1, "b"), ttl)).await.unwrap());
     assert!(bounded(store.lock(&a, "x", ttl)).await.unwrap());
     assert!(bounded(store.lock(&b, "x", ttl)).await.unwrap());
-    bounded(store.back_off(&a, ttl)).await.unwrap();
+    bounded(store.back_off(&a, ttl, "rate_limited"))
+        .await
+        .unwrap();
 
     let snapshot = bounded(store.load(&b)).await.unwrap();
     assert_eq!(snapshot.token.unwrap().fingerprint, "b");
@@ -608,7 +614,9 @@ async fn a_killed_server_fails_operations_fast_and_a_restarted_one_serves_again(
         bounded(store.remove(&keys, "a")).await.err(),
         bounded(store.lock(&keys, "owner", ttl)).await.err(),
         bounded(store.unlock(&keys, "owner")).await.err(),
-        bounded(store.back_off(&keys, ttl)).await.err(),
+        bounded(store.back_off(&keys, ttl, "rate_limited"))
+            .await
+            .err(),
     ];
     for (operation, failure) in ["load", "save", "remove", "lock", "unlock", "back_off"]
         .iter()

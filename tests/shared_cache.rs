@@ -11,9 +11,10 @@ use common::{Capture, Replica, layered};
 
 use routera_auth::store::{SharedCache, StoreKeyRing, StoreStats};
 use routera_auth::test_util::{MemoryStore, MockExchange};
-use routera_auth::{AccessToken, AuthMethod, TokenError, TokenErrorKind};
+use routera_auth::{AccessToken, AuthMethod, TokenError, TokenErrorKind, TokenRequest};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tower::ServiceExt;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const URL: &str = "https://auth.routera.test/oauth2/token";
@@ -293,32 +294,82 @@ async fn a_frozen_store_delays_a_cold_caller_by_one_timeout_at_most() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_hung_lock_holder_is_overtaken_after_half_the_waiters_timeout() {
+async fn a_live_lock_holder_is_waited_for_up_to_the_waiters_timeout_and_never_overtaken() {
     let store = MemoryStore::new();
-    // The holder's exchange never answers (its exchange timeout is long).
+    // The holder's exchange does not answer yet (its exchange timeout is
+    // long): alive, it renews its lease.
     let (_holder, holding) = lock_holder(&store, HOUR).await;
     let exchange = MockExchange::new(HOUR);
     let other = timed_replica(&store, &exchange, Duration::from_secs(2));
     let started = Instant::now();
-    let token = other.token().await.unwrap();
+    let error = other.token().await.unwrap_err();
 
-    // It waited half its exchange timeout (1 s of 2 s) less the two store
-    // calls that may follow its last pause (2 × 250 ms), so that its own
-    // exchange still fits in the rest, then exchanged for itself.
-    assert_eq!(token.secret(), "token-1");
-    assert_eq!(exchange.calls(), 1);
-    let waited = started.elapsed();
-    assert!(
-        (Duration::from_millis(500)..Duration::from_millis(550)).contains(&waited),
-        "{waited:?}"
-    );
+    // It waited its whole exchange timeout, less the 10 ms in which the
+    // layer answers before its provider gives up, and sent nothing.
+    assert_eq!(started.elapsed(), Duration::from_millis(1_990));
+    assert_eq!(error.kind(), TokenErrorKind::Timeout);
+    assert_eq!(exchange.calls(), 0);
     let stats = other.cache.stats();
-    assert_eq!((stats.waits, stats.fallbacks), (1, 1));
+    assert_eq!((stats.waits, stats.fallbacks, stats.lock_wins), (1, 0, 0));
     assert!(!holding.is_finished());
-    // The token it fetched is shared: a new replica takes it.
-    let late = replica(&store, &exchange);
-    assert_eq!(late.token().await.unwrap().secret(), "token-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_endpoint_costs_the_cold_fleet_one_exchange() {
+    // 20 replicas at a cold start, default options, an endpoint that takes
+    // 6 s an answer: more than half the 10 s exchange timeout.
+    let store = MemoryStore::new();
+    let endpoint = Duration::from_secs(6);
+    let exchange = MockExchange::new(HOUR).with_delay(endpoint);
+    let replicas = fleet(20, &store, &exchange);
+    let started = Instant::now();
+
+    let tokens = all_ask(&replicas).await;
+
     assert_eq!(exchange.calls(), 1);
+    assert!(tokens.iter().all(|token| token == "token-1"), "{tokens:?}");
+    // Each had its token within the endpoint's time and a pause between
+    // two looks at the store.
+    let took = started.elapsed();
+    assert!(took <= endpoint + Duration::from_millis(100), "{took:?}");
+    assert_eq!(total(&replicas, |s| s.fallbacks), 0);
+    assert_eq!(total(&replicas, |s| s.waits), 19);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_dies_at_a_cold_start_is_replaced_by_one_waiter_the_others_wait_on() {
+    let store = MemoryStore::new();
+    // The holder dies mid-exchange: its future is never polled again, so
+    // its lease is neither renewed nor released.
+    let hung = MockExchange::new(HOUR).gated();
+    let dead = tower::Layer::layer(&cache(&store), hung.clone());
+    let request = TokenRequest::new(MockExchange::credentials());
+    let mut holding = tokio_test::task::spawn(dead.oneshot(request));
+    tokio_test::assert_pending!(holding.poll());
+    assert_eq!(hung.calls(), 1, "it holds the lock and exchanges");
+
+    // Nine others with a 5 s exchange timeout and a 2 s endpoint: the old
+    // rule gave up after 2 s and sent nine exchanges.
+    let endpoint = Duration::from_secs(2);
+    let exchange = MockExchange::new(HOUR).with_delay(endpoint);
+    let others: Vec<Replica> = (0..9)
+        .map(|_| timed_replica(&store, &exchange, Duration::from_secs(5)))
+        .collect();
+    let started = Instant::now();
+    let tokens = all_ask(&others).await;
+
+    assert_eq!(
+        exchange.calls(),
+        1,
+        "one took over, the others waited on it"
+    );
+    assert!(tokens.iter().all(|token| token == "token-1"), "{tokens:?}");
+    // The lease (1 s), the new holder's exchange, and a pause.
+    let took = started.elapsed();
+    assert!(took <= Duration::from_millis(3_100), "{took:?}");
+    assert_eq!(total(&others, |s| s.lock_wins), 1);
+    assert_eq!(total(&others, |s| s.fallbacks), 0);
+    drop(holding);
 }
 
 #[tokio::test(start_paused = true)]
@@ -566,25 +617,34 @@ async fn replicas_agree_on_a_shared_tokens_deadline_whatever_their_clocks() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_lock_holder_whose_exchange_times_out_hands_over_to_a_waiter() {
+async fn a_lock_holder_whose_exchange_times_out_makes_the_fleet_back_off_with_it() {
     let store = MemoryStore::new();
-    let _holder = lock_holder(&store, Duration::from_secs(2)).await;
+    let (holder, holding) = lock_holder(&store, Duration::from_secs(2)).await;
     let exchange = MockExchange::new(HOUR);
-    // It waits for the fleet 5 s at most (half its 10 s timeout).
     let waiter = replica(&store, &exchange);
 
     let started = Instant::now();
-    let token = waiter.token().await;
+    let error = waiter.token().await.unwrap_err();
 
-    // The holder's timeout is its own trouble, not the fleet's: its
-    // exchange is dropped, which releases the lock, and the waiter takes
-    // over at once.
-    assert_eq!(token.unwrap().secret(), "token-1");
-    assert!(
-        started.elapsed() < Duration::from_millis(2_200),
-        "{:?}",
-        started.elapsed()
+    // The holder's exchange timed out: the waiter fails with it, as the
+    // callers of one process fail with its one exchange, and sends none of
+    // its own.
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(2_100), "{waited:?}");
+    assert_eq!(error.kind(), TokenErrorKind::Timeout);
+    assert!(error.to_string().contains("another replica"), "{error}");
+    assert_eq!(exchange.calls(), 0);
+    assert_eq!(
+        holding.await.unwrap().unwrap_err().kind(),
+        TokenErrorKind::Timeout
     );
+    drop(holder);
+
+    // Once the backoff is over, the waiter's provider asks again and takes
+    // the lock.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(waiter.token().await.unwrap().secret(), "token-1");
+    assert_eq!(exchange.calls(), 1);
     assert_eq!(waiter.cache.stats().lock_wins, 1);
 }
 

@@ -55,8 +55,32 @@ pub enum TokenErrorKind {
 }
 
 impl TokenErrorKind {
-    /// A short snake-case name, as used in metric labels.
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    /// Every kind, for [`TokenErrorKind::from_label`].
+    #[cfg(feature = "shared-store")]
+    const ALL: [Self; 9] = [
+        Self::InvalidRequest,
+        Self::InvalidClient,
+        Self::RateLimited,
+        Self::ServerError,
+        Self::UnexpectedStatus,
+        Self::InvalidResponse,
+        Self::Transport,
+        Self::Timeout,
+        Self::Internal,
+    ];
+
+    /// The kind whose [`label`](Self::label) is `label`.
+    #[cfg(feature = "shared-store")]
+    pub(crate) fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.label() == label)
+    }
+
+    /// A short snake-case name, as used in metric labels and in a shared
+    /// store's backoff entry.
+    #[cfg_attr(
+        not(any(feature = "metrics", feature = "shared-store")),
+        allow(dead_code)
+    )]
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::InvalidRequest => "invalid_request",

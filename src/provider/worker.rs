@@ -58,6 +58,9 @@ struct InFlight {
     reason: TokenReason,
     credentials: ClientCredentials,
     sent_at: Instant,
+    /// The jitter of the backoff that follows if it fails, drawn when it
+    /// starts so that the request can say how long that backoff is.
+    jitter: f64,
 }
 
 /// Runs a provider's worker until it has nothing left to do or its
@@ -237,10 +240,13 @@ where
             (None, None) => TokenReason::Missing,
         };
         let options = &self.shared.options;
+        let jitter = random_unit();
+        let backoff = options.backoff(self.failures.saturating_add(1), None, jitter);
         let mut request = TokenRequest::new(credentials.clone())
             .with_reason(reason.clone())
             .with_timeout(options.exchange_timeout)
-            .with_expiry_skew(options.expiry_skew);
+            .with_expiry_skew(options.expiry_skew)
+            .with_backoff(backoff.max(super::schedule::SHORTEST_BACKOFF));
         if let Some(cached) = current {
             request = request.with_needed_by(cached.fresh_until);
         }
@@ -252,6 +258,7 @@ where
             reason,
             credentials,
             sent_at: now,
+            jitter,
         })
     }
 
@@ -264,6 +271,7 @@ where
             reason,
             credentials,
             sent_at,
+            jitter,
             ..
         } = flight;
         let (elapsed, client_id) = (sent_at.elapsed(), &**credentials.label());
@@ -303,7 +311,7 @@ where
                 } else {
                     self.failures = self.failures.saturating_add(1);
                     let asked = error.retry_after();
-                    let retry_in = options.backoff(self.failures, asked, random_unit());
+                    let retry_in = options.backoff(self.failures, asked, jitter);
                     log_failure(&error, client_id, &reason, elapsed, self.failures, retry_in);
                     retry_in
                 };

@@ -58,9 +58,18 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Releases the lock if `owner` still holds it.
     fn unlock<'a>(&'a self, keys: &'a StoreKeys, owner: &'a str) -> StoreFuture<'a, ()>;
 
-    /// Asks the whole fleet to make no exchange for `duration` (the token
-    /// endpoint's `Retry-After`), under [`StoreKeys::backoff`].
-    fn back_off<'a>(&'a self, keys: &'a StoreKeys, duration: Duration) -> StoreFuture<'a, ()>;
+    /// Asks the whole fleet to make no exchange for `duration`, under
+    /// [`StoreKeys::backoff`]: the exchange of the lock's holder failed,
+    /// and `cause` says how, as a short name (`rate_limited`,
+    /// `server_error`, `timeout`, …) that [`load`](Self::load) gives back
+    /// in [`Snapshot::backoff_cause`]. A backoff is never shortened: if the
+    /// key already has longer to live, it is left as it is.
+    fn back_off<'a>(
+        &'a self,
+        keys: &'a StoreKeys,
+        duration: Duration,
+        cause: &'a str,
+    ) -> StoreFuture<'a, ()>;
 
     /// Where the store is, for the shared cache's logs: a host and port, a
     /// socket path or a cluster's nodes, never a user name or a password.
@@ -162,6 +171,10 @@ pub struct Snapshot {
     pub lock_ttl: Option<Duration>,
     /// How long the fleet still backs off, if it does.
     pub backoff: Option<Duration>,
+    /// What the fleet backs off after: the `cause` of
+    /// [`TokenStore::back_off`], if the store keeps it (`None` reads as the
+    /// endpoint's `Retry-After`).
+    pub backoff_cause: Option<String>,
 }
 
 /// A failed [`TokenStore`] operation. The shared cache counts it and exchanges

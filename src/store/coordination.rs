@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::fleet::Fleet;
 use super::held_lock::HeldLock;
-use super::publish::OwnExchange;
+use super::publish::{Asked, OwnExchange};
 use super::{Sealer, Snapshot, StoreFuture, StoreKeys};
 use crate::MAX_RETRY_AFTER;
 use crate::clock::{later, random_unit};
@@ -27,8 +27,9 @@ const LONGEST_POLL: Duration = Duration::from_millis(100);
 pub(super) enum Decision {
     /// The fleet's token, with its age.
     Stored(Token),
-    /// The fleet backs off: this deferred error, without an exchange.
-    HoldOff(TokenError),
+    /// This error, without an exchange: the fleet backs off, or the
+    /// holder's exchange failed, or took longer than the request may wait.
+    Failed(TokenError),
     /// Exchange, then [`OwnExchange::settle`].
     Exchange(OwnExchange),
 }
@@ -38,7 +39,7 @@ struct Call<'a> {
     fleet: &'a Arc<Fleet>,
     keys: StoreKeys,
     sealer: Arc<Sealer>,
-    asked: (u64, Instant),
+    asked: Asked,
 }
 
 /// What a look found that this replica may use.
@@ -86,11 +87,14 @@ impl Fleet {
         Some(sealer)
     }
 
-    /// Looks for the fleet's token; failing that, takes the fleet's lock or
-    /// waits for the replica that holds it, while an exchange of this
-    /// replica's own would still fit in the request's timeout.
+    /// Looks for the fleet's token; failing that, takes the fleet's lock
+    /// and exchanges, or waits for the replica that holds it: for its token
+    /// or its failure, as long as it renews its lease, and up to the
+    /// request's timeout. When the lease lapses, the first waiter to look
+    /// takes the lock; the others wait for it in turn. Only a failing store
+    /// sends this replica to an exchange of its own.
     pub(super) async fn coordinate(self: &Arc<Self>, request: &TokenRequest) -> Decision {
-        let asked = (self.now_ms(), Instant::now());
+        let asked = Asked::now(self, request);
         let Some(sealer) = self.prepare(request) else {
             self.count(|s| &mut s.fallbacks);
             return Decision::Exchange(self.own_exchange(None, None, asked));
@@ -122,94 +126,89 @@ impl Fleet {
                 None => return call.fall_back(None),
             }
         }
-        let timeout = request.timeout();
-        let operation = self.config.operation_timeout;
-        let lease = self.lease();
-        // Waits for the fleet only while an exchange of its own still fits
-        // in the caller's timeout: half of it at most, counted from the
-        // call, less the look and the lock that may follow the last pause;
-        // and, for a replica with a token to serve, half of the time that
-        // token is still served, so that its callers never wait for it.
-        let mut give_up_at = later(asked.1, (timeout / 2).saturating_sub(operation * 2));
-        if let Some(needed_by) = request.needed_by() {
-            let served = needed_by.saturating_duration_since(asked.1);
-            give_up_at = give_up_at.min(later(asked.1, served / 2));
-        }
+        let answer_by = asked.answer_by();
         let mut pause = FIRST_POLL;
-        let mut waiting = false;
+        let mut waited = false;
         let mut replaced = false;
         let mut lock: Option<HeldLock> = None;
         loop {
-            // The store counts times left from before its answer travels.
+            if waited && Instant::now() >= answer_by {
+                return Decision::Failed(waited_too_long(asked));
+            }
+            // Look. The store counts times left from before its answer
+            // travels.
             let asked_at = Instant::now();
             let load = self.config.store.load(&keys);
             let Some(snapshot) = call.call(load).await else {
-                if waiting && lock.is_none() && !self.breaker_open() && Instant::now() < give_up_at
-                {
-                    // One failed look while waiting: look again later.
-                    pause = self.pause(pause, give_up_at).await;
+                if waited && lock.is_none() && !self.breaker_open() {
+                    // A failed look while waiting: look again later, until
+                    // the breaker opens.
+                    pause = self.pause(pause, answer_by).await;
                     continue;
                 }
                 return call.fall_back(lock);
             };
-            let usable = self.usable(&call, &snapshot, asked_at, request, rejected.as_deref());
-            if let Usable::Token(token) = usable {
-                self.count(|s| &mut s.hits);
-                if let Some(lock) = lock {
-                    lock.release().await;
+            match self.usable(&call, &snapshot, asked_at, request, rejected.as_deref()) {
+                Usable::Token(token) => {
+                    self.count(|s| &mut s.hits);
+                    if let Some(lock) = lock {
+                        lock.release().await;
+                    }
+                    return Decision::Stored(token);
                 }
-                return Decision::Stored(token);
-            }
-            if let Usable::Unreadable(fingerprint) = usable
-                && !replaced
-            {
-                // A miss this replica may replace through the lock: removed
-                // if it is still there, then looked for again.
-                replaced = true;
-                let remove = self.config.store.remove(&keys, &fingerprint);
-                if call.call(remove).await.is_none() {
-                    return call.fall_back(lock);
+                Usable::Unreadable(fingerprint) if !replaced => {
+                    // A miss this replica may replace through the lock:
+                    // removed if it is still there, then looked for again.
+                    replaced = true;
+                    let remove = self.config.store.remove(&keys, &fingerprint);
+                    if call.call(remove).await.is_none() {
+                        return call.fall_back(lock);
+                    }
+                    continue;
                 }
-                continue;
+                Usable::Unreadable(_) | Usable::Nothing => {}
             }
-            if !waiting && lock.is_none() {
+            if !waited && lock.is_none() {
                 self.count(|s| &mut s.misses);
             }
-            if let Some(backoff) = snapshot.backoff {
+            if let Some(left) = snapshot.backoff {
                 if let Some(lock) = lock {
                     lock.release().await;
                 }
-                return Decision::HoldOff(hold_off(backoff));
+                let cause = snapshot.backoff_cause.as_deref();
+                return Decision::Failed(backed_off(left, cause, waited));
             }
-            if lock.is_some() {
+            if let Some(lock) = lock {
                 // Looked once more after taking the lock: no replica stored
                 // a token in between.
                 self.count(|s| &mut s.lock_wins);
-                return Decision::Exchange(call.own_exchange(lock));
+                return Decision::Exchange(call.own_exchange(Some(lock)));
             }
-            // Held before it is asked for: a call dropped while the store
-            // takes it still releases it (the release is owner-checked).
-            let held = call.held_lock();
-            let take = self.config.store.lock(&keys, &self.owner, lease);
-            match call.call_writing(take).await {
-                // The lock may have been taken without its answer arriving:
-                // exchange as its holder.
-                None => return call.fall_back(Some(held)),
-                Some(true) => {
-                    lock = Some(held);
-                    continue;
+            // Lock, unless another replica holds it (its lease runs).
+            if snapshot.lock_ttl.is_none() {
+                // Held before it is asked for: a call dropped while the
+                // store takes it still releases it (the release is
+                // owner-checked).
+                let held = call.held_lock();
+                let take = self.config.store.lock(&keys, &self.owner, self.lease());
+                match call.call_writing(take).await {
+                    // The lock may have been taken without its answer
+                    // arriving: exchange as its holder.
+                    None => return call.fall_back(Some(held)),
+                    Some(true) => {
+                        lock = Some(held);
+                        continue;
+                    }
+                    Some(false) => held.disarm(),
                 }
-                Some(false) => held.disarm(),
             }
-            if !waiting {
-                waiting = true;
+            // Wait for the holder.
+            if !waited {
+                waited = true;
                 self.count(|s| &mut s.waits);
                 tracing::debug!("another replica is fetching the token; waiting for it");
             }
-            if Instant::now() >= give_up_at {
-                return call.fall_back(None);
-            }
-            pause = self.pause(pause, give_up_at).await;
+            pause = self.pause(pause, answer_by).await;
         }
     }
 
@@ -280,7 +279,7 @@ impl Fleet {
         self: &Arc<Self>,
         keyed: Option<(StoreKeys, Arc<Sealer>)>,
         lock: Option<HeldLock>,
-        asked: (u64, Instant),
+        asked: Asked,
     ) -> OwnExchange {
         OwnExchange {
             fleet: Arc::clone(self),
@@ -317,17 +316,39 @@ impl Call<'_> {
     }
 }
 
-/// The error of a replica held back by the fleet's backoff, which has
-/// `backoff` left.
-fn hold_off(backoff: Duration) -> TokenError {
-    let backoff = backoff.min(MAX_RETRY_AFTER);
+/// The error of a replica that finds the fleet backing off, `left` more,
+/// after a failure of the lock holder's exchange: `cause` is the kind's
+/// label (none, or one this replica does not know: the endpoint's
+/// `Retry-After`). A replica that `waited` for that exchange fails as the
+/// callers of one process fail with its one exchange: its provider counts
+/// the failure and backs off. One that finds the backoff as it comes gets
+/// a [deferred](TokenError::deferred) error: its provider waits out
+/// exactly what is left, counting no failure.
+fn backed_off(left: Duration, cause: Option<&str>, waited: bool) -> TokenError {
+    let left = left.min(MAX_RETRY_AFTER);
+    let kind = cause.and_then(TokenErrorKind::from_label);
+    let ms = left.as_millis();
+    let detail = match kind {
+        None | Some(TokenErrorKind::RateLimited) => format!(
+            "the token endpoint asked another replica to retry later; the fleet backs off for {ms} ms more"
+        ),
+        Some(_) => format!(
+            "the exchange of another replica, which held the fleet's lock, failed so; the fleet backs off for {ms} ms more"
+        ),
+    };
+    let kind = kind.unwrap_or(TokenErrorKind::RateLimited);
+    let error = TokenError::with_detail(kind, detail).with_retry_after(left);
+    if waited { error } else { error.deferred() }
+}
+
+/// The error of a replica that waited for the lock holder's exchange as
+/// long as its request may wait.
+fn waited_too_long(asked: Asked) -> TokenError {
     TokenError::with_detail(
-        TokenErrorKind::RateLimited,
+        TokenErrorKind::Timeout,
         format!(
-            "the token endpoint asked another replica to retry later; the fleet backs off for {} ms more",
-            backoff.as_millis()
+            "no answer within {} ms: the replica that holds the fleet's lock is still exchanging",
+            asked.timeout.as_millis()
         ),
     )
-    .with_retry_after(backoff)
-    .deferred()
 }

@@ -77,8 +77,7 @@ pub struct StoreStats {
     /// Times this replica waited for another replica's exchange.
     pub waits: u64,
     /// Exchanges made without the store's coordination (the store failing
-    /// or its breaker open, a lock holder that took too long, a client
-    /// secret with no keys).
+    /// or its breaker open, a client secret with no keys).
     pub fallbacks: u64,
     /// Stored entries this replica could not open (sealed under another
     /// key, or not a token), which it then replaced with its own token

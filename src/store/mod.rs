@@ -34,29 +34,41 @@
 //! - **Single flight across processes.** The replica that takes the lock
 //!   (`SET NX PX` with an owner id, renewed and released by its owner only)
 //!   exchanges and writes the token, only if it is newer than the stored
-//!   one. The others poll for it (10 ms doubling to 100 ms, jittered) and
-//!   exchange for themselves when the holder takes too long: after half of
-//!   the provider's exchange timeout (less two store operations) at most,
-//!   so that their own exchange still fits in it, and, for a replica that
-//!   still serves a token, after half of the time that token is still
-//!   served, so that its callers never wait for the fleet. A replica that
-//!   still serves a token takes a stored one only if it is newer; a replica
-//!   with none takes it as long as it may be served.
+//!   one. The others poll for it (10 ms doubling to 100 ms, jittered). A
+//!   replica that still serves a token takes a stored one only if it is
+//!   newer; a replica with none takes it as long as it may be served.
+//! - **The waiting rule: a live holder is waited for, a dead one is
+//!   replaced by one replica.** While the holder renews its lease, the
+//!   others wait for its token or its published failure, however slow the
+//!   token endpoint: its exchange asks the same endpoint as theirs would,
+//!   so giving up on it would only add requests to an endpoint already
+//!   struggling. A replica that still serves a token keeps serving it
+//!   meanwhile; its callers wait only once it stops being served, as the
+//!   callers of one process wait on its one exchange. A cold replica's
+//!   callers wait up to the provider's exchange timeout, as they would for
+//!   an exchange of its own. Only a failing store (errors, timeouts, the
+//!   breaker) sends a replica to an exchange of its own.
 //! - **The lock is a lease that dies with its holder.** It lives four
 //!   operation timeouts (1 s at least, so 1 s by default), and its holder
 //!   renews it every third of that while its exchange runs. A holder that
-//!   dies or stalls mid-exchange holds the fleet up for one lease at most: a
-//!   waiting replica then takes the lock and exchanges. A replica whose
-//!   exchange is cancelled (new credentials, provider dropped, its timeout)
-//!   releases the lock at once.
-//! - **Rejections and backoff.** A 401 on one replica removes the shared
-//!   token only if it is the rejected one (compared by fingerprint). A
-//!   `Retry-After` the token endpoint gives the lock holder (at most 10
-//!   minutes) is written to the store, and the other replicas get a
-//!   [deferred](crate::TokenError::deferred) `RateLimited` error: their
-//!   provider waits out exactly what is left, counting no failure. Any
-//!   other failure of the holder's exchange only releases the lock, for a
-//!   waiting replica to take over.
+//!   dies or stalls mid-exchange holds the fleet up for one lease at most:
+//!   the first waiter to look then takes the lock and exchanges, and the
+//!   others wait for it in turn. A replica whose exchange is cancelled (new
+//!   credentials, provider dropped) releases the lock at once.
+//! - **Failures and backoff.** The holder's exchange ends a little before
+//!   its provider's exchange timeout, so that a timeout is its answer too.
+//!   When it fails, the holder publishes the failure (its kind) with the
+//!   time its own provider now backs off: the endpoint's `Retry-After` (at
+//!   most 10 minutes) or the provider's next
+//!   [backoff](crate::TokenRequest::backoff). The replicas that waited for
+//!   that exchange fail with it, as the callers of one process do: their
+//!   providers count the failure and back off. A replica that asks while
+//!   the fleet backs off gets a [deferred](crate::TokenError::deferred)
+//!   error of the same kind: its provider waits out exactly what is left,
+//!   counting no failure. So the fleet backs off together, as one process
+//!   would, and the endpoint sees one attempt per backoff, not one per
+//!   replica. A 401 on one replica removes the shared token only if it is
+//!   the rejected one (compared by fingerprint).
 //! - **Time.** Each replica counts a shared token's remaining time from the
 //!   entry's time to live, which the store counts, so replicas whose clocks
 //!   disagree still agree on when it stops being served. Issue times are
@@ -93,7 +105,7 @@
 //! |---|---|---|---|
 //! | `…:token` | hash | `iat` and `exp` (ms since the epoch), `fp` (a keyed fingerprint of the token), `v` (the sealed token) | as long as the token may be served |
 //! | `…:lock` | string | the owner id of the replica exchanging | its lease (1 s), renewed while the exchange runs |
-//! | `…:backoff` | string | `1` | the endpoint's `Retry-After` |
+//! | `…:backoff` | string | what the holder's exchange failed with (`server_error`, `timeout`, …) | the holder's backoff |
 //!
 //! The tag is an HMAC of the token URL, client id and auth method under a
 //! key derived from the client secret: reading the store reveals none of

@@ -1,6 +1,7 @@
-//! [`OwnExchange`]: an exchange this replica makes, and what it leaves for
-//! the fleet afterwards: its token in the store, or the endpoint's
-//! `Retry-After` as the fleet's backoff; then the lock's release.
+//! [`OwnExchange`]: an exchange this replica makes, bounded by the
+//! caller's timeout, and what it leaves for the fleet afterwards: its token
+//! in the store, or its failure as the fleet's backoff; then the lock's
+//! release.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +13,8 @@ use super::Sealer;
 use super::StoreKeys;
 use super::fleet::{Fleet, millis};
 use super::held_lock::HeldLock;
-use crate::error::TokenError;
+use crate::clock::later;
+use crate::error::{TokenError, TokenErrorKind};
 use crate::token::{AccessToken, Token, TokenRequest};
 use crate::{MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME};
 
@@ -23,11 +25,39 @@ pub(super) struct OwnExchange {
     /// `None` when the credentials have no keys: nothing to share.
     pub(super) keyed: Option<(StoreKeys, Arc<Sealer>)>,
     pub(super) lock: Option<HeldLock>,
-    /// When the caller asked, by the fleet's clock and by tokio's: the
-    /// caller counts the token's lifetime from then at the latest, and so
-    /// does the store.
-    pub(super) asked: (u64, Instant),
+    pub(super) asked: Asked,
 }
+
+/// When the caller asked, by the fleet's clock and by tokio's (it counts
+/// the token's lifetime from then at the latest, and so does the store),
+/// and how long it waits for the answer.
+#[derive(Clone, Copy)]
+pub(super) struct Asked {
+    pub(super) ms: u64,
+    pub(super) at: Instant,
+    pub(super) timeout: Duration,
+}
+
+impl Asked {
+    pub(super) fn now(fleet: &Fleet, request: &TokenRequest) -> Self {
+        Self {
+            ms: fleet.now_ms(),
+            at: Instant::now(),
+            timeout: request.timeout(),
+        }
+    }
+
+    /// When this layer answers at the latest: a little before the caller
+    /// gives up, so that an exchange that runs too long fails here, where
+    /// its holder can still publish the failure for the fleet.
+    pub(super) fn answer_by(&self) -> Instant {
+        let margin = (self.timeout / 10).min(ANSWER_MARGIN);
+        later(self.at, self.timeout - margin)
+    }
+}
+
+/// How much earlier than the caller's timeout this layer answers at most.
+const ANSWER_MARGIN: Duration = Duration::from_millis(10);
 
 /// What an exchange leaves for the fleet.
 enum Publication {
@@ -38,29 +68,44 @@ enum Publication {
         /// How long it may still be served: the entry's time to live.
         ttl: Duration,
     },
-    BackOff(Duration),
+    /// The fleet backs off this long after a failure of this kind (its
+    /// label).
+    BackOff(Duration, &'static str),
     Nothing,
 }
 
 impl OwnExchange {
-    /// Runs the exchange `work`, renewing the fleet's lock meanwhile if
-    /// this replica holds it.
-    pub(super) async fn run<F: Future>(&self, work: F) -> F::Output {
-        match &self.lock {
+    /// Runs the exchange `work` until the caller's timeout, renewing the
+    /// fleet's lock meanwhile if this replica holds it.
+    pub(super) async fn run<F>(&self, work: F) -> Result<Token, TokenError>
+    where
+        F: Future<Output = Result<Token, TokenError>>,
+    {
+        let work = tokio::time::timeout_at(self.asked.answer_by(), work);
+        let result = match &self.lock {
             Some(lock) => lock.renew_while(work).await,
             None => work.await,
-        }
+        };
+        result.unwrap_or_else(|_| {
+            let timeout = self.asked.timeout.as_millis();
+            let detail = format!("no answer within {timeout} ms");
+            Err(TokenError::with_detail(TokenErrorKind::Timeout, detail))
+        })
     }
 
-    /// After the exchange: shares its token, or, after a failure with the
-    /// endpoint's `Retry-After`, makes the fleet back off that long if this
-    /// replica held the lock; then releases the lock. Other failures only
-    /// release it, for a waiter to take over. This runs in a task of its
-    /// own, off the caller's path.
+    /// After the exchange: shares its token; or, if this replica held the
+    /// lock, publishes its failure, so that the fleet backs off as long as
+    /// this replica does (the endpoint's `Retry-After`, or the caller's
+    /// [backoff](TokenRequest::backoff)); then releases the lock. This runs
+    /// in a task of its own, off the caller's path.
     pub(super) async fn settle(self, result: &Result<Token, TokenError>, request: &TokenRequest) {
         let publication = match result {
             Ok(token) => {
-                let (asked_ms, asked_at) = self.asked;
+                let Asked {
+                    ms: asked_ms,
+                    at: asked_at,
+                    ..
+                } = self.asked;
                 let issued_ms = asked_ms.saturating_sub(millis(token.age()));
                 if self.keyed.is_some() {
                     self.fleet.hold(issued_ms);
@@ -81,9 +126,11 @@ impl OwnExchange {
                 }
             }
             // The endpoint's own answer, not another layer's deferral.
-            Err(error) if self.lock.is_some() && !error.is_deferred() => error
-                .retry_after()
-                .map_or(Publication::Nothing, Publication::BackOff),
+            Err(error) if self.lock.is_some() && !error.is_deferred() => {
+                let asked = error.retry_after().unwrap_or_default();
+                let backoff = request.backoff().max(asked.min(MAX_RETRY_AFTER));
+                Publication::BackOff(backoff, error.kind().label())
+            }
             Err(_) => Publication::Nothing,
         };
         // Off the caller's path: the token goes to the provider at once,
@@ -115,10 +162,12 @@ impl OwnExchange {
                     }
                 }
             }
-            Publication::BackOff(retry_after) => {
-                let retry_after = retry_after.min(MAX_RETRY_AFTER);
-                let back_off = fleet.config.store.back_off(keys, retry_after);
-                fleet.call(back_off).await;
+            Publication::BackOff(backoff, cause) => {
+                let back_off = fleet.config.store.back_off(keys, backoff, cause);
+                if fleet.call(back_off).await.is_some() {
+                    let backoff_ms = backoff.as_millis() as u64;
+                    tracing::debug!(cause, backoff_ms, "the fleet backs off after this failure");
+                }
             }
             _ => {}
         }

@@ -25,18 +25,20 @@ use crate::token::{Token, TokenRequest};
 /// - A request whose [reason](TokenRequest::reason) is a
 ///   [rejected](crate::TokenReason::Rejected) token removes that token from
 ///   the store first, and never gets it back.
-/// - While the fleet backs off (the token endpoint sent a `Retry-After` to
-///   the replica that held the lock), the answer is a
-///   [`RateLimited`](crate::TokenErrorKind::RateLimited) error marked
-///   [deferred](TokenError::deferred), whose `retry_after` is what is left
-///   of the backoff.
-/// - It waits for another replica's exchange half of the request's
-///   [timeout](TokenRequest::timeout) at most, so that an exchange of its
-///   own still fits in it.
+/// - It waits for the replica that holds the lock as long as that replica
+///   renews its lease, up to the request's [timeout](TokenRequest::timeout)
+///   (a [`Timeout`](crate::TokenErrorKind::Timeout) error then), and never
+///   exchanges beside it. When the lease lapses, it may take the lock.
+/// - When the holder's exchange fails, the fleet backs off: a replica
+///   that waited for it gets an error of the same kind, whose `retry_after`
+///   is what is left of the backoff; one that asks during the backoff gets
+///   that error marked [deferred](TokenError::deferred).
+/// - Its own exchange ends a little before the request's timeout, so that
+///   it can publish a timeout as a failure.
 /// - Cancel-safe: a future dropped while this replica holds the fleet's
 ///   lock releases the lock at once, from a task on the current tokio
-///   runtime (best effort: otherwise the lock runs out after its time,
-///   the request's timeout plus three operation timeouts).
+///   runtime (best effort: otherwise its lease lapses, one second by
+///   default).
 ///
 /// `poll_ready` is always ready: `S` is driven to readiness in the future,
 /// only when this replica exchanges, so that a replica waiting for the
@@ -141,7 +143,7 @@ where
         Box::pin(async move {
             let own = match fleet.coordinate(&request).await {
                 Decision::Stored(token) => return Ok(token),
-                Decision::HoldOff(error) => return Err(error),
+                Decision::Failed(error) => return Err(error),
                 Decision::Exchange(own) => own,
             };
             let result = own.run(inner.oneshot(request.clone())).await;
@@ -313,42 +315,129 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiter_exchanges_on_its_own_after_half_its_timeout_less_two_store_calls() {
+    async fn a_waiter_waits_for_a_live_holder_until_its_own_timeout_and_never_exchanges() {
         let store = MemoryStore::new();
         // Alive past its lease: it renews it, so the waiter waits its whole
-        // bound.
+        // timeout.
         let _holding = live_holder(&store).await;
 
         let exchange = MockExchange::new(HOUR);
         let waiter = replica(&store, &exchange);
         let started = Instant::now();
         let request = cold().with_timeout(Duration::from_secs(4));
-        let token = ask(&waiter, request).await.unwrap();
+        let error = ask(&waiter, request).await.unwrap_err();
 
-        // Half of 4 s, less the two store calls (250 ms each) that may
-        // follow its last pause.
-        assert_eq!(started.elapsed(), Duration::from_millis(1_500));
-        assert_eq!(token.access_token().secret(), "token-1");
+        // Its answer comes 10 ms before its caller would give up on it.
+        assert_eq!(started.elapsed(), Duration::from_millis(3_990));
+        assert_eq!(error.kind(), TokenErrorKind::Timeout);
+        assert!(!error.is_deferred(), "{error}");
+        assert_eq!(exchange.calls(), 0, "no exchange beside a live holder's");
         let stats = waiter.stats();
-        assert_eq!((stats.waits, stats.fallbacks), (1, 1));
+        assert_eq!((stats.waits, stats.fallbacks, stats.lock_wins), (1, 0, 0));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_replica_with_a_token_waits_half_of_its_serving_time_at_most() {
+    async fn a_replica_with_a_token_waits_for_a_live_holder_past_half_its_serving_time() {
         let store = MemoryStore::new();
-        let _holding = live_holder(&store).await;
+        let slow = MockExchange::new(HOUR).with_delay(Duration::from_secs(3));
+        let holder = replica(&store, &slow);
+        let holding = tokio::spawn(holder.oneshot(cold()));
+        while slow.calls() == 0 {
+            tokio::task::yield_now().await;
+        }
 
         let exchange = MockExchange::new(HOUR);
         let refreshing = replica(&store, &exchange);
         let started = Instant::now();
-        // Its token is served 2 s more: it waits 1 s, not half its timeout.
+        // Its token is served 2 s more: it serves it meanwhile, and waits
+        // for the holder's 3 s exchange rather than add one of its own.
         let request = cold()
             .with_reason(TokenReason::RefreshDue)
             .with_needed_by(started + Duration::from_secs(2));
         let token = ask(&refreshing, request).await.unwrap();
 
-        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(3)..=Duration::from_millis(3_100)).contains(&waited),
+            "{waited:?}"
+        );
         assert_eq!(token.access_token().secret(), "token-1");
+        assert_eq!(exchange.calls(), 0);
+        assert_eq!(refreshing.stats().hits, 1);
+        holding.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holders_failure_is_the_answer_of_its_waiters_and_holds_off_the_others() {
+        let store = MemoryStore::new();
+        let slow = MockExchange::new(HOUR).with_delay(Duration::from_secs(1));
+        slow.fail_next(TokenError::new(TokenErrorKind::ServerError));
+        let holder = replica(&store, &slow);
+        let backoff = Duration::from_millis(1_500);
+        let holding = tokio::spawn(holder.oneshot(cold().with_backoff(backoff)));
+        while slow.calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+
+        let exchange = MockExchange::new(HOUR);
+        let waiter = replica(&store, &exchange);
+        let started = Instant::now();
+        let error = ask(&waiter, cold()).await.unwrap_err();
+
+        // The holder's failure, as its waiters' own (their providers count
+        // it), with what is left of the backoff the holder takes.
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(1)..=Duration::from_millis(1_100)).contains(&waited),
+            "{waited:?}"
+        );
+        assert!(holding.await.unwrap().is_err());
+        assert_eq!(error.kind(), TokenErrorKind::ServerError);
+        assert!(!error.is_deferred(), "{error}");
+        let left = error.retry_after().unwrap();
+        assert!(
+            left > Duration::from_millis(1_400) && left <= backoff,
+            "{left:?}"
+        );
+        assert!(error.to_string().contains("another replica"), "{error}");
+
+        // A replica that comes during the backoff waits it out, deferred.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let held_off = ask(&replica(&store, &exchange), cold()).await.unwrap_err();
+        assert!(held_off.is_deferred());
+        assert_eq!(held_off.kind(), TokenErrorKind::ServerError);
+        assert_eq!(exchange.calls(), 0, "no exchange while the fleet backs off");
+
+        // After it, the next one exchanges.
+        tokio::time::advance(Duration::from_millis(1_200)).await;
+        let token = ask(&replica(&store, &exchange), cold()).await.unwrap();
+        assert_eq!(token.access_token().secret(), "token-1");
+        assert_eq!(exchange.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_holders_exchange_that_outlasts_its_timeout_fails_here_and_is_published() {
+        let store = MemoryStore::new();
+        let hung = MockExchange::new(HOUR).gated();
+        let holder = replica(&store, &hung);
+        let request = cold()
+            .with_timeout(Duration::from_secs(2))
+            .with_backoff(Duration::from_secs(1));
+        let answer = tokio::time::timeout(Duration::from_secs(3), ask(&holder, request));
+        let error = answer
+            .await
+            .expect("answered within its timeout")
+            .unwrap_err();
+
+        assert_eq!(error.kind(), TokenErrorKind::Timeout);
+        assert_eq!(
+            error.to_string(),
+            "the token exchange timed out: no answer within 2000 ms"
+        );
+        let held_off = ask(&replica(&store, &hung), cold()).await.unwrap_err();
+        assert!(held_off.is_deferred());
+        assert_eq!(held_off.kind(), TokenErrorKind::Timeout);
+        assert_eq!(hung.calls(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -48,7 +48,7 @@ pub struct MemoryStore {
 struct Inner {
     tokens: HashMap<String, (StoredToken, Instant)>,
     locks: HashMap<String, (String, Instant)>,
-    backoffs: HashMap<String, Instant>,
+    backoffs: HashMap<String, (Instant, String)>,
     failing: bool,
     read_only: bool,
     delay: Option<Duration>,
@@ -59,7 +59,7 @@ impl Inner {
     fn expire(&mut self, now: Instant) {
         self.tokens.retain(|_, (_, until)| now < *until);
         self.locks.retain(|_, (_, until)| now < *until);
-        self.backoffs.retain(|_, until| now < *until);
+        self.backoffs.retain(|_, (until, _)| now < *until);
     }
 }
 
@@ -175,11 +175,13 @@ impl TokenStore for MemoryStore {
     fn load<'a>(&'a self, keys: &'a StoreKeys) -> StoreFuture<'a, Snapshot> {
         self.operate_as(false, move |inner, now| {
             let token = inner.tokens.get(keys.token());
+            let backoff = inner.backoffs.get(keys.backoff());
             Snapshot {
                 token: token.map(|(token, _)| token.clone()),
                 token_ttl: token.map(|(_, until)| *until - now),
                 lock_ttl: inner.locks.get(keys.lock()).map(|(_, until)| *until - now),
-                backoff: inner.backoffs.get(keys.backoff()).map(|until| *until - now),
+                backoff: backoff.map(|(until, _)| *until - now),
+                backoff_cause: backoff.map(|(_, cause)| cause.clone()),
             }
         })
     }
@@ -256,14 +258,19 @@ impl TokenStore for MemoryStore {
         })
     }
 
-    fn back_off<'a>(&'a self, keys: &'a StoreKeys, duration: Duration) -> StoreFuture<'a, ()> {
+    fn back_off<'a>(
+        &'a self,
+        keys: &'a StoreKeys,
+        duration: Duration,
+        cause: &'a str,
+    ) -> StoreFuture<'a, ()> {
         self.operate(move |inner, now| {
             let until = later(now, duration);
-            let entry = inner
-                .backoffs
-                .entry(keys.backoff().to_owned())
-                .or_insert(until);
-            *entry = (*entry).max(until);
+            let entry = inner.backoffs.entry(keys.backoff().to_owned());
+            let entry = entry.or_insert_with(|| (until, cause.to_owned()));
+            if entry.0 < until {
+                *entry = (until, cause.to_owned());
+            }
         })
     }
 }

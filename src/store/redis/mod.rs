@@ -53,8 +53,9 @@ const RECONNECT_RETRIES: usize = 0;
 /// - `…:lock`: the exchange lock, `SET NX PX`, holding its owner's id: a
 ///   lease that its owner renews while it exchanges, and releases; no other
 ///   replica renews or releases it.
-/// - `…:backoff`: present while the fleet backs off; a backoff is never
-///   shortened.
+/// - `…:backoff`: present while the fleet backs off, holding what the
+///   holder's exchange failed with (`server_error`, `timeout`, …); a
+///   backoff is never shortened.
 ///
 /// Every operation is one round trip and atomic: those that read and write
 /// are Lua scripts (`EVALSHA`, loaded again after a restart of Redis). All
@@ -388,8 +389,8 @@ impl TokenStore for RedisStore {
 
     fn load<'a>(&'a self, keys: &'a StoreKeys) -> StoreFuture<'a, Snapshot> {
         Box::pin(async move {
-            let (fields, token_ttl, lock_ttl, backoff): (Vec<Option<Vec<u8>>>, i64, i64, i64) =
-                self.run(
+            let (fields, token_ttl, lock_ttl, backoff, cause): Loaded = self
+                .run(
                     "load",
                     Again::IfConnectionLost,
                     |mut connection| async move {
@@ -406,6 +407,8 @@ impl TokenStore for RedisStore {
                             .arg(keys.lock())
                             .cmd("PTTL")
                             .arg(keys.backoff())
+                            .cmd("GET")
+                            .arg(keys.backoff())
                             .query_async(&mut connection)
                             .await
                     },
@@ -417,6 +420,9 @@ impl TokenStore for RedisStore {
                 token,
                 lock_ttl: positive_ms(lock_ttl),
                 backoff: positive_ms(backoff),
+                backoff_cause: cause
+                    .filter(|_| backoff > 0)
+                    .and_then(|cause| String::from_utf8(cause).ok()),
             })
         })
     }
@@ -544,7 +550,12 @@ impl TokenStore for RedisStore {
         })
     }
 
-    fn back_off<'a>(&'a self, keys: &'a StoreKeys, duration: Duration) -> StoreFuture<'a, ()> {
+    fn back_off<'a>(
+        &'a self,
+        keys: &'a StoreKeys,
+        duration: Duration,
+        cause: &'a str,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let Some(duration_ms) = millis(duration) else {
                 return Ok(());
@@ -557,6 +568,7 @@ impl TokenStore for RedisStore {
                         BACK_OFF
                             .key(keys.backoff())
                             .arg(duration_ms)
+                            .arg(cause)
                             .invoke_async(&mut connection)
                             .await
                     },
@@ -566,6 +578,10 @@ impl TokenStore for RedisStore {
         })
     }
 }
+
+/// What `load` reads: the token's fields, the times to live of the token,
+/// the lock and the backoff, and the backoff's cause.
+type Loaded = (Vec<Option<Vec<u8>>>, i64, i64, i64, Option<Vec<u8>>);
 
 /// A `PTTL` answer as a duration: `None` for no key (-2), no expiry (-1)
 /// or an expired one.

@@ -102,7 +102,8 @@ return 0
 ";
 
 /// `back_off`: KEYS[1] the backoff key; ARGV[1] the duration in
-/// milliseconds. Sets it unless it already has at least that long to live,
+/// milliseconds, ARGV[2] the cause (the key's value). Sets it unless it
+/// already has at least that long to live,
 /// so a backoff is never shortened; a key without expiry (never written by
 /// this store) is given one rather than blocking the fleet forever. PTTL
 /// and SET are in every Redis since 2.6, unlike `SET … GT` (none) or
@@ -112,7 +113,7 @@ local remaining = redis.call('PTTL', KEYS[1])
 if remaining >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
 return 1
 ";
 
