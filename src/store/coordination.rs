@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::fleet::Fleet;
 use super::held_lock::HeldLock;
 use super::publish::{Asked, OwnExchange};
-use super::{Sealer, Snapshot, StoreFuture, StoreKeys};
+use super::{Sealer, Snapshot, StoreKeys};
 use crate::MAX_RETRY_AFTER;
 use crate::clock::{later, random_unit};
 use crate::error::{TokenError, TokenErrorKind};
@@ -34,12 +34,37 @@ pub(super) enum Decision {
     Exchange(OwnExchange),
 }
 
-/// One call's keys.
+/// One call: its request, its keys, and what it removes from the store.
 struct Call<'a> {
     fleet: &'a Arc<Fleet>,
     keys: StoreKeys,
     sealer: Arc<Sealer>,
+    request: &'a TokenRequest,
     asked: Asked,
+    /// The fingerprint of the token the request says was rejected.
+    rejected: Option<String>,
+    /// Whether an entry this replica cannot open was removed already.
+    replaced: bool,
+}
+
+/// What one look at the store found.
+enum Look {
+    /// The fleet's token, which this replica may use.
+    Token(Token),
+    /// The fleet backs off this long more, after this failure.
+    BackOff(Duration, Option<String>),
+    /// No token to use, and no replica holds the lock.
+    Free,
+    /// No token to use; another replica holds the lock (its lease runs).
+    Held,
+}
+
+/// The pauses of a replica that waits for the lock holder: 10 ms doubling
+/// to 100 ms, jittered, until the request may wait no longer.
+struct Waiting {
+    pause: Duration,
+    until: Instant,
+    started: bool,
 }
 
 /// What a look found that this replica may use.
@@ -103,112 +128,43 @@ impl Fleet {
             fleet: self,
             keys: sealer.keys().clone(),
             sealer,
+            request,
             asked,
+            rejected: self.state().removal.clone(),
+            replaced: false,
         };
-        if !self.state().breaker.admits(Instant::now()) {
+        if !self.state().breaker.admits(Instant::now()) || !call.remove_rejected().await {
             return call.fall_back(None);
         }
-        let keys = call.keys.clone();
-        let rejected = self.state().removal.clone();
-        if let Some(fingerprint) = &rejected {
-            let remove = self.config.store.remove(&keys, fingerprint);
-            match call.call(remove).await {
-                Some(removed) => {
-                    if removed {
-                        tracing::debug!("rejected token removed from the shared store");
-                    }
-                    let mut state = self.state();
-                    if state.removal == rejected {
-                        state.removal = None;
-                    }
-                }
-                // Tried again at the next look; no more store time now.
-                None => return call.fall_back(None),
-            }
-        }
-        let answer_by = asked.answer_by();
-        let mut pause = FIRST_POLL;
-        let mut waited = false;
-        let mut replaced = false;
-        let mut lock: Option<HeldLock> = None;
+        let mut waiting = Waiting::new(asked.answer_by());
         loop {
-            if waited && Instant::now() >= answer_by {
-                return Decision::Failed(waited_too_long(asked));
-            }
-            // Look. The store counts times left from before its answer
-            // travels.
-            let asked_at = Instant::now();
-            let load = self.config.store.load(&keys);
-            let Some(snapshot) = call.call(load).await else {
-                if waited && lock.is_none() && !self.breaker_open() {
-                    // A failed look while waiting: look again later, until
-                    // the breaker opens.
-                    pause = self.pause(pause, answer_by).await;
-                    continue;
-                }
-                return call.fall_back(lock);
-            };
-            match self.usable(&call, &snapshot, asked_at, request, rejected.as_deref()) {
-                Usable::Token(token) => {
-                    self.count(|s| &mut s.hits);
-                    if let Some(lock) = lock {
-                        lock.release().await;
-                    }
-                    return Decision::Stored(token);
-                }
-                Usable::Unreadable(fingerprint) if !replaced => {
-                    // A miss this replica may replace through the lock:
-                    // removed if it is still there, then looked for again.
-                    replaced = true;
-                    let remove = self.config.store.remove(&keys, &fingerprint);
-                    if call.call(remove).await.is_none() {
-                        return call.fall_back(lock);
-                    }
-                    continue;
-                }
-                Usable::Unreadable(_) | Usable::Nothing => {}
-            }
-            if !waited && lock.is_none() {
+            let look = call.look().await;
+            if !waiting.started()
+                && matches!(look, Some(Look::Free | Look::Held | Look::BackOff(..)))
+            {
                 self.count(|s| &mut s.misses);
             }
-            if let Some(left) = snapshot.backoff {
-                if let Some(lock) = lock {
-                    lock.release().await;
+            match look {
+                Some(Look::Token(token)) => return Decision::Stored(token),
+                Some(Look::BackOff(left, cause)) => {
+                    return Decision::Failed(backed_off(left, cause.as_deref(), waiting.started()));
                 }
-                let cause = snapshot.backoff_cause.as_deref();
-                return Decision::Failed(backed_off(left, cause, waited));
-            }
-            if let Some(lock) = lock {
-                // Looked once more after taking the lock: no replica stored
-                // a token in between.
-                self.count(|s| &mut s.lock_wins);
-                return Decision::Exchange(call.own_exchange(Some(lock)));
-            }
-            // Lock, unless another replica holds it (its lease runs).
-            if snapshot.lock_ttl.is_none() {
-                // Held before it is asked for: a call dropped while the
-                // store takes it still releases it (the release is
-                // owner-checked).
-                let held = call.held_lock();
-                let take = self.config.store.lock(&keys, &self.owner, self.lease());
-                match call.call_writing(take).await {
+                Some(Look::Free) => match call.take_lock().await {
+                    Ok(Some(lock)) => return call.hold(lock).await,
+                    Ok(None) => {}
                     // The lock may have been taken without its answer
                     // arriving: exchange as its holder.
-                    None => return call.fall_back(Some(held)),
-                    Some(true) => {
-                        lock = Some(held);
-                        continue;
-                    }
-                    Some(false) => held.disarm(),
-                }
+                    Err(maybe) => return call.fall_back(Some(maybe)),
+                },
+                Some(Look::Held) => {}
+                // A failed look while waiting: look again later, until the
+                // breaker opens.
+                None if waiting.started() && !self.breaker_open() => {}
+                None => return call.fall_back(None),
             }
-            // Wait for the holder.
-            if !waited {
-                waited = true;
-                self.count(|s| &mut s.waits);
-                tracing::debug!("another replica is fetching the token; waiting for it");
+            if !waiting.pause(self).await {
+                return Decision::Failed(waited_too_long(asked));
             }
-            pause = self.pause(pause, answer_by).await;
         }
     }
 
@@ -222,9 +178,9 @@ impl Fleet {
         call: &Call<'_>,
         snapshot: &Snapshot,
         asked_at: Instant,
-        request: &TokenRequest,
         rejected: Option<&str>,
     ) -> Usable {
+        let request = call.request;
         let Some(stored) = &snapshot.token else {
             return Usable::Nothing;
         };
@@ -267,14 +223,6 @@ impl Fleet {
         Usable::Token(Token::new(secret, lifetime).with_age(now - issued_at))
     }
 
-    /// Sleeps about `pause` (jittered), never past `until`; the next,
-    /// longer pause.
-    async fn pause(&self, pause: Duration, until: Instant) -> Duration {
-        let jittered = pause.mul_f64(0.5 + random_unit() / 2.0);
-        tokio::time::sleep_until(later(Instant::now(), jittered).min(until)).await;
-        (pause * 2).min(LONGEST_POLL)
-    }
-
     fn own_exchange(
         self: &Arc<Self>,
         keyed: Option<(StoreKeys, Arc<Sealer>)>,
@@ -291,12 +239,100 @@ impl Fleet {
 }
 
 impl Call<'_> {
-    async fn call<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
-        self.fleet.call(operation).await
+    /// Removes the rejected token from the store, if the request names
+    /// one; false if the store failed.
+    async fn remove_rejected(&mut self) -> bool {
+        let Some(fingerprint) = self.rejected.clone() else {
+            return true;
+        };
+        let fleet = self.fleet;
+        let remove = fleet.config.store.remove(&self.keys, &fingerprint);
+        // Tried again at the next call if it fails; no more store time now.
+        let Some(removed) = fleet.call(remove).await else {
+            return false;
+        };
+        if removed {
+            tracing::debug!("rejected token removed from the shared store");
+        }
+        let mut state = fleet.state();
+        if state.removal.as_ref() == Some(&fingerprint) {
+            state.removal = None;
+        }
+        true
     }
 
-    async fn call_writing<T>(&mut self, operation: StoreFuture<'_, T>) -> Option<T> {
-        self.fleet.call_writing(operation).await
+    /// One look at the store; `None` if the store failed. An entry this
+    /// replica cannot open is removed, once per call, and looked for again:
+    /// a miss this replica may replace through the lock.
+    async fn look(&mut self) -> Option<Look> {
+        let fleet = self.fleet;
+        loop {
+            // The store counts times left from before its answer travels.
+            let asked_at = Instant::now();
+            let load = fleet.config.store.load(&self.keys);
+            let snapshot = fleet.call(load).await?;
+            let rejected = self.rejected.as_deref();
+            match fleet.usable(self, &snapshot, asked_at, rejected) {
+                Usable::Token(token) => {
+                    fleet.count(|s| &mut s.hits);
+                    return Some(Look::Token(token));
+                }
+                Usable::Unreadable(fingerprint) if !self.replaced => {
+                    self.replaced = true;
+                    let remove = fleet.config.store.remove(&self.keys, &fingerprint);
+                    fleet.call(remove).await?;
+                    continue;
+                }
+                Usable::Unreadable(_) | Usable::Nothing => {}
+            }
+            return Some(match (snapshot.backoff, snapshot.lock_ttl) {
+                (Some(left), _) => Look::BackOff(left, snapshot.backoff_cause),
+                (None, None) => Look::Free,
+                (None, Some(_)) => Look::Held,
+            });
+        }
+    }
+
+    /// Takes the fleet's lock: `Ok(None)` if another replica holds it,
+    /// and if the store failed, the lock it may have taken.
+    async fn take_lock(&mut self) -> Result<Option<HeldLock>, HeldLock> {
+        let fleet = self.fleet;
+        // Held before it is asked for: a call dropped while the store takes
+        // it still releases it (the release is owner-checked).
+        let held = self.held_lock();
+        let take = fleet
+            .config
+            .store
+            .lock(&self.keys, &fleet.owner, fleet.lease());
+        match fleet.call_writing(take).await {
+            Some(true) => Ok(Some(held)),
+            Some(false) => {
+                held.disarm();
+                Ok(None)
+            }
+            None => Err(held),
+        }
+    }
+
+    /// Holding the lock: looks once more (a replica may have stored a token
+    /// or a failure just before), then exchanges for the fleet.
+    async fn hold(mut self, lock: HeldLock) -> Decision {
+        let fleet = self.fleet;
+        match self.look().await {
+            None => self.fall_back(Some(lock)),
+            Some(Look::Token(token)) => {
+                lock.release().await;
+                Decision::Stored(token)
+            }
+            Some(Look::BackOff(left, cause)) => {
+                lock.release().await;
+                Decision::Failed(backed_off(left, cause.as_deref(), false))
+            }
+            Some(Look::Free | Look::Held) => {
+                fleet.count(|s| &mut s.lock_wins);
+                Decision::Exchange(self.own_exchange(Some(lock)))
+            }
+        }
     }
 
     fn held_lock(&self) -> HeldLock {
@@ -313,6 +349,36 @@ impl Call<'_> {
     fn own_exchange(self, lock: Option<HeldLock>) -> OwnExchange {
         let keyed = Some((self.keys, self.sealer));
         (self.fleet).own_exchange(keyed, lock, self.asked)
+    }
+}
+
+impl Waiting {
+    fn new(until: Instant) -> Self {
+        Self {
+            pause: FIRST_POLL,
+            until,
+            started: false,
+        }
+    }
+
+    /// Whether this replica waits for the holder already.
+    fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Sleeps about the next pause (jittered), never past the time the
+    /// request may wait; false once that time has come.
+    async fn pause(&mut self, fleet: &Fleet) -> bool {
+        if !self.started {
+            self.started = true;
+            fleet.count(|s| &mut s.waits);
+            tracing::debug!("another replica is fetching the token; waiting for it");
+        }
+        let jittered = self.pause.mul_f64(0.5 + random_unit() / 2.0);
+        let wake = later(Instant::now(), jittered).min(self.until);
+        tokio::time::sleep_until(wake).await;
+        self.pause = (self.pause * 2).min(LONGEST_POLL);
+        wake < self.until
     }
 }
 
