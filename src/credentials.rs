@@ -9,6 +9,11 @@ use crate::error::ConfigError;
 pub const CLIENT_ID_ENV: &str = "ROUTERA_CLIENT_ID";
 /// Environment variable read by [`ClientCredentials::from_env`] for the client secret.
 pub const CLIENT_SECRET_ENV: &str = "ROUTERA_CLIENT_SECRET";
+/// Environment variable read by `HttpTokenExchange::reqwest()` for the token
+/// URL, when it is set (the Routera emulator's, a staging endpoint's); the
+/// same rules apply as to
+/// [`HttpTokenExchange::with_token_url`](crate::HttpTokenExchange::with_token_url).
+pub const TOKEN_URL_ENV: &str = "ROUTERA_TOKEN_URL";
 
 /// The OAuth 2.0 client id and secret of a Routera API client.
 ///
@@ -92,7 +97,7 @@ impl ClientCredentials {
     }
 }
 
-fn read_env(
+pub(crate) fn read_env(
     name: &'static str,
     lookup: &impl Fn(&'static str) -> Result<String, std::env::VarError>,
 ) -> Result<String, ConfigError> {

@@ -130,7 +130,9 @@ pub use auth::{ReplayableBody, RetryOnUnauthorized, RouteraAuth, RouteraAuthLaye
 #[cfg(feature = "multi-client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "multi-client")))]
 pub use clients::TokenProviders;
-pub use credentials::{AuthMethod, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials};
+pub use credentials::{
+    AuthMethod, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, TOKEN_URL_ENV,
+};
 pub use error::{BoxError, ConfigError, OAuthError, TokenError, TokenErrorKind};
 pub use exchange::HttpTokenExchange;
 #[cfg(feature = "reqwest-middleware")]

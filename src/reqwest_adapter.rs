@@ -168,10 +168,19 @@ impl HttpTokenExchange<ReqwestService> {
     /// When several of these features are on, `native-tls` wins over
     /// `rustls-ring`, which wins over `rustls`.
     ///
+    /// Its token URL is Routera's, or the one in the environment variable
+    /// [`ROUTERA_TOKEN_URL`](crate::TOKEN_URL_ENV) when it is set (the
+    /// Routera emulator's, say: `http://127.0.0.1:<port>/oauth2/token`), so
+    /// that the same program runs against either; plain http is accepted
+    /// for loopback hosts only. [`with_token_url`](Self::with_token_url)
+    /// afterwards overrides both.
+    ///
     /// # Errors
     ///
     /// A [`ConfigError`] if the TLS backend cannot be initialised, for
-    /// example when no root certificate can be loaded from the platform.
+    /// example when no root certificate can be loaded from the platform, or
+    /// if `ROUTERA_TOKEN_URL` is set to something that is not a token URL
+    /// (the error names the variable).
     pub fn reqwest() -> Result<Self, ConfigError> {
         let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -180,7 +189,7 @@ impl HttpTokenExchange<ReqwestService> {
         let client = tls::configure(builder)?
             .build()
             .map_err(|err| ConfigError::http_client(crate::error::ErrorChain(&err)))?;
-        Ok(Self::new(ReqwestService::new(client)))
+        Self::new(ReqwestService::new(client)).with_token_url_from_env()
     }
 }
 

@@ -19,6 +19,8 @@ enum ConfigErrorKind {
     EnvMissing(&'static str, Option<&'static str>),
     EnvEmpty(&'static str),
     EnvNotUnicode(&'static str),
+    /// A variable whose value is not acceptable, and why.
+    EnvInvalid(&'static str, Box<ConfigError>),
     InvalidAuthMethod,
     InvalidTokenUrl(Cow<'static, str>),
     /// The refused host.
@@ -48,6 +50,12 @@ impl ConfigError {
     pub(crate) fn env_not_unicode(name: &'static str) -> Self {
         Self {
             kind: ConfigErrorKind::EnvNotUnicode(name),
+        }
+    }
+
+    pub(crate) fn env_invalid(name: &'static str, reason: ConfigError) -> Self {
+        Self {
+            kind: ConfigErrorKind::EnvInvalid(name, Box::new(reason)),
         }
     }
 
@@ -89,7 +97,8 @@ impl ConfigError {
         match self.kind {
             ConfigErrorKind::EnvMissing(name, _)
             | ConfigErrorKind::EnvEmpty(name)
-            | ConfigErrorKind::EnvNotUnicode(name) => Some(name),
+            | ConfigErrorKind::EnvNotUnicode(name)
+            | ConfigErrorKind::EnvInvalid(name, _) => Some(name),
             _ => None,
         }
     }
@@ -112,6 +121,12 @@ impl fmt::Display for ConfigError {
             }
             ConfigErrorKind::EnvNotUnicode(name) => {
                 write!(f, "the environment variable {name} is not valid Unicode")
+            }
+            ConfigErrorKind::EnvInvalid(name, reason) => {
+                write!(
+                    f,
+                    "the environment variable {name} is not acceptable: {reason}"
+                )
             }
             ConfigErrorKind::InvalidAuthMethod => {
                 f.write_str("the auth method must be `body` or `basic`")

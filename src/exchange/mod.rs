@@ -175,6 +175,36 @@ impl<H> HttpTokenExchange<H> {
         Ok(self)
     }
 
+    /// Sends token requests to the URL in the environment variable
+    /// [`ROUTERA_TOKEN_URL`](crate::TOKEN_URL_ENV) if it is set, as
+    /// [`with_token_url`](Self::with_token_url) does; unchanged if it is
+    /// not.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the variable if it is set but empty, not
+    /// Unicode, or not a token URL `with_token_url` accepts.
+    pub fn with_token_url_from_env(self) -> Result<Self, ConfigError> {
+        self.with_token_url_from(std::env::var)
+    }
+
+    /// [`with_token_url_from_env`](Self::with_token_url_from_env) over any
+    /// variable lookup, so the logic is testable without touching the
+    /// process environment.
+    pub(crate) fn with_token_url_from(
+        self,
+        lookup: impl Fn(&'static str) -> Result<String, std::env::VarError>,
+    ) -> Result<Self, ConfigError> {
+        let name = crate::TOKEN_URL_ENV;
+        match crate::credentials::read_env(name, &lookup) {
+            Ok(url) => self
+                .with_token_url(&url)
+                .map_err(|error| ConfigError::env_invalid(name, error)),
+            Err(error) if error.is_env_missing() => Ok(self),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Authenticates with `auth_method` instead of the default
     /// [`AuthMethod::RequestBody`].
     pub fn with_auth_method(mut self, auth_method: AuthMethod) -> Self {

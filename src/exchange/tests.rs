@@ -189,6 +189,40 @@ async fn basic_auth_urlencodes_each_part_before_base64() {
     assert_eq!(decode(secret), WEIRD_SECRET);
 }
 
+#[test]
+fn the_token_url_comes_from_routera_token_url_when_it_is_set() {
+    let (http, _): (MockHttp, _) = mock::pair();
+    let exchange = HttpTokenExchange::new(http);
+    let env = |value: Option<&'static str>| {
+        move |name: &'static str| {
+            assert_eq!(name, "ROUTERA_TOKEN_URL");
+            value
+                .map(str::to_owned)
+                .ok_or(std::env::VarError::NotPresent)
+        }
+    };
+
+    let unset = exchange.clone().with_token_url_from(env(None)).unwrap();
+    assert_eq!(unset.token_url(), crate::defaults::TOKEN_URL);
+    let emulator = "http://127.0.0.1:4000/oauth2/token";
+    let set = exchange.clone().with_token_url_from(env(Some(emulator)));
+    assert_eq!(set.unwrap().token_url(), emulator);
+
+    let error = exchange
+        .clone()
+        .with_token_url_from(env(Some("http://auth.example.com/oauth2/token")))
+        .unwrap_err();
+    assert_eq!(error.env_var(), Some("ROUTERA_TOKEN_URL"));
+    assert_eq!(
+        error.to_string(),
+        "the environment variable ROUTERA_TOKEN_URL is not acceptable: the token URL must \
+         use https: plain http is refused for host `auth.example.com` (it is accepted only \
+         for localhost, 127.0.0.0/8 and [::1])"
+    );
+    let empty = exchange.with_token_url_from(env(Some("")));
+    assert_eq!(empty.unwrap_err().env_var(), Some("ROUTERA_TOKEN_URL"));
+}
+
 #[tokio::test]
 async fn token_url_can_be_changed_and_is_validated() {
     let (token, sent) = exchange_with(
