@@ -47,11 +47,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderValue, StatusCode, header};
 use routera_auth::defaults;
-use routera_auth::test_util::Emulator;
 use routera_auth::{
     AuthMethod, BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, HttpTokenExchange,
     ReqwestService, RetryOnUnauthorized, RouteraAuthLayer, TokenError, TokenProvider,
 };
+use routera_auth_test::Emulator;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

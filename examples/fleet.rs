@@ -10,7 +10,7 @@
 //! the store's counters:
 //!
 //! ```text
-//! cargo run --example fleet --features redis,test-util
+//! cargo run --example fleet --features redis
 //! ```
 //!
 //! Redis is the one at `REDIS_URL` (Redis 6+ or Valkey), by default
@@ -27,8 +27,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use routera_auth::store::{RedisStore, SharedCache, StoreStats};
-use routera_auth::test_util::{Emulator, Fault, RedisServer};
 use routera_auth::{BoxError, TokenProvider};
+use routera_auth_test::{Emulator, Fault, RedisServer};
 use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 

@@ -11,7 +11,7 @@
 //! `ROUTERA_API_URL` set it calls Routera over https:
 //!
 //! ```sh
-//! cargo run --example hyper_https --features test-util
+//! cargo run --example hyper_https
 //! ```
 
 use bytes::Bytes;
@@ -19,10 +19,10 @@ use http::Request;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use routera_auth::test_util::Emulator;
 use routera_auth::{
     BoxError, ClientCredentials, HttpTokenExchange, RouteraAuthLayer, TokenProvider,
 };
+use routera_auth_test::Emulator;
 use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::main]

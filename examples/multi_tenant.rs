@@ -39,10 +39,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
 use routera_auth::clients::{CredentialSource, CredentialsError, TokenProviders};
-use routera_auth::test_util::Emulator;
 use routera_auth::{
     BoxError, ClientCredentials, ReqwestService, RetryOnUnauthorized, RouteraAuthLayer, TokenError,
 };
+use routera_auth_test::Emulator;
 use tokio::net::TcpListener;
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};

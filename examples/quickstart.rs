@@ -24,11 +24,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use routera_auth::defaults;
-use routera_auth::test_util::Emulator;
 use routera_auth::{
     AuthMethod, BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, HttpTokenExchange,
     ReqwestService, RouteraAuthLayer, TokenProvider,
 };
+use routera_auth_test::Emulator;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 #[tokio::main]

@@ -13,11 +13,11 @@
 use std::process::ExitCode;
 
 use routera_auth::defaults;
-use routera_auth::test_util::Emulator;
 use routera_auth::{
     BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, HttpTokenExchange,
     ReqwestService, RetryOnUnauthorized, RouteraAuthLayer, TokenProvider,
 };
+use routera_auth_test::Emulator;
 use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::main]

@@ -5,7 +5,7 @@
 //! `cargo run --example reqwest_middleware --features reqwest-middleware`.
 
 use routera_auth::RouteraAuthMiddleware;
-use routera_auth::test_util::Emulator;
+use routera_auth_test::Emulator;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -33,11 +33,11 @@
 use std::process::ExitCode;
 
 use routera_auth::defaults;
-use routera_auth::test_util::{Emulator, TokenValidator};
 use routera_auth::{
     BoxError, CLIENT_ID_ENV, CLIENT_SECRET_ENV, ClientCredentials, HttpTokenExchange, RouteraAuth,
     RouteraAuthLayer, TokenProvider,
 };
+use routera_auth_test::{Emulator, TokenValidator};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Server};

@@ -73,8 +73,6 @@
 //! - `reqwest` (on with each of the three above): [`ReqwestService`], for a
 //!   `reqwest::Client` you build, and the `routera_auth::reqwest`
 //!   re-export, without choosing a TLS.
-//! - `test-util`: [`test_util::MockExchange`] and [`test_util::Emulator`],
-//!   an in-process Routera emulator, for tests and examples.
 //! - `reqwest-middleware`: [`RouteraAuthMiddleware`] for reqwest-middleware
 //!   clients.
 //! - `metrics`: the provider's exchanges, failures, waits, invalidations,
@@ -82,18 +80,22 @@
 //!   (see the `metrics` module).
 //! - `shared-store`: [`store::SharedCache`], a tower layer over the token
 //!   exchange that gives the processes of a fleet one token and one
-//!   exchange, on a [`store::TokenStore`] backend; and
-//!   `test_util::MemoryStore` with `test-util`.
+//!   exchange, on a [`store::TokenStore`] backend.
 //! - `multi-client`: [`TokenProviders`], a bounded set of providers, one
 //!   per client key (a tenant, an account), and
 //!   [`RouteraAuthLayer::per_client`], which puts each request's own
 //!   client's token on it: many Routera clients in one process (see the
 //!   [`clients`] module).
 //! - `redis`: [`store::RedisStore`], the shared store on Redis 6+ or
-//!   Valkey, over TLS with a TLS feature; and `test_util::RedisServer`
-//!   and `test_util::RedisTlsServer` with `test-util`.
-//! - `redis-cluster`: `store::RedisStore::cluster`, on a Redis Cluster;
-//!   and `test_util::RedisCluster` with `test-util`.
+//!   Valkey, over TLS with a TLS feature.
+//! - `redis-cluster`: `store::RedisStore::cluster`, on a Redis Cluster.
+//!
+//! # Testing
+//!
+//! The test kit is a crate of its own, `routera-auth-test` (a
+//! dev-dependency): `MockExchange` in place of the token exchange, a
+//! Routera `Emulator` in process or as the `routera-emulator` binary,
+//! `MemoryStore` and real Redis test servers for fleets.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -120,11 +122,9 @@ mod reqwest_adapter;
 #[cfg(feature = "shared-store")]
 #[cfg_attr(docsrs, doc(cfg(feature = "shared-store")))]
 pub mod store;
+#[cfg(test)]
+mod test_double;
 mod token;
-
-#[cfg(feature = "test-util")]
-#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
-pub mod test_util;
 
 pub use auth::{ReplayableBody, RetryOnUnauthorized, RouteraAuth, RouteraAuthLayer};
 #[cfg(feature = "multi-client")]
@@ -163,8 +163,7 @@ pub use token::{AccessToken, Token, TokenReason, TokenRequest};
     feature = "reqwest-middleware",
     feature = "redis",
     feature = "redis-cluster",
-    feature = "multi-client",
-    feature = "test-util"
+    feature = "multi-client"
 ))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

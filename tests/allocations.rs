@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use http::header::AUTHORIZATION;
 use http::{Request, Response};
-use routera_auth::test_util::MockExchange;
 use routera_auth::{RouteraAuthLayer, TokenProvider};
+use routera_auth_test::MockExchange;
 use tower::{Layer, service_fn};
 
 #[test]

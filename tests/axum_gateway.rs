@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use routera_auth::test_util::{Emulator, Fault};
+use routera_auth_test::{Emulator, Fault};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 

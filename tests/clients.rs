@@ -17,11 +17,11 @@ use std::time::Duration;
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use routera_auth::clients::{CredentialSource, CredentialsError, MissingClientKey, TokenProviders};
-use routera_auth::test_util::MockExchange;
 use routera_auth::{
     BoxError, ClientCredentials, RetryOnUnauthorized, RouteraAuthLayer, TokenError, TokenErrorKind,
     TokenProvider,
 };
+use routera_auth_test::MockExchange;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 

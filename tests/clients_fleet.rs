@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use routera_auth::clients::{CredentialSource, TokenProviders};
 use routera_auth::store::SharedCache;
-use routera_auth::test_util::{MemoryStore, MockExchange};
 use routera_auth::{AuthMethod, ClientCredentials, TokenProvider};
+use routera_auth_test::{MemoryStore, MockExchange};
 use tokio::task::JoinSet;
 
 const HOUR: Duration = Duration::from_secs(3600);

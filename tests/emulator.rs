@@ -10,8 +10,8 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use routera_auth::defaults;
-use routera_auth::test_util::{Emulator, Fault};
 use routera_auth::{ClientCredentials, RouteraAuthLayer, TokenErrorKind, TokenProvider};
+use routera_auth_test::{Emulator, Fault};
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 

@@ -9,11 +9,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use routera_auth::test_util::Emulator;
 use routera_auth::{
     AuthMethod, ClientCredentials, HttpTokenExchange, RouteraAuthLayer, TokenError, TokenErrorKind,
     TokenProvider, TokenRequest,
 };
+use routera_auth_test::Emulator;
 use tower::{ServiceBuilder, ServiceExt};
 
 const WEIRD_SECRET: &str = "p: a+b/c&d%e=f g é";

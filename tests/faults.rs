@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use routera_auth::test_util::{Emulator, Fault};
 use routera_auth::{AccessToken, TokenError, TokenErrorKind, TokenProvider};
+use routera_auth_test::{Emulator, Fault};
 
 /// Longest any single check may take before the test fails.
 const BOUND: Duration = Duration::from_secs(10);

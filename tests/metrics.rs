@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use routera_auth::test_util::{MOCK_CLIENT_ID, MockExchange};
 use routera_auth::{TokenError, TokenErrorKind};
+use routera_auth_test::{MOCK_CLIENT_ID, MockExchange};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -137,7 +137,7 @@ fn a_scripted_run_records_exactly_what_happened() {
 fn a_token_taken_from_the_fleets_store_sets_the_expiry_gauge() {
     use routera_auth::AuthMethod;
     use routera_auth::store::SharedCache;
-    use routera_auth::test_util::MemoryStore;
+    use routera_auth_test::MemoryStore;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -3,8 +3,8 @@
 
 use reqwest::StatusCode;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
-use routera_auth::test_util::Emulator;
 use routera_auth::{ClientCredentials, RouteraAuthMiddleware, TokenError, TokenErrorKind};
+use routera_auth_test::Emulator;
 
 fn client(provider: routera_auth::TokenProvider) -> ClientWithMiddleware {
     ClientBuilder::new(reqwest::Client::new())

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use common::{credentials, status_error};
 use routera_auth::defaults;
-use routera_auth::test_util::{MockAnswer, MockExchange};
 use routera_auth::{
     AccessToken, ClientCredentials, MAX_TOKEN_LIFETIME, Token, TokenErrorKind, TokenProvider,
 };
+use routera_auth_test::{MockAnswer, MockExchange};
 use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, task};
 

@@ -1,5 +1,5 @@
-use routera_auth::test_util::Emulator;
 use routera_auth::{ReqwestService, RetryOnUnauthorized, RouteraAuthLayer};
+use routera_auth_test::Emulator;
 use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::test]

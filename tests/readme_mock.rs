@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
-use routera_auth::test_util::MockExchange;
 use routera_auth::{RetryOnUnauthorized, RouteraAuthLayer};
+use routera_auth_test::MockExchange;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_test::mock;
 

@@ -1,5 +1,5 @@
 //! Token sharing on a real Redis Cluster: three masters started by
-//! `test_util::RedisCluster` (Debian packages `redis-server` and
+//! `routera_auth_test::RedisCluster` (Debian packages `redis-server` and
 //! `redis-tools`), against the emulator. Each replica is a provider over an
 //! exchange under its own `SharedCache` on its own `RedisStore::cluster`.
 //!
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::{Replica, layered};
 use routera_auth::store::{RedisStore, SharedCache, StoreStats};
-use routera_auth::test_util::{Emulator, RedisCluster};
+use routera_auth_test::{Emulator, RedisCluster};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 

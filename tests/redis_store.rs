@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::chain;
 use routera_auth::store::{RedisStore, StoreKeys, StoredToken, TokenStore};
-use routera_auth::test_util::RedisServer;
+use routera_auth_test::RedisServer;
 
 /// The store's response timeout.
 const RESPONSE_TIMEOUT: Duration = RedisStore::RESPONSE_TIMEOUT;

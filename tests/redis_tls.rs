@@ -1,6 +1,6 @@
 //! The Redis store over TLS, against a real `redis-server` serving TLS
 //! (Debian package `redis-server`, built with TLS), started by
-//! `test_util::RedisTlsServer` with a CA and certificates it makes. Every
+//! `routera_auth_test::RedisTlsServer` with a CA and certificates it makes. Every
 //! test runs under each TLS stack compiled in (`RedisTls::available()`:
 //! with `--all-features`, rustls on aws-lc-rs, rustls on ring and
 //! native-tls), each through a real handshake.
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Capture, Replica, chain, layered};
 use routera_auth::store::{RedisStore, RedisTls, SharedCache, StoreKeys, TokenStore};
-use routera_auth::test_util::{Emulator, RedisTlsServer, TestCa};
+use routera_auth_test::{Emulator, RedisTlsServer, TestCa};
 
 /// Bounds every wait of a test, so a regression fails it instead of hanging.
 const BOUND: Duration = Duration::from_secs(30);

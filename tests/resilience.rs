@@ -9,10 +9,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::{credentials, status_error};
-use routera_auth::test_util::{MockAnswer, MockExchange};
 use routera_auth::{
     AccessToken, ClientCredentials, ProviderStats, Token, TokenErrorKind, TokenProvider,
 };
+use routera_auth_test::{MockAnswer, MockExchange};
 use tokio::time::{Instant, advance};
 use tower::Layer as _;
 

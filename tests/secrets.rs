@@ -15,11 +15,11 @@ use http::Request;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use routera_auth::test_util::{Emulator, Fault};
 use routera_auth::{
     AuthMethod, ClientCredentials, ConfigError, HttpTokenExchange, ReqwestService,
     RouteraAuthLayer, Token, TokenProvider, TokenRequest,
 };
+use routera_auth_test::{Emulator, Fault};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 const CLIENT_ID: &str = "secret-test-client";

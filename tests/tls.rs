@@ -17,8 +17,8 @@
 //! `reqwest()` takes one TLS stack, chosen by the crate's features:
 //! `native-tls` over `rustls-ring` over `rustls`. `cargo test
 //! --all-features` runs it on native-tls; `.ci/run` runs this file again
-//! with `--features rustls-ring,test-util` (rustls on ring) and with the
-//! default features and `test-util` (rustls on aws-lc-rs).
+//! with `--no-default-features --features rustls-ring` (rustls on ring) and
+//! with the default features (rustls on aws-lc-rs).
 //!
 //! Nothing sleeps: every wait is on a real handshake, bounded by a timeout.
 
@@ -28,11 +28,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use routera_auth::test_util::Emulator;
 use routera_auth::{
     BoxError, ClientCredentials, HttpTokenExchange, ReqwestService, RouteraAuthLayer,
     TokenErrorKind, TokenProvider, TokenRequest,
 };
+use routera_auth_test::Emulator;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use routera_auth::test_util::{Emulator, TokenValidator};
 use routera_auth::{BoxError, RouteraAuthLayer};
+use routera_auth_test::{Emulator, TokenValidator};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;

@@ -16,11 +16,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use routera_auth::test_util::MockExchange;
-use routera_auth::test_util::{Emulator, Fault};
 use routera_auth::{
     RetryOnUnauthorized, RouteraAuthLayer, Token, TokenError, TokenProvider, TokenRequest,
 };
+use routera_auth_test::MockExchange;
+use routera_auth_test::{Emulator, Fault};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_test::mock;
 

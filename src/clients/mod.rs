@@ -11,7 +11,7 @@
 //! use std::time::Duration;
 //! use http::{Request, Response, header::AUTHORIZATION};
 //! use routera_auth::clients::{CredentialSource, TokenProviders};
-//! use routera_auth::test_util::MockExchange;
+//! use routera_auth_test::MockExchange;
 //! use routera_auth::{ClientCredentials, RouteraAuthLayer};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
@@ -131,13 +131,12 @@ type Built<K> = papaya::HashMap<K, Kept<K>, foldhash::fast::RandomState>;
 /// # Example
 ///
 /// ```
-/// # #[cfg(feature = "test-util")]
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() -> Result<(), routera_auth::BoxError> {
 /// use std::convert::Infallible;
 /// use std::time::Duration;
 /// use routera_auth::clients::{CredentialSource, TokenProviders};
-/// use routera_auth::test_util::MockExchange;
+/// use routera_auth_test::MockExchange;
 /// use routera_auth::ClientCredentials;
 ///
 /// // Each account's credentials, from wherever they are kept.
@@ -157,8 +156,6 @@ type Built<K> = papaya::HashMap<K, Kept<K>, foldhash::fast::RandomState>;
 /// assert_eq!(exchange.credentials_seen()[0].client_id(), "acme-client");
 /// # Ok(())
 /// # }
-/// # #[cfg(not(feature = "test-util"))]
-/// # fn main() {}
 /// ```
 pub struct TokenProviders<K> {
     inner: Arc<Inner<K>>,
@@ -227,7 +224,7 @@ where
     /// ```
     /// use std::time::Duration;
     /// use routera_auth::clients::{CredentialSource, TokenProviders};
-    /// use routera_auth::test_util::MockExchange;
+    /// use routera_auth_test::MockExchange;
     /// use routera_auth::{ClientCredentials, TokenProvider};
     ///
     /// let exchange = MockExchange::new(Duration::from_secs(3600));
@@ -518,12 +515,12 @@ impl<K> fmt::Debug for TokenProviders<K> {
     }
 }
 
-#[cfg(all(test, feature = "test-util"))]
+#[cfg(test)]
 mod tests {
     use std::convert::Infallible;
 
     use super::*;
-    use crate::test_util::MockExchange;
+    use crate::test_double::TestExchange as MockExchange;
 
     const HOUR: Duration = Duration::from_secs(3600);
 

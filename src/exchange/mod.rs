@@ -110,7 +110,6 @@ pub(crate) struct TokenEndpointRequest;
 /// with `B: http_body::Body`.
 ///
 /// ```
-/// # #[cfg(feature = "test-util")]
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use http_body_util::Full;
@@ -118,7 +117,7 @@ pub(crate) struct TokenEndpointRequest;
 /// use hyper_util::rt::TokioExecutor;
 /// use routera_auth::{AuthMethod, HttpTokenExchange, TokenRequest};
 /// use tower::ServiceExt;
-/// # let emulator = routera_auth::test_util::Emulator::start().await?;
+/// # let emulator = routera_auth_test::Emulator::start().await?;
 /// # let token_url = emulator.token_url();
 /// # let credentials = emulator.credentials();
 ///
@@ -133,8 +132,6 @@ pub(crate) struct TokenEndpointRequest;
 /// assert!(token.expires_in().is_some());
 /// # Ok(())
 /// # }
-/// # #[cfg(not(feature = "test-util"))]
-/// # fn main() {}
 /// ```
 #[derive(Clone)]
 pub struct HttpTokenExchange<H> {

@@ -14,7 +14,7 @@ mod schedule;
 mod stats;
 mod worker;
 
-#[cfg(all(test, feature = "test-util"))]
+#[cfg(test)]
 mod tests;
 
 use std::fmt;

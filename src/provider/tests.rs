@@ -10,7 +10,7 @@ use tokio::time::{Instant, advance};
 
 use super::worker::Message;
 use super::{TokenProvider, lock};
-use crate::test_util::MockExchange;
+use crate::test_double::TestExchange as MockExchange;
 use crate::{TokenError, TokenErrorKind};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -144,7 +144,7 @@ async fn a_failure_for_replaced_credentials_reaches_no_waiter() {
     exchange.wait_for_calls(1).await;
     // The credentials change, and the exchange with the old ones fails,
     // before the worker reads the message that says so.
-    let rotated = crate::ClientCredentials::new(crate::test_util::MOCK_CLIENT_ID, "rotated");
+    let rotated = crate::ClientCredentials::new(crate::test_double::CLIENT_ID, "rotated");
     lock(&provider.shared().seed).credentials = rotated.clone();
     exchange.open_gate();
     let token = waiter

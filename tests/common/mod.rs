@@ -10,10 +10,10 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use routera_auth::test_util::MockExchange;
 use routera_auth::{
     BoxError, ClientCredentials, HttpTokenExchange, Token, TokenError, TokenRequest,
 };
+use routera_auth_test::MockExchange;
 use tower::ServiceExt;
 use tower_test::mock;
 

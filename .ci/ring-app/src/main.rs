@@ -5,7 +5,7 @@
 //!    on ring, the provider given explicitly) and checks that this installed
 //!    no process-wide default `CryptoProvider`.
 //! 2. Shares a token through a `RedisStore` over TLS (rustls on ring)
-//!    with a real `redis-server` serving TLS (`test_util::RedisTlsServer`),
+//!    with a real `redis-server` serving TLS (`routera_auth_test::RedisTlsServer`),
 //!    and checks again that no process-wide provider was installed.
 //! 3. Calls `rustls::ClientConfig::builder()`, which picks the process-level
 //!    provider from rustls's features and panics if it cannot: with
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use routera_auth::store::{RedisStore, RedisTls, StoreKeys, TokenStore};
-use routera_auth::test_util::{Emulator, RedisTlsServer};
+use routera_auth_test::{Emulator, RedisTlsServer};
 use routera_auth::{BoxError, HttpTokenExchange, ReqwestService, TokenProvider};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;

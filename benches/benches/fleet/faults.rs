@@ -18,8 +18,8 @@ use std::time::Duration;
 use routera_auth::store::{
     DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_PROBE_EVERY, RedisStore, SharedCache,
 };
-use routera_auth::test_util::{Emulator, Fault, RedisServer};
 use routera_auth::{Token, TokenError, TokenProvider, TokenRequest};
+use routera_auth_test::{Emulator, Fault, RedisServer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use routera_auth::TokenProvider;
 use routera_auth::store::{RedisStore, SharedCache};
-use routera_auth::test_util::{Emulator, Fault, RedisServer};
+use routera_auth_test::{Emulator, Fault, RedisServer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;

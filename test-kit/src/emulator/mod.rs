@@ -28,7 +28,6 @@ mod server;
 mod state;
 #[cfg(test)]
 mod test_client;
-#[cfg(any(feature = "rustls", feature = "rustls-ring"))]
 mod tls;
 mod token_endpoint;
 
@@ -97,7 +96,7 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use routera_auth::TokenErrorKind;
-/// use routera_auth::test_util::{Emulator, Fault};
+/// use routera_auth_test::{Emulator, Fault};
 ///
 /// let emulator = Emulator::builder().client("svc", "s3cr3t").start().await?;
 /// let provider = emulator.provider();
@@ -176,11 +175,13 @@ impl Emulator {
 
     /// The credentials of the first registered client, with its current
     /// secret (see [`Emulator::set_client`]).
-    pub fn credentials(&self) -> crate::ClientCredentials {
+    pub fn credentials(&self) -> routera_auth::ClientCredentials {
         match lock(&self.state.clients).first() {
-            Some((id, secret)) => crate::ClientCredentials::new(id.as_str(), secret.as_str()),
+            Some((id, secret)) => {
+                routera_auth::ClientCredentials::new(id.as_str(), secret.as_str())
+            }
             // The builder always registers at least one client.
-            None => crate::ClientCredentials::new(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
+            None => routera_auth::ClientCredentials::new(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET),
         }
     }
 
@@ -214,12 +215,12 @@ impl Emulator {
     /// [`Emulator::credentials`] changes only when `id` is the first client,
     /// and then returns the new secret. Providers already built keep the
     /// credentials they were given: hand them the new ones with
-    /// [`TokenProvider::set_credentials`](crate::TokenProvider::set_credentials).
+    /// [`TokenProvider::set_credentials`](routera_auth::TokenProvider::set_credentials).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use routera_auth::test_util::Emulator;
+    /// use routera_auth_test::Emulator;
     ///
     /// let emulator = Emulator::start().await?;
     /// let provider = emulator.provider();

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tower::Service;
 
-use crate::{ClientCredentials, Token, TokenError, TokenProvider, TokenRequest};
+use routera_auth::{ClientCredentials, Token, TokenError, TokenProvider, TokenRequest};
 
 /// The client id of [`MockExchange::credentials`].
 pub const MOCK_CLIENT_ID: &str = "mock-client";
@@ -30,7 +30,7 @@ pub enum MockAnswer {
     /// Panic: the exchange's future panics when polled (calling the service
     /// does not), as an exchange with a bug would. For testing that the
     /// code above the exchange contains the panic: the provider, for one,
-    /// makes it an [`Internal`](crate::TokenErrorKind::Internal) error and
+    /// makes it an [`Internal`](routera_auth::TokenErrorKind::Internal) error and
     /// keeps serving later exchanges. The exchange counts as finished.
     Panic,
 }
@@ -53,7 +53,7 @@ pub enum MockAnswer {
 /// # async fn main() {
 /// use std::time::Duration;
 /// use routera_auth::TokenErrorKind;
-/// use routera_auth::test_util::MockExchange;
+/// use routera_auth_test::MockExchange;
 ///
 /// let exchange = MockExchange::new(Duration::from_secs(3600));
 /// exchange.fail_next(routera_auth::TokenError::new(TokenErrorKind::ServerError));
@@ -271,7 +271,7 @@ mod tests {
     use tower::{Service, ServiceExt};
 
     use super::{MockAnswer, MockExchange};
-    use crate::{Token, TokenRequest};
+    use routera_auth::{Token, TokenRequest};
 
     const HOUR: Duration = Duration::from_secs(3600);
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::store::{Snapshot, StoreError, StoreFuture, StoreKeys, StoredToken, TokenStore};
+use routera_auth::store::{Snapshot, StoreError, StoreFuture, StoreKeys, StoredToken, TokenStore};
 
 /// A [`TokenStore`] in one process's memory, with the semantics of the
 /// Redis one, on tokio's clock (so entries, locks and backoffs expire on
@@ -20,7 +20,7 @@ use crate::store::{Snapshot, StoreError, StoreFuture, StoreKeys, StoredToken, To
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
 /// use routera_auth::store::SharedCache;
-/// use routera_auth::test_util::{MemoryStore, MockExchange};
+/// use routera_auth_test::{MemoryStore, MockExchange};
 /// use routera_auth::{AuthMethod, TokenProvider};
 /// use tower::ServiceBuilder;
 ///

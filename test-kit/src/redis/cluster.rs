@@ -17,7 +17,7 @@ const CLUSTER_TIMEOUT: Duration = Duration::from_secs(20);
 /// The number of masters.
 const MASTERS: usize = 3;
 
-/// A Redis Cluster of its own (features `test-util` and `redis-cluster`):
+/// A Redis Cluster of its own (feature `redis-cluster`):
 /// three masters, no replicas, each a [`RedisServer`] with a port of
 /// `127.0.0.1` (`--cluster-enabled yes`, a cluster bus port of its own,
 /// `--cluster-node-timeout 1000`), joined by
@@ -36,7 +36,7 @@ const MASTERS: usize = 3;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use routera_auth::store::RedisStore;
-/// use routera_auth::test_util::RedisCluster;
+/// use routera_auth_test::RedisCluster;
 ///
 /// let cluster = RedisCluster::start().await?;
 /// let store = RedisStore::cluster(cluster.urls())?;

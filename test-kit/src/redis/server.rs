@@ -32,7 +32,7 @@ const MAX_SOCKET_PATH: usize = 103;
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A `redis-server` of its own, on a unix socket in a fresh temporary
-/// directory (features `test-util` and `redis`).
+/// directory (feature `redis`).
 ///
 /// [`RedisServer::start`] runs `redis-server` from `PATH` (Debian package
 /// `redis-server`; Redis 6 or later, or Valkey installed under that name)
@@ -57,7 +57,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use routera_auth::store::RedisStore;
-/// use routera_auth::test_util::RedisServer;
+/// use routera_auth_test::RedisServer;
 ///
 /// let redis = RedisServer::start().await?;
 /// let store = RedisStore::connect(&redis.url()).await?;
@@ -168,7 +168,7 @@ impl RedisServer {
     }
 
     /// The URL of the server, `redis+unix:///…/redis.sock`, for
-    /// [`RedisStore::open`](crate::store::RedisStore::open) or
+    /// [`RedisStore::open`](routera_auth::store::RedisStore::open) or
     /// `redis::Client::open`.
     pub fn url(&self) -> String {
         let mut url = String::from("redis+unix://");

@@ -11,8 +11,8 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-/// A certificate authority of its own, made when it is created (features
-/// `test-util` and `redis`): a new ECDSA P-256 key and a self-signed CA
+/// A certificate authority of its own, made when it is created (feature
+/// `redis`): a new ECDSA P-256 key and a self-signed CA
 /// certificate, trusted by nothing until a test trusts it. It signs server
 /// certificates for `localhost` and `127.0.0.1`, and client certificates,
 /// each with a new key; everything comes out as PEM.

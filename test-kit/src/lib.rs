@@ -1,14 +1,14 @@
-//! Test doubles for code built on this crate (feature `test-util`): one
-//! for each seam of the stack.
+//! The test kit of [`routera_auth`]: test doubles for code built on it,
+//! one for each seam of the stack.
 //!
 //! | what is tested | double | in place of |
 //! |---|---|---|
-//! | a [`TokenProvider`](crate::TokenProvider) and what uses it | [`MockExchange`] | the token exchange |
-//! | a stack with [`RouteraAuthLayer`](crate::RouteraAuthLayer) | `tower_test::mock` | the inner HTTP service |
+//! | a [`TokenProvider`](routera_auth::TokenProvider) and what uses it | [`MockExchange`] | the token exchange |
+//! | a stack with [`RouteraAuthLayer`](routera_auth::RouteraAuthLayer) | `tower_test::mock` | the inner HTTP service |
 //! | the whole flow, over real HTTP | [`Emulator`] | the Routera server |
 //!
 //! (The fourth seam, the HTTP client under
-//! [`HttpTokenExchange`](crate::HttpTokenExchange), takes any
+//! [`HttpTokenExchange`](routera_auth::HttpTokenExchange), takes any
 //! `tower::Service<http::Request<Full<Bytes>>>`, a `service_fn` included.)
 //!
 //! # The exchange under the provider: [`MockExchange`]
@@ -21,7 +21,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use std::time::Duration;
-//! use routera_auth::test_util::MockExchange;
+//! use routera_auth_test::MockExchange;
 //!
 //! let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(Duration::from_secs(1));
 //! let provider = exchange.provider();
@@ -59,7 +59,7 @@
 //! use std::time::Duration;
 //! use http::{Request, Response, header::AUTHORIZATION};
 //! use routera_auth::RouteraAuthLayer;
-//! use routera_auth::test_util::MockExchange;
+//! use routera_auth_test::MockExchange;
 //! use tower::{Layer, ServiceExt};
 //!
 //! let provider = MockExchange::new(Duration::from_secs(3600)).provider();
@@ -100,7 +100,7 @@
 //! # use hyper_util::rt::TokioExecutor;
 //! use http::{Request, StatusCode};
 //! use routera_auth::RouteraAuthLayer;
-//! use routera_auth::test_util::Emulator;
+//! use routera_auth_test::Emulator;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! let emulator = Emulator::start().await?;
@@ -131,7 +131,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
-//! use routera_auth::test_util::{Emulator, Fault};
+//! use routera_auth_test::{Emulator, Fault};
 //!
 //! let emulator = Emulator::builder()
 //!     .client("my-service", "s3cr3t")
@@ -156,7 +156,11 @@
 //! (`redis-cli` from the Debian package `redis-tools` creates it). A test
 //! that cannot find these binaries fails with the package to install.
 //!
-//! This module is for tests: the emulator is not a hardened server.
+//! This crate is for tests: the emulator is not a hardened server.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod emulator;
 #[cfg(feature = "shared-store")]

@@ -31,7 +31,7 @@ use super::state::State;
 /// matching the body. It sends no body for 204 and 304, nor to `HEAD`.
 ///
 /// ```
-/// use routera_auth::test_util::Fault;
+/// use routera_auth_test::Fault;
 ///
 /// let unavailable = Fault::retry_after(503, 30);
 /// let gateway_page = Fault::html(502);

@@ -91,14 +91,10 @@ pub(super) fn generate(cert: ServerCert) -> io::Result<Tls> {
     })
 }
 
-/// The crypto provider of the crate's features, passed explicitly: aws-lc-rs
-/// with `rustls`, ring with `rustls-ring` alone.
+/// The crypto provider, passed explicitly: ring, as for the certificates
+/// (a process-wide provider is neither needed nor installed).
 fn provider() -> Arc<CryptoProvider> {
-    #[cfg(feature = "rustls")]
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    #[cfg(not(feature = "rustls"))]
-    let provider = rustls::crypto::ring::default_provider();
-    Arc::new(provider)
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// `der` as a PEM block with this label, 64 characters a line.
@@ -120,7 +116,7 @@ fn pem(label: &str, der: &CertificateDer<'_>) -> String {
 fn certificate_error(error: rcgen::Error) -> io::Error {
     io::Error::other(format!(
         "the emulator could not generate its test certificates ({error}); \
-         check that the crate's TLS features build"
+         this is a bug of the test kit"
     ))
 }
 
@@ -138,7 +134,7 @@ mod tests {
 
     use super::super::Emulator;
     use super::*;
-    use crate::{TokenErrorKind, TokenRequest};
+    use routera_auth::{TokenErrorKind, TokenRequest};
 
     #[tokio::test]
     async fn an_https_emulator_hands_out_its_ca_and_https_urls() {

@@ -7,8 +7,7 @@ use std::io;
 use super::certs::TestCa;
 use super::server::{Launch, RedisServer};
 
-/// A `redis-server` of its own that serves TLS (features `test-util` and
-/// `redis`; Debian's `redis-server` is built with TLS).
+/// A `redis-server` of its own that serves TLS (feature `redis`; Debian's `redis-server` is built with TLS).
 ///
 /// [`RedisTlsServer::start`] makes a new [`TestCa`], a server certificate
 /// for `localhost` and `127.0.0.1` signed by it, and a client certificate;
@@ -27,7 +26,7 @@ use super::server::{Launch, RedisServer};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// use routera_auth::store::RedisStore;
-/// use routera_auth::test_util::RedisTlsServer;
+/// use routera_auth_test::RedisTlsServer;
 ///
 /// let redis = RedisTlsServer::start_mutual().await?;
 /// let (certificate, key) = redis.client_certificate();

@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 use super::server::{self, Transport};
 use super::state::{State, set_client};
-#[cfg(any(feature = "rustls", feature = "rustls-ring"))]
 use super::tls::{self, ServerCert};
 use super::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_EXPIRES_IN, Emulator};
 
@@ -29,7 +28,6 @@ pub struct EmulatorBuilder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scheme {
     Http,
-    #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
     Https(ServerCert),
 }
 
@@ -92,11 +90,10 @@ impl EmulatorBuilder {
     /// trusts the CA instead.
     ///
     /// ```
-    /// # #[cfg(all(feature = "rustls", not(feature = "native-tls")))]
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use routera_auth::{HttpTokenExchange, ReqwestService, TokenRequest};
-    /// use routera_auth::test_util::Emulator;
+    /// use routera_auth_test::Emulator;
     /// use tower::ServiceExt as _;
     ///
     /// let emulator = Emulator::builder().https().start().await?;
@@ -111,11 +108,7 @@ impl EmulatorBuilder {
     /// assert!(emulator.token_validator().is_valid(token.access_token().secret()));
     /// # Ok(())
     /// # }
-    /// # #[cfg(not(all(feature = "rustls", not(feature = "native-tls"))))]
-    /// # fn main() {}
     /// ```
-    #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "rustls", feature = "rustls-ring"))))]
     pub fn https(mut self) -> Self {
         self.scheme = Scheme::Https(ServerCert::IssuedByCa);
         self
@@ -125,8 +118,6 @@ impl EmulatorBuilder {
     /// self-signed server certificate that the CA of [`Emulator::ca_pem`]
     /// did not issue: for tests of a client that must refuse a server it
     /// does not trust, even when it trusts that CA.
-    #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "rustls", feature = "rustls-ring"))))]
     pub fn https_self_signed(mut self) -> Self {
         self.scheme = Scheme::Https(ServerCert::SelfSigned);
         self
@@ -149,7 +140,6 @@ impl EmulatorBuilder {
         }
         let (transport, ca_pem) = match self.scheme {
             Scheme::Http => (Transport::Http, None),
-            #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
             Scheme::Https(cert) => {
                 let tls = tls::generate(cert)?;
                 (Transport::Https(tls.acceptor), Some(tls.ca_pem))

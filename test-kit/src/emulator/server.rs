@@ -23,7 +23,6 @@ pub(super) enum Transport {
     /// Plain HTTP/1.1.
     Http,
     /// TLS, then HTTP/2 or HTTP/1.1 as ALPN chose.
-    #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
     Https(tokio_rustls::TlsAcceptor),
 }
 
@@ -44,7 +43,6 @@ pub(super) async fn accept_loop(listener: TcpListener, transport: Transport, sta
             Transport::Http => {
                 tokio::spawn(serve_http1(TokioIo::new(stream), state));
             }
-            #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
             Transport::Https(acceptor) => {
                 tokio::spawn(serve_tls(acceptor.clone(), stream, state));
             }
@@ -68,7 +66,6 @@ where
 
 /// Completes the handshake, then serves HTTP/2 if the client asked for it
 /// through ALPN, HTTP/1.1 otherwise.
-#[cfg(any(feature = "rustls", feature = "rustls-ring"))]
 async fn serve_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,

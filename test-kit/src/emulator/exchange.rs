@@ -6,8 +6,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::Emulator;
-use crate::exchange::ExchangeBody;
-use crate::{HttpTokenExchange, TokenProvider};
+use routera_auth::exchange::ExchangeBody;
+use routera_auth::{HttpTokenExchange, TokenProvider};
 
 /// The token exchange [`Emulator::exchange`] returns: an
 /// [`HttpTokenExchange`] over a plain-HTTP hyper-util client. Named so that
@@ -16,7 +16,7 @@ pub type EmulatorExchange = HttpTokenExchange<Client<HttpConnector, ExchangeBody
 
 impl Emulator {
     /// A token exchange pointed at [`Emulator::token_url`], with
-    /// [`AuthMethod::RequestBody`](crate::AuthMethod::RequestBody); chain
+    /// [`AuthMethod::RequestBody`](routera_auth::AuthMethod::RequestBody); chain
     /// [`with_auth_method`](HttpTokenExchange::with_auth_method) for Basic.
     ///
     /// Its HTTP client is a hyper-util legacy [`Client`] speaking HTTP/1.1
@@ -32,7 +32,7 @@ impl Emulator {
     /// # async fn main() -> std::io::Result<()> {
     /// use std::time::Duration;
     /// use routera_auth::{AuthMethod, TokenProvider};
-    /// use routera_auth::test_util::{Emulator, EmulatorExchange};
+    /// use routera_auth_test::{Emulator, EmulatorExchange};
     ///
     /// let emulator = Emulator::start().await?;
     /// let exchange: EmulatorExchange = emulator.exchange().with_auth_method(AuthMethod::BasicAuth);
@@ -85,7 +85,7 @@ mod tests {
     use tower::{Layer as _, ServiceExt as _};
 
     use super::*;
-    use crate::{AuthMethod, RouteraAuthLayer, TokenErrorKind, TokenRequest};
+    use routera_auth::{AuthMethod, RouteraAuthLayer, TokenErrorKind, TokenRequest};
 
     #[tokio::test]
     async fn the_exchange_points_at_the_token_endpoint() {
