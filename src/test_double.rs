@@ -58,6 +58,12 @@ impl TestExchange {
         self.gate.send_replace(true);
     }
 
+    /// Holds the exchanges that start from now on, until
+    /// [`open_gate`](Self::open_gate).
+    pub(crate) fn close_gate(&self) {
+        self.gate.send_replace(false);
+    }
+
     pub(crate) fn fail_next(&self, error: TokenError) {
         self.script().next_failure = Some(error);
     }

@@ -491,7 +491,9 @@ impl TokenProvider {
             }
             let (answer, answered) = oneshot::channel();
             let message = if refresh {
-                Message::Refresh(answer)
+                // Any token newer than the current one answers it.
+                let seen = self.shared().current.load().as_ref().map_or(0, |c| c.seq);
+                Message::Refresh(answer, seen)
             } else {
                 Message::Need(answer)
             };

@@ -99,6 +99,54 @@ async fn a_waiter_whose_worker_ends_without_answering_gets_an_error_at_once() {
     assert_eq!(provider.token().await.unwrap().secret(), "token-1");
 }
 
+/// A provider with `token-1` cached, whose next exchange (a refresh the
+/// first caller asked for) has started and is held at the exchange's gate.
+async fn refreshing() -> (MockExchange, TokenProvider, tokio::task::JoinHandle<String>) {
+    let exchange = MockExchange::new(MINUTE);
+    let provider = exchange.provider();
+    assert_eq!(provider.token().await.unwrap().secret(), "token-1");
+    exchange.close_gate();
+    let first = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.refresh().await.unwrap().secret().to_owned() }
+    });
+    exchange.wait_for_calls(2).await;
+    (exchange, provider, first)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_sent_as_the_exchange_ends_is_answered_by_that_exchanges_token() {
+    let (exchange, provider, first) = refreshing().await;
+    // The exchange ends, and a refresh is sent before the worker has run:
+    // both are ready when it next runs. It takes the exchange's end first,
+    // then the refresh, asked when token-1 was current: token-2 answers it.
+    exchange.open_gate();
+    let mut second = tokio_test::task::spawn(provider.refresh());
+    tokio_test::assert_pending!(second.poll());
+    settle().await;
+
+    let second = second.await.unwrap();
+    assert_eq!(second.secret(), "token-2", "not a second exchange's token");
+    assert_eq!(first.await.unwrap(), "token-2");
+    assert_eq!(exchange.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_read_while_the_exchange_runs_joins_it() {
+    let (exchange, provider, first) = refreshing().await;
+    // The worker reads the refresh while the exchange is held: it joins.
+    let second = tokio::spawn({
+        let provider = provider.clone();
+        async move { provider.refresh().await.unwrap().secret().to_owned() }
+    });
+    settle().await;
+    exchange.open_gate();
+
+    assert_eq!(second.await.unwrap(), "token-2");
+    assert_eq!(first.await.unwrap(), "token-2");
+    assert_eq!(exchange.calls(), 2);
+}
+
 /// Lets the worker and the exchange run on the current-thread runtime.
 async fn settle() {
     for _ in 0..20 {

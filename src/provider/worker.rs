@@ -3,8 +3,9 @@
 //! Handles send it [`Message`]s over an unbounded `mpsc` channel; a caller
 //! that needs an answer sends a `oneshot` with its message. The worker owns
 //! the callers waiting, the exchange in flight, and the count of failures
-//! in a row. Its loop is one `select!` over the next message, the exchange
-//! in flight and the end of a backoff.
+//! in a row. Its loop is one `select!` over the exchange in flight, the
+//! next message and the end of a backoff, in that order when several are
+//! ready: a message read after an exchange ended sees its token.
 //!
 //! It runs one exchange at a time, when a caller needs a token, a request
 //! found the refresh due or `refresh()` asks; after a failure it retries
@@ -44,8 +45,10 @@ pub(super) type Receiver = mpsc::UnboundedReceiver<Message>;
 pub(super) enum Message {
     /// A token, the current one if it may be served.
     Need(Answer),
-    /// A new token, even if the current one may be served.
-    Refresh(Answer),
+    /// A token newer than the one whose `seq` this is (0: none), even if
+    /// the current one may be served: the current token if an exchange
+    /// stored it since the caller looked, else the next exchange's.
+    Refresh(Answer, u64),
     /// A request found the current token's refresh due.
     RefreshDue,
     /// The credentials in the seed changed.
@@ -103,17 +106,12 @@ pub(super) async fn run<S>(
             continue;
         }
         let retry_at = worker.retry_at().filter(|_| in_flight.is_none());
+        // In this order when several are ready: the end of the exchange
+        // first, so that its waiters are answered and a message read after
+        // it sees its token (a refresh asked before that token was stored
+        // is answered by it); then the messages; then the backoff's end.
         tokio::select! {
-            message = messages.recv() => {
-                let Some(message) = message else { return };
-                worker.read(message, in_flight.is_some());
-                // An exchange for credentials replaced meanwhile is dropped,
-                // and asked again with the new ones.
-                if in_flight.as_ref().is_some_and(|flight| !worker.current(&flight.credentials)) {
-                    in_flight = None;
-                    worker.want(Some(false));
-                }
-            }
+            biased;
             result = async {
                 match &mut in_flight {
                     Some(flight) => flight.attempt.as_mut().await,
@@ -122,6 +120,16 @@ pub(super) async fn run<S>(
             } => {
                 if let Some(flight) = in_flight.take() {
                     worker.finish(result, flight);
+                }
+            }
+            message = messages.recv() => {
+                let Some(message) = message else { return };
+                worker.read(message, in_flight.is_some());
+                // An exchange for credentials replaced meanwhile is dropped,
+                // and asked again with the new ones.
+                if in_flight.as_ref().is_some_and(|flight| !worker.current(&flight.credentials)) {
+                    in_flight = None;
+                    worker.want(Some(false));
                 }
             }
             () = async {
@@ -162,7 +170,12 @@ where
                 Some(cached) => drop(answer.send(Ok(cached))),
                 None => self.join(answer, false, busy, now),
             },
-            Message::Refresh(answer) => self.join(answer, true, busy, now),
+            // A token stored since the caller asked answers it: an
+            // exchange that ended just as the refresh was sent.
+            Message::Refresh(answer, seen) => match fresh.filter(|cached| cached.seq > seen) {
+                Some(cached) => drop(answer.send(Ok(cached))),
+                None => self.join(answer, true, busy, now),
+            },
             Message::RefreshDue => {
                 let due = fresh.is_some_and(|cached| now >= cached.refresh_at);
                 if due && self.wanted.is_none() && !busy {
