@@ -92,8 +92,8 @@
 //! - `redis`: [`store::RedisStore`], the shared store on Redis 6+ or
 //!   Valkey, over TLS with a TLS feature; and `test_util::RedisServer`
 //!   and `test_util::RedisTlsServer` with `test-util`.
-//! - `redis-cluster`: `store::RedisStore::cluster`, on a Redis Cluster;
-//!   and `test_util::RedisCluster` with `test-util`.
+//! - `redis-cluster`: `store::RedisStore::cluster`, on a Redis Cluster,
+//!   over TCP or TLS; and `test_util::RedisCluster` with `test-util`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -221,15 +221,35 @@ impl RedisStoreBuilder {
                 "no Redis Cluster node was given: give the URL of one node at least",
             ));
         }
-        if self.tls.has_certificates() || nodes.iter().any(|url| tls_url(url).is_some()) {
+        let tls_nodes = nodes.iter().filter(|url| tls_url(url).is_some()).count();
+        let tls = if tls_nodes == 0 {
+            if self.tls.has_certificates() {
+                return Err(RedisStoreError::new(
+                    "certificates were given for a Redis Cluster, but its node URLs do not ask \
+                     for TLS: use rediss:// URLs",
+                ));
+            }
+            None
+        } else if tls_nodes < nodes.len() {
             return Err(RedisStoreError::new(
-                "RedisStore::cluster does not connect over TLS: give redis:// node URLs (a \
-                 cluster reached only over TLS needs a TokenStore of your own)",
+                "the Redis Cluster node URLs mix redis:// and rediss://: give every node with \
+                 rediss:// for TLS, or every node with redis://",
             ));
-        }
+        } else {
+            if nodes.iter().any(|url| url.contains('#')) {
+                return Err(RedisStoreError::new(
+                    "a rediss:// URL takes no #fragment: the server's certificate is always \
+                     checked; for a private CA, give it with add_root_certificates",
+                ));
+            }
+            Some(super::tls::cluster_certificates(&self.tls)?)
+        };
         let mut addresses = Vec::with_capacity(nodes.len());
         for url in nodes {
-            let client = Client::open(url.as_str()).map_err(|source| {
+            // Parsed as plain: redis' parser takes rediss:// only with a TLS
+            // feature of its own.
+            let plain = tls_url(url);
+            let client = Client::open(plain.as_deref().unwrap_or(url)).map_err(|source| {
                 RedisStoreError::with_source(
                     format!("invalid Redis Cluster node URL: {URL_FORMS}"),
                     source,
@@ -246,21 +266,27 @@ impl RedisStoreBuilder {
             .response_timeout(response)
             // A redirection or a reconnection within a command may take
             // one connection and one answer, not more.
-            .overall_response_timeout(Some(connection.saturating_add(response)))
-            .build()
-            .map_err(|source| {
-                RedisStoreError::with_source(
-                    format!("invalid Redis Cluster nodes: {URL_FORMS}"),
-                    source,
-                )
-            })?;
+            .overall_response_timeout(Some(connection.saturating_add(response)));
+        #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
+        let client = match tls.clone().flatten() {
+            Some(certificates) => client.certs(certificates),
+            None => client,
+        };
+        let client = client.build().map_err(|source| {
+            RedisStoreError::with_source(
+                format!("invalid Redis Cluster nodes: {URL_FORMS}"),
+                source,
+            )
+        })?;
         let link = Link::Cluster {
             client: Box::new(client),
             connection_timeout: connection,
             response_timeout: response,
             connection: OnceLock::new(),
+            tls: tls.is_some(),
         };
-        Ok((format!("cluster {}", addresses.join(", ")), link))
+        let tls = if tls.is_some() { " (TLS)" } else { "" };
+        Ok((format!("cluster {}{tls}", addresses.join(", ")), link))
     }
 }
 
