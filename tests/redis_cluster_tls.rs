@@ -47,28 +47,29 @@ async fn cluster(options: ClusterTlsOptions) -> RedisCluster {
     }
 }
 
-/// A store on `cluster` that trusts its CA.
-fn store(cluster: &RedisCluster) -> RedisStore {
+/// A store on `cluster` that trusts its CA, connected to every master.
+async fn store(cluster: &RedisCluster) -> RedisStore {
     RedisStore::cluster_builder(cluster.urls())
         .add_root_certificates(cluster.ca_pem().unwrap())
-        .build()
+        .connect()
+        .await
         .unwrap()
 }
 
 /// `n` replicas of the mock's client, each on a store of its own.
-fn fleet(n: usize, cluster: &RedisCluster, exchange: &MockExchange) -> Vec<Replica> {
-    (0..n)
-        .map(|_| {
-            let cache = SharedCache::new(store(cluster), TOKEN_URL, AuthMethod::RequestBody)
-                .breaker(3, Duration::from_millis(500));
-            layered(
-                cache,
-                exchange.clone(),
-                MockExchange::credentials(),
-                routera_auth::defaults::EXCHANGE_TIMEOUT,
-            )
-        })
-        .collect()
+async fn fleet(n: usize, cluster: &RedisCluster, exchange: &MockExchange) -> Vec<Replica> {
+    let mut replicas = Vec::with_capacity(n);
+    for _ in 0..n {
+        let cache = SharedCache::new(store(cluster).await, TOKEN_URL, AuthMethod::RequestBody)
+            .breaker(3, Duration::from_millis(500));
+        replicas.push(layered(
+            cache,
+            exchange.clone(),
+            MockExchange::credentials(),
+            routera_auth::defaults::EXCHANGE_TIMEOUT,
+        ));
+    }
+    replicas
 }
 
 /// Every replica asks for a token at once: the tokens they got, and how
@@ -125,7 +126,7 @@ async fn a_fleet_on_a_tls_cluster_makes_one_exchange() {
             .all(|url| url.starts_with("rediss://"))
     );
     let exchange = MockExchange::new(Duration::from_secs(3600));
-    let replicas = fleet(10, &cluster, &exchange);
+    let replicas = fleet(10, &cluster, &exchange).await;
 
     let (tokens, failed) = all_ask(&replicas).await;
     assert_eq!(failed, 0);
@@ -231,7 +232,7 @@ async fn the_keys_master_killed_under_load_fails_no_request() {
     let cluster = cluster(ClusterTlsOptions::default()).await;
     // 4 s tokens: served until 3 s, refreshed from 2.0–2.2 s.
     let exchange = MockExchange::new(Duration::from_secs(4));
-    let replicas = Arc::new(fleet(5, &cluster, &exchange));
+    let replicas = Arc::new(fleet(5, &cluster, &exchange).await);
     let (_, failed) = all_ask(&replicas).await;
     assert_eq!(failed, 0);
     assert_eq!(exchange.calls(), 1);

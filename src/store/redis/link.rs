@@ -102,6 +102,17 @@ impl Link {
     }
 }
 
+impl Link {
+    /// Whether it is a Redis Cluster reached over TLS.
+    pub(super) fn is_tls_cluster(&self) -> bool {
+        match self {
+            #[cfg(feature = "redis-cluster")]
+            Link::Cluster { tls, .. } => *tls,
+            _ => false,
+        }
+    }
+}
+
 /// An error unless the caller runs on a Tokio runtime.
 fn runtime() -> Result<(), RedisStoreError> {
     match tokio::runtime::Handle::try_current() {

@@ -393,12 +393,21 @@ impl RedisStore {
             return Ok(());
         };
         let server = self.inner.server.as_deref().unwrap_or("the given address");
-        let message = if source.kind() == redis::ErrorKind::ClusterConnectionNotFound {
+        let unreachable = source.is_io_error()
+            || source.is_timeout()
+            || source.kind() == redis::ErrorKind::ClusterConnectionNotFound;
+        let message = if unreachable && self.inner.link.is_tls_cluster() {
+            // The cluster client does not say why a handshake failed.
+            format!(
+                "could not reach Redis at {server}: check that the nodes run and that the URLs \
+                 are right, that the nodes' certificates are trusted (add_root_certificates) \
+                 and name the endpoints the nodes announce, and the client certificate if they \
+                 ask for one (see RedisStore's documentation, a cluster over TLS)"
+            )
+        } else if source.kind() == redis::ErrorKind::ClusterConnectionNotFound {
             format!(
                 "could not reach Redis at {server}: no node answered; check that they run and \
-                 that the URLs are right; over TLS, that the nodes' certificates are trusted \
-                 (add_root_certificates) and name the endpoints the nodes announce, and the \
-                 client certificate if they ask for one (see RedisStore's documentation)"
+                 that the URLs are right, or use RedisStore::open to start without it"
             )
         } else if source.is_io_error() {
             format!(
