@@ -187,6 +187,16 @@ const RECONNECT_RETRIES: usize = 0;
 ///   Redis is down each operation fails at once (a refused connection) or
 ///   after the connection timeout (an unreachable host), and makes a new
 ///   attempt, so operations succeed again as soon as Redis is back;
+/// - over TLS on one server (`rediss://`), whose connection is this
+///   crate's own: a connection the server closed (a restart, `CLIENT
+///   KILL`, an idle timeout) is noticed as it closes, so the next command
+///   goes on a new connection rather than failing on the dead one; and
+///   attempts to reconnect are spaced out while Redis cannot be reached:
+///   10 ms after a failed attempt, doubling with each failure in a row, at
+///   most 1 s. An operation within that backoff fails at once without
+///   connecting ("the next is in … ms"); no operation waits for it to
+///   end. So a fleet's replicas do not each hammer a Redis that is down,
+///   and resume within a second of its return;
 /// - an operation that could not be sent because the connection was lost
 ///   or refused is tried once more, on the new connection, so the first
 ///   operation after a restart of Redis succeeds. The exchange lock is

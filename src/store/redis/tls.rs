@@ -118,7 +118,10 @@ impl Connector {
         _tcp: tokio::net::TcpStream,
         _connection: &redis::RedisConnectionInfo,
         _config: redis::AsyncConnectionConfig,
-    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    ) -> redis::RedisResult<(
+        redis::aio::MultiplexedConnection,
+        tokio::task::JoinHandle<()>,
+    )> {
         match *self {}
     }
 }
@@ -167,7 +170,8 @@ impl Connector {
 
     /// Makes the TLS handshake on `tcp` with `host` and opens a multiplexed
     /// connection on it (authenticated and on its database, as
-    /// `connection` says).
+    /// `connection` says), with the task that drives it, which ends when
+    /// the connection closes.
     ///
     /// # Errors
     ///
@@ -180,7 +184,7 @@ impl Connector {
         tcp: TcpStream,
         connection: &RedisConnectionInfo,
         config: AsyncConnectionConfig,
-    ) -> redis::RedisResult<MultiplexedConnection> {
+    ) -> redis::RedisResult<(MultiplexedConnection, tokio::task::JoinHandle<()>)> {
         match self {
             #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
             Connector::Rustls(connector) => {
@@ -212,7 +216,9 @@ impl Connector {
     }
 }
 
-/// The connection of `opened`, its driver spawned on the runtime.
+/// The connection of `opened`, and its driver spawned on the runtime: the
+/// task ends when the connection closes (the server closed it, or it
+/// broke).
 ///
 /// A connection closed while it was set up, right after the handshake, is
 /// most often a server that wanted a client certificate: with TLS 1.3 the
@@ -221,7 +227,7 @@ impl Connector {
 fn spawn<F>(
     server: &str,
     opened: redis::RedisResult<(MultiplexedConnection, F)>,
-) -> redis::RedisResult<MultiplexedConnection>
+) -> redis::RedisResult<(MultiplexedConnection, tokio::task::JoinHandle<()>)>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -239,8 +245,8 @@ where
         )
         .into()
     })?;
-    tokio::spawn(driver);
-    Ok(connection)
+    let driver = tokio::spawn(driver);
+    Ok((connection, driver))
 }
 
 /// A failed handshake as redis' I/O error, saying with whom, why, and what
