@@ -77,7 +77,9 @@ impl RedisStoreBuilder {
     /// `-----BEGIN CERTIFICATE-----` blocks) as roots for the server's
     /// certificate, besides the platform's roots: for a Redis whose
     /// certificate comes from a private CA. May be called more than once.
-    /// Only for a `rediss://` URL.
+    /// Only for a `rediss://` URL. For a cluster (`rediss://` node URLs),
+    /// the roots given replace the platform's roots (see [a cluster over
+    /// TLS](RedisStore#a-cluster-over-tls)).
     pub fn add_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls.roots.push(pem.into());
         self
@@ -99,7 +101,11 @@ impl RedisStoreBuilder {
     }
 
     /// The TLS stack of `rediss://` connections, when several are compiled
-    /// in; by default [`RedisTls::from_features`].
+    /// in; by default [`RedisTls::from_features`]. A cluster's connections
+    /// are on the `redis` crate's TLS, rustls in a build with a rustls
+    /// feature: there only a rustls stack may be named (which changes
+    /// nothing: the provider is the process-wide one), and any other is an
+    /// error at build.
     pub fn tls(mut self, stack: RedisTls) -> Self {
         self.tls.stack = Some(stack);
         self
@@ -128,7 +134,10 @@ impl RedisStoreBuilder {
     /// A malformed or unsupported URL (the error does not repeat it, as it
     /// may hold a password); a `rediss://` URL without a TLS feature;
     /// certificates that are not valid PEM, or given for a URL without
-    /// TLS.
+    /// TLS. For a cluster: node URLs that mix `redis://` and `rediss://`;
+    /// certificates in a build with native-tls alone; no root in a build
+    /// with both native-tls and rustls; a stack the cluster cannot use
+    /// (see [a cluster over TLS](RedisStore#a-cluster-over-tls)).
     pub fn build(self) -> Result<RedisStore, StoreError> {
         let (server, link) = match &self.target {
             Target::Server(url) => match tls_url(url) {

@@ -165,6 +165,11 @@ const RECONNECT_RETRIES: usize = 0;
 ///   it for the other nodes, and this crate offers no switch that skips the
 ///   host name check. When the names do not match, operations fail as for
 ///   a cluster that cannot be reached.
+/// - **Cost of a connection.** On rustls without native-tls, the `redis`
+///   crate reads and parses the platform's roots for each connection it
+///   opens, roots given or not (a few milliseconds; tens in a debug
+///   build): [`RedisStoreBuilder::connect`] opens the connections to every
+///   master before the first operation needs them.
 /// - **Errors.** The cluster client reports a failed handshake as "no
 ///   connection to a node", without its cause: [`RedisStoreBuilder::connect`]
 ///   lists what to check.

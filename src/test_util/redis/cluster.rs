@@ -1,5 +1,5 @@
 //! [`RedisCluster`]: a real Redis Cluster of three masters on loopback
-//! ports.
+//! ports, over TCP or TLS.
 
 use std::fmt;
 use std::io;
@@ -26,7 +26,11 @@ const MASTERS: usize = 3;
 /// `redis-cli --cluster create` (Debian package `redis-tools`).
 ///
 /// [`urls`](RedisCluster::urls) are the masters' `redis://` URLs for
-/// `RedisStore::cluster`. A master can be killed and restarted through
+/// `RedisStore::cluster`. [`RedisCluster::start_tls`] starts one that
+/// serves TLS only (`rediss://` URLs, certificates of a [`TestCa`]), and
+/// [`RedisCluster::start_tls_with`] one that requires client
+/// certificates, or whose certificates and announced endpoints name a
+/// host rather than an address, as managed services' do. A master can be killed and restarted through
 /// [`nodes`](RedisCluster::nodes): a restarted master comes back with
 /// its slots (its cluster configuration is kept in its directory) and no
 /// data, as after a crash without persistence; the others keep serving
