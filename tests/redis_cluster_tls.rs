@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use common::{Replica, chain, layered};
 use routera_auth::AuthMethod;
-use routera_auth::store::{RedisStore, SharedCache, StoreKeys, StoreStats, TokenStore};
+use routera_auth::store::{
+    RedisStore, RedisStoreBuilder, SharedCache, StoreKeys, StoreStats, TokenStore,
+};
 use routera_auth::test_util::{ClusterTlsOptions, MockExchange, RedisCluster};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -47,13 +49,28 @@ async fn cluster(options: ClusterTlsOptions) -> RedisCluster {
     }
 }
 
+/// The store `builder` makes, connected to every master. A TLS connection
+/// of the `redis` crate's rustls reads the platform's roots, tens of
+/// milliseconds in a debug build: on a busy machine a first connection
+/// may pass its 100 ms, so connecting is tried a few times.
+async fn connected(builder: impl Fn() -> RedisStoreBuilder) -> RedisStore {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match builder().connect().await {
+            Ok(store) => return store,
+            Err(error) if attempt < 5 => eprintln!("connect, attempt {attempt}: {error}"),
+            Err(error) => panic!("{}", chain(&error)),
+        }
+    }
+}
+
 /// A store on `cluster` that trusts its CA, connected to every master.
 async fn store(cluster: &RedisCluster) -> RedisStore {
-    RedisStore::cluster_builder(cluster.urls())
-        .add_root_certificates(cluster.ca_pem().unwrap())
-        .connect()
-        .await
-        .unwrap()
+    connected(|| {
+        RedisStore::cluster_builder(cluster.urls()).add_root_certificates(cluster.ca_pem().unwrap())
+    })
+    .await
 }
 
 /// `n` replicas of the mock's client, each on a store of its own.
@@ -145,12 +162,12 @@ async fn a_cluster_that_requires_client_certificates_takes_the_one_given() {
     options.mutual = true;
     let cluster = cluster(options).await;
     let (certificate, key) = cluster.client_certificate().unwrap();
-    let store = RedisStore::cluster_builder(cluster.urls())
-        .add_root_certificates(cluster.ca_pem().unwrap())
-        .client_certificate(certificate, key)
-        .connect()
-        .await
-        .unwrap();
+    let store = connected(|| {
+        RedisStore::cluster_builder(cluster.urls())
+            .add_root_certificates(cluster.ca_pem().unwrap())
+            .client_certificate(certificate, key)
+    })
+    .await;
     let keys = StoreKeys::new("mutual", "client");
     assert!(
         store
@@ -198,12 +215,12 @@ async fn nodes_are_verified_against_the_endpoint_they_announce() {
     options.certificate_names_localhost_only = true;
     let announcing_ips = cluster(options).await;
     assert!(announcing_ips.urls()[0].starts_with("rediss://localhost:"));
-    let store = RedisStore::cluster_builder(announcing_ips.urls())
+    let by_address = RedisStore::cluster_builder(announcing_ips.urls())
         .add_root_certificates(announcing_ips.ca_pem().unwrap())
         .build()
         .unwrap();
     let keys = StoreKeys::new("announced", "client");
-    let error = store
+    let error = by_address
         .lock(&keys, "me", Duration::from_secs(5))
         .await
         .unwrap_err();
@@ -212,13 +229,9 @@ async fn nodes_are_verified_against_the_endpoint_they_announce() {
 
     options.announce_localhost = true;
     let announcing_names = cluster(options).await;
-    let store = RedisStore::cluster_builder(announcing_names.urls())
-        .add_root_certificates(announcing_names.ca_pem().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let named = store(&announcing_names).await;
     assert!(
-        store
+        named
             .lock(&keys, "me", Duration::from_secs(5))
             .await
             .unwrap()
