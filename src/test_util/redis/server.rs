@@ -166,6 +166,7 @@ impl RedisServer {
     }
 
     /// The server's directory, its working directory.
+    #[cfg(feature = "redis-cluster")]
     pub(super) fn dir(&self) -> &Path {
         &self.dir
     }
