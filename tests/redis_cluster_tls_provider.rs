@@ -48,6 +48,11 @@ async fn without_a_process_wide_provider_the_error_says_what_to_install() {
         .await
         .unwrap_err();
     assert!(chain(&error).contains("install_default()"), "{error}");
+    // A redis::Client given as is for a TLS address connects with the
+    // redis crate's TLS too: the same error.
+    let client = redis::Client::open(cluster.urls()[0].as_str()).unwrap();
+    let error = RedisStore::new(client).load(&keys).await.unwrap_err();
+    assert!(chain(&error).contains("install_default()"), "{error}");
     // Nothing was installed behind the application's back.
     assert!(rustls::crypto::CryptoProvider::get_default().is_none());
 

@@ -44,6 +44,15 @@ impl Link {
         }
     }
 
+    /// Whether it is a Redis Cluster reached over TLS.
+    pub(super) fn is_tls_cluster(&self) -> bool {
+        match self {
+            #[cfg(feature = "redis-cluster")]
+            Link::Cluster { tls, .. } => *tls,
+            _ => false,
+        }
+    }
+
     /// The connection of an operation, set up the first time (lazily: that
     /// connects nothing, but it spawns a task, so it needs a Tokio
     /// runtime).
@@ -98,17 +107,6 @@ impl Link {
                     connection.get_or_init(|| built).clone(),
                 ))
             }
-        }
-    }
-}
-
-impl Link {
-    /// Whether it is a Redis Cluster reached over TLS.
-    pub(super) fn is_tls_cluster(&self) -> bool {
-        match self {
-            #[cfg(feature = "redis-cluster")]
-            Link::Cluster { tls, .. } => *tls,
-            _ => false,
         }
     }
 }
