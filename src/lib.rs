@@ -88,7 +88,8 @@
 //!   [`clients`] module).
 //! - `redis`: [`store::RedisStore`], the shared store on Redis 6+ or
 //!   Valkey, over TLS with a TLS feature.
-//! - `redis-cluster`: `store::RedisStore::cluster`, on a Redis Cluster.
+//! - `redis-cluster`: `store::RedisStore::cluster`, on a Redis Cluster,
+//!   over TCP or TLS.
 //!
 //! # Testing
 //!

@@ -371,3 +371,105 @@ async fn a_frozen_tls_server_fails_operations_within_the_store_timeouts() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Kills every client connection of `redis` from the server's side
+/// (`CLIENT KILL TYPE normal`, over its unix socket).
+async fn kill_clients(redis: &RedisTlsServer) {
+    let client = redis::Client::open(redis.server().url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "{killed} connections killed");
+}
+
+/// A connection the server closed (killed, or a restart) is noticed before
+/// the next command is sent on it: that command goes on a new connection
+/// and succeeds, even `lock`, which is not tried again on a lost
+/// connection (its `SET NX` may have been applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_is_replaced_before_the_next_command() {
+    let redis = tls_server().await;
+    for &stack in RedisTls::available() {
+        redis.server().flush_all().await.unwrap();
+        let keys = StoreKeys::new("routera-auth", "closed");
+        let store = RedisStore::builder(&redis.url())
+            .add_root_certificates(redis.ca_pem())
+            .tls(stack)
+            .connect()
+            .await
+            .unwrap();
+
+        kill_clients(&redis).await;
+        // The end of the connection reaches the client (its FIN) at once;
+        // a moment for its task to see it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let taken = store.lock(&keys, "a", Duration::from_secs(60)).await;
+        assert!(
+            taken.as_ref().is_ok_and(|taken| *taken),
+            "{stack:?}: {:?}",
+            taken.map_err(|error| chain(&error))
+        );
+
+        redis.server().restart().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let taken = store.lock(&keys, "b", Duration::from_secs(60)).await;
+        assert!(
+            taken.as_ref().is_ok_and(|taken| *taken),
+            "{stack:?}: {:?}",
+            taken.map_err(|error| chain(&error))
+        );
+    }
+}
+
+/// While the server cannot be reached, attempts to connect are spaced out
+/// (10 ms after the first failure, doubling, at most 1 s): a burst of
+/// operations makes a few attempts, not one (or two) each. A real listener
+/// that accepts each TCP connection and closes it counts them: each
+/// handshake fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connects_are_spaced_out() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counting = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counting.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let ca = TestCa::new("a CA").unwrap();
+    let keys = StoreKeys::new("routera-auth", "spaced");
+    for &stack in RedisTls::available() {
+        let store = RedisStore::builder(&format!("rediss://127.0.0.1:{port}"))
+            .add_root_certificates(ca.certificate_pem())
+            .tls(stack)
+            .build()
+            .unwrap();
+        let before = accepted.load(Ordering::SeqCst);
+        let mut backing_off = 0;
+        for _ in 0..100 {
+            let error = store.load(&keys).await.unwrap_err();
+            if chain(&error).contains("the next is in") {
+                backing_off += 1;
+            }
+        }
+        // Accepted connections are counted as the listener's task runs.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let attempts = accepted.load(Ordering::SeqCst) - before;
+        assert!(
+            (1..=10).contains(&attempts),
+            "{stack:?}: {attempts} attempts to connect for 100 operations"
+        );
+        assert!(backing_off >= 90, "{stack:?}: {backing_off}");
+    }
+    server.abort();
+}

@@ -153,7 +153,8 @@
 //! freeze and read back; `RedisTlsServer` runs one that serves TLS with a
 //! `TestCa`-made certificate (and can require client certificates); with
 //! `redis-cluster`, `RedisCluster` runs a Redis Cluster of three masters
-//! (`redis-cli` from the Debian package `redis-tools` creates it). A test
+//! (`redis-cli` from the Debian package `redis-tools` creates it), over
+//! TCP or, with `RedisCluster::start_tls`, over TLS only. A test
 //! that cannot find these binaries fails with the package to install.
 //!
 //! This crate is for tests: the emulator is not a hardened server.
@@ -171,7 +172,7 @@ mod redis;
 
 #[cfg(feature = "redis-cluster")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
-pub use self::redis::RedisCluster;
+pub use self::redis::{ClusterTlsOptions, RedisCluster};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisServer, RedisTlsServer, TestCa};

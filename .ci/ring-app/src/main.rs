@@ -10,6 +10,11 @@
 //! 3. Calls `rustls::ClientConfig::builder()`, which picks the process-level
 //!    provider from rustls's features and panics if it cannot: with
 //!    aws-lc-rs in the build beside ring, it would.
+//!    Before that, a `RedisStore` on a Redis Cluster over TLS
+//!    (`routera_auth_test::RedisCluster::start_tls`), whose TLS is the redis
+//!    crate's on the process-wide provider, fails with the error that says
+//!    to install one, and installs none; after it (the provider installed),
+//!    the same store takes a lock over TLS on ring.
 //! 4. Completes a token exchange against the in-process emulator through a
 //!    `TokenProvider` over that exchange.
 //! 5. Completes token exchanges over real TLS handshakes against the
@@ -23,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use routera_auth::store::{RedisStore, RedisTls, StoreKeys, TokenStore};
-use routera_auth_test::{Emulator, RedisTlsServer};
+use routera_auth_test::{Emulator, RedisCluster, RedisTlsServer};
 use routera_auth::{BoxError, HttpTokenExchange, ReqwestService, TokenProvider};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -77,6 +82,28 @@ async fn run() -> Result<(), BoxError> {
     }
     println!("ring-app: RedisStore over TLS (rustls on ring) done");
 
+    let cluster = RedisCluster::start_tls().await?;
+    let cluster_store = RedisStore::cluster_builder(cluster.urls())
+        .add_root_certificates(cluster.ca_pem().unwrap_or_default())
+        .build()?;
+    let cluster_keys = StoreKeys::new("ring-app", "cluster");
+    match cluster_store
+        .lock(&cluster_keys, "ring-app", Duration::from_secs(5))
+        .await
+    {
+        Err(error) if format!("{error:?}").contains("install_default()") => {}
+        other => {
+            return Err(format!(
+                "a TLS cluster store without a process-wide provider: {other:?}"
+            )
+            .into());
+        }
+    }
+    if rustls::crypto::CryptoProvider::get_default().is_some() {
+        return Err("the TLS cluster store installed a process-wide CryptoProvider".into());
+    }
+    println!("ring-app: RedisStore on a TLS cluster without a provider fails clearly");
+
     // The application's own TLS: panics if rustls cannot pick a provider.
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(rustls::RootCertStore::empty())
@@ -85,6 +112,16 @@ async fn run() -> Result<(), BoxError> {
         "ring-app: rustls::ClientConfig::builder() works ({} cipher suites)",
         config.crypto_provider().cipher_suites.len()
     );
+    // What the application does for a cluster over TLS (above, `builder()`
+    // installed ring already, from rustls's features).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if !cluster_store
+        .lock(&cluster_keys, "ring-app", Duration::from_secs(5))
+        .await?
+    {
+        return Err("the lock on the TLS Redis Cluster was not taken".into());
+    }
+    println!("ring-app: RedisStore on a Redis Cluster over TLS (rustls on ring) done");
 
     let provider = TokenProvider::new(exchange, emulator.credentials());
     let token = provider.token().await?;

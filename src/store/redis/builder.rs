@@ -77,7 +77,9 @@ impl RedisStoreBuilder {
     /// `-----BEGIN CERTIFICATE-----` blocks) as roots for the server's
     /// certificate, besides the platform's roots: for a Redis whose
     /// certificate comes from a private CA. May be called more than once.
-    /// Only for a `rediss://` URL.
+    /// Only for a `rediss://` URL. For a cluster (`rediss://` node URLs),
+    /// the roots given replace the platform's roots (see [a cluster over
+    /// TLS](RedisStore#a-cluster-over-tls)).
     pub fn add_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls.roots.push(pem.into());
         self
@@ -99,7 +101,11 @@ impl RedisStoreBuilder {
     }
 
     /// The TLS stack of `rediss://` connections, when several are compiled
-    /// in; by default [`RedisTls::from_features`].
+    /// in; by default [`RedisTls::from_features`]. A cluster's connections
+    /// are on the `redis` crate's TLS, rustls in a build with a rustls
+    /// feature: there only a rustls stack may be named (which changes
+    /// nothing: the provider is the process-wide one), and any other is an
+    /// error at build.
     pub fn tls(mut self, stack: RedisTls) -> Self {
         self.tls.stack = Some(stack);
         self
@@ -128,7 +134,10 @@ impl RedisStoreBuilder {
     /// A malformed or unsupported URL (the error does not repeat it, as it
     /// may hold a password); a `rediss://` URL without a TLS feature;
     /// certificates that are not valid PEM, or given for a URL without
-    /// TLS.
+    /// TLS. For a cluster: node URLs that mix `redis://` and `rediss://`;
+    /// certificates in a build with native-tls alone; no root in a build
+    /// with both native-tls and rustls; a stack the cluster cannot use
+    /// (see [a cluster over TLS](RedisStore#a-cluster-over-tls)).
     pub fn build(self) -> Result<RedisStore, StoreError> {
         let (server, link) = match &self.target {
             Target::Server(url) => match tls_url(url) {
@@ -221,15 +230,35 @@ impl RedisStoreBuilder {
                 "no Redis Cluster node was given: give the URL of one node at least",
             ));
         }
-        if self.tls.has_certificates() || nodes.iter().any(|url| tls_url(url).is_some()) {
+        let tls_nodes = nodes.iter().filter(|url| tls_url(url).is_some()).count();
+        let tls = if tls_nodes == 0 {
+            if self.tls.has_certificates() {
+                return Err(RedisStoreError::new(
+                    "certificates were given for a Redis Cluster, but its node URLs do not ask \
+                     for TLS: use rediss:// URLs",
+                ));
+            }
+            None
+        } else if tls_nodes < nodes.len() {
             return Err(RedisStoreError::new(
-                "RedisStore::cluster does not connect over TLS: give redis:// node URLs (a \
-                 cluster reached only over TLS needs a TokenStore of your own)",
+                "the Redis Cluster node URLs mix redis:// and rediss://: give every node with \
+                 rediss:// for TLS, or every node with redis://",
             ));
-        }
+        } else {
+            if nodes.iter().any(|url| url.contains('#')) {
+                return Err(RedisStoreError::new(
+                    "a rediss:// URL takes no #fragment: the server's certificate is always \
+                     checked; for a private CA, give it with add_root_certificates",
+                ));
+            }
+            Some(super::tls::cluster_certificates(&self.tls)?)
+        };
         let mut addresses = Vec::with_capacity(nodes.len());
         for url in nodes {
-            let client = Client::open(url.as_str()).map_err(|source| {
+            // Parsed as plain: redis' parser takes rediss:// only with a TLS
+            // feature of its own.
+            let plain = tls_url(url);
+            let client = Client::open(plain.as_deref().unwrap_or(url)).map_err(|source| {
                 RedisStoreError::with_source(
                     format!("invalid Redis Cluster node URL: {URL_FORMS}"),
                     source,
@@ -246,21 +275,27 @@ impl RedisStoreBuilder {
             .response_timeout(response)
             // A redirection or a reconnection within a command may take
             // one connection and one answer, not more.
-            .overall_response_timeout(Some(connection.saturating_add(response)))
-            .build()
-            .map_err(|source| {
-                RedisStoreError::with_source(
-                    format!("invalid Redis Cluster nodes: {URL_FORMS}"),
-                    source,
-                )
-            })?;
+            .overall_response_timeout(Some(connection.saturating_add(response)));
+        #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
+        let client = match tls.clone().flatten() {
+            Some(certificates) => client.certs(certificates),
+            None => client,
+        };
+        let client = client.build().map_err(|source| {
+            RedisStoreError::with_source(
+                format!("invalid Redis Cluster nodes: {URL_FORMS}"),
+                source,
+            )
+        })?;
         let link = Link::Cluster {
             client: Box::new(client),
             connection_timeout: connection,
             response_timeout: response,
             connection: OnceLock::new(),
+            tls: tls.is_some(),
         };
-        Ok((format!("cluster {}", addresses.join(", ")), link))
+        let tls = if tls.is_some() { " (TLS)" } else { "" };
+        Ok((format!("cluster {}{tls}", addresses.join(", ")), link))
     }
 }
 

@@ -38,6 +38,7 @@ impl RedisStoreError {
         } else if source.is_connection_refusal()
             || source.is_connection_dropped()
             || source.is_io_error()
+            || source.kind() == redis::ErrorKind::ClusterConnectionNotFound
         {
             // An I/O error is one of connecting: a TLS handshake that
             // failed, a host that could not be resolved.

@@ -8,6 +8,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Cmd, Pipeline, RedisFuture, Value};
 
 use super::error::RedisStoreError;
+use super::tls::redis_tls_ready;
 use super::tls_link::{TlsConnection, TlsLink};
 
 /// Where a store's operations go.
@@ -29,6 +30,8 @@ pub(super) enum Link {
         connection_timeout: Duration,
         response_timeout: Duration,
         connection: OnceLock<redis::cluster_async::ClusterConnection>,
+        /// Over TLS, whose handshakes the `redis` crate makes.
+        tls: bool,
     },
 }
 
@@ -38,6 +41,15 @@ impl Link {
         Link::Manager {
             client: None,
             manager: OnceLock::from(manager),
+        }
+    }
+
+    /// Whether it is a Redis Cluster reached over TLS.
+    pub(super) fn is_tls_cluster(&self) -> bool {
+        match self {
+            #[cfg(feature = "redis-cluster")]
+            Link::Cluster { tls, .. } => *tls,
+            _ => false,
         }
     }
 
@@ -54,6 +66,12 @@ impl Link {
                     return Err(RedisStoreError::new("the store has no connection manager"));
                 };
                 runtime()?;
+                if matches!(
+                    client.get_connection_info().addr(),
+                    redis::ConnectionAddr::TcpTls { .. }
+                ) {
+                    redis_tls_ready()?;
+                }
                 let built = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
                     .map_err(|source| {
                         RedisStoreError::with_source(
@@ -72,11 +90,15 @@ impl Link {
                 connection_timeout,
                 response_timeout,
                 connection,
+                tls,
             } => {
                 if let Some(connection) = connection.get() {
                     return Ok(Connection::Cluster(connection.clone()));
                 }
                 runtime()?;
+                if *tls {
+                    redis_tls_ready()?;
+                }
                 let config = redis::cluster::ClusterConfig::new()
                     .set_connection_timeout(*connection_timeout)
                     .set_response_timeout(*response_timeout);

@@ -97,8 +97,84 @@ const RECONNECT_RETRIES: usize = 0;
 ///
 /// `RedisStore::cluster` (feature `redis-cluster`) takes the URLs of one or
 /// more nodes and follows the cluster's slots, redirections and failovers
-/// with the `redis` crate's async cluster client. It does not connect over
-/// TLS.
+/// with the `redis` crate's async cluster client.
+///
+/// ## A cluster over TLS
+///
+/// With `rediss://` node URLs (every node's, with a TLS feature of this
+/// crate) the cluster is reached over TLS, as managed services with
+/// in-transit encryption require (Amazon MemoryDB, ElastiCache in cluster
+/// mode, Azure Cache for Redis Enterprise with the OSS cluster policy).
+/// `RedisStore::cluster_builder` takes roots and a client certificate as
+/// [`RedisStore::builder`] does:
+///
+/// ```no_run
+/// # #[cfg(feature = "redis-cluster")]
+/// # fn run(ca_pem: &[u8]) -> Result<(), routera_auth::store::StoreError> {
+/// // Features `redis-cluster` and `rustls`.
+/// use routera_auth::store::RedisStore;
+///
+/// // Once, when the application starts (see below).
+/// let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+/// let store = RedisStore::cluster_builder(["rediss://:password@cluster.internal:6379"])
+///     .add_root_certificates(ca_pem)
+///     .build()?;
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// The `redis` crate's cluster client opens each node's connection itself
+/// and gives no way to pass it a TLS configuration or a handshake of this
+/// crate's, so a cluster's TLS is that crate's, and differs from one
+/// server's:
+///
+/// - **Which TLS.** rustls when the `rustls` or `rustls-ring` feature is
+///   on, else native-tls (the platform's TLS, which needs nothing
+///   process-wide). [`RedisStoreBuilder::tls`] may name a rustls stack in
+///   a rustls build, and no other.
+/// - **rustls needs a process-wide provider.** The `redis` crate builds
+///   each connection's rustls configuration on rustls' process-wide default
+///   `CryptoProvider`, which it takes no other way, and rustls panics (or
+///   installs one for the whole process, when its features name a single
+///   provider) if none is installed. This crate never installs one: until
+///   the application has (`rustls::crypto::aws_lc_rs::default_provider()
+///   .install_default()`, or `rustls::crypto::ring::default_provider()`
+///   with `rustls-ring`, once at start), every operation of a cluster
+///   store over TLS fails, without connecting, with a [`StoreError`] that
+///   says so; the provider then exchanges on its own. The provider it
+///   installs is the one used, whichever rustls [`RedisTls`] is named.
+/// - **Roots.** The roots given with
+///   [`add_root_certificates`](RedisStoreBuilder::add_root_certificates)
+///   replace the platform's roots rather than add to them. Without any,
+///   the platform's roots are used, except in a build with both native-tls
+///   and a rustls feature, where the `redis` crate's rustls loads none: the
+///   builder then asks for the roots.
+/// - **native-tls alone takes no certificates.** The `redis` crate gives a
+///   cluster's certificates to rustls only: with `native-tls` alone, roots
+///   or a client certificate make the builder fail; trust the CA in the
+///   platform's store instead, or turn on `rustls`.
+/// - **Certificates name what the nodes announce.** The seed URLs are only
+///   where the client starts: it connects to each node at the endpoint the
+///   cluster announces (`CLUSTER SLOTS`), and verifies that node's
+///   certificate against it. A cluster that announces IP addresses (Redis'
+///   default) needs certificates that name those addresses; one whose
+///   certificates name a host must announce that host name
+///   (`cluster-announce-hostname` and `cluster-preferred-endpoint-type
+///   hostname`, Redis 7), which is what managed services with TLS do. A
+///   seed URL that names the host does not help: verification never uses
+///   it for the other nodes, and this crate offers no switch that skips the
+///   host name check. When the names do not match, operations fail as for
+///   a cluster that cannot be reached.
+/// - **Cost of a connection.** On rustls without native-tls, the `redis`
+///   crate reads and parses the platform's roots for each connection it
+///   opens, roots given or not (a few milliseconds; tens in a debug
+///   build): [`RedisStoreBuilder::connect`] opens the connections to every
+///   master before the first operation needs them.
+/// - **Errors.** The cluster client reports a failed handshake as "no
+///   connection to a node", without its cause: [`RedisStoreBuilder::connect`]
+///   lists what to check.
+/// - **Reconnection** is the cluster client's, over TLS as over TCP.
 ///
 /// # Connections and failures
 ///
@@ -117,6 +193,16 @@ const RECONNECT_RETRIES: usize = 0;
 ///   Redis is down each operation fails at once (a refused connection) or
 ///   after the connection timeout (an unreachable host), and makes a new
 ///   attempt, so operations succeed again as soon as Redis is back;
+/// - over TLS on one server (`rediss://`), whose connection is this
+///   crate's own: a connection the server closed (a restart, `CLIENT
+///   KILL`, an idle timeout) is noticed as it closes, so the next command
+///   goes on a new connection rather than failing on the dead one; and
+///   attempts to reconnect are spaced out while Redis cannot be reached:
+///   10 ms after a failed attempt, doubling with each failure in a row, at
+///   most 1 s. An operation within that backoff fails at once without
+///   connecting ("the next is in … ms"); no operation waits for it to
+///   end. So a fleet's replicas do not each hammer a Redis that is down,
+///   and resume within a second of its return;
 /// - an operation that could not be sent because the connection was lost
 ///   or refused is tried once more, on the new connection, so the first
 ///   operation after a restart of Redis succeeds. The exchange lock is
@@ -211,13 +297,15 @@ impl RedisStore {
     }
 
     /// A store on a Redis Cluster (feature `redis-cluster`), reached
-    /// through `nodes` (`redis://` URLs of one or more of its nodes; the
-    /// others are found from them), connected on its first operation.
+    /// through `nodes` (`redis://` URLs of one or more of its nodes, or
+    /// `rediss://` ones for TLS: see [a cluster over
+    /// TLS](RedisStore#a-cluster-over-tls); the others are found from
+    /// them), connected on its first operation.
     ///
     /// # Errors
     ///
-    /// No node, a malformed URL, or a `rediss://` one (a cluster is not
-    /// reached over TLS).
+    /// No node, a malformed URL, URLs that mix `redis://` and `rediss://`,
+    /// or `rediss://` ones in a build without a TLS feature.
     #[cfg(feature = "redis-cluster")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub fn cluster<I>(nodes: I) -> Result<Self, StoreError>
@@ -229,7 +317,8 @@ impl RedisStore {
     }
 
     /// A builder of a store on a Redis Cluster (see
-    /// [`RedisStore::cluster`]), for its timeouts.
+    /// [`RedisStore::cluster`]), for its timeouts, and over TLS its roots
+    /// and client certificate.
     #[cfg(feature = "redis-cluster")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
     pub fn cluster_builder<I>(nodes: I) -> RedisStoreBuilder
@@ -249,9 +338,11 @@ impl RedisStore {
     /// with [`RedisStore::manager_config`]: it does not need Redis to be up.
     ///
     /// A `client` for a TLS address connects with the `redis` crate's own
-    /// TLS (its features, which this crate does not turn on, and, with
-    /// rustls, rustls' process-wide default provider); [`RedisStore::open`]
-    /// and [`RedisStore::builder`] use this crate's.
+    /// TLS, as a cluster does (see [a cluster over
+    /// TLS](RedisStore#a-cluster-over-tls): with rustls, on rustls'
+    /// process-wide default provider, which the application must have
+    /// installed, or operations fail with an error that says so);
+    /// [`RedisStore::open`] and [`RedisStore::builder`] use this crate's.
     pub fn new(client: Client) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -318,7 +409,23 @@ impl RedisStore {
             return Ok(());
         };
         let server = self.inner.server.as_deref().unwrap_or("the given address");
-        let message = if source.is_io_error() {
+        let unreachable = source.is_io_error()
+            || source.is_timeout()
+            || source.kind() == redis::ErrorKind::ClusterConnectionNotFound;
+        let message = if unreachable && self.inner.link.is_tls_cluster() {
+            // The cluster client does not say why a handshake failed.
+            format!(
+                "could not reach Redis at {server}: check that the nodes run and that the URLs \
+                 are right, that the nodes' certificates are trusted (add_root_certificates) \
+                 and name the endpoints the nodes announce, and the client certificate if they \
+                 ask for one (see RedisStore's documentation, a cluster over TLS)"
+            )
+        } else if source.kind() == redis::ErrorKind::ClusterConnectionNotFound {
+            format!(
+                "could not reach Redis at {server}: no node answered; check that they run and \
+                 that the URLs are right, or use RedisStore::open to start without it"
+            )
+        } else if source.is_io_error() {
             format!(
                 "could not reach Redis at {server}: check that it runs and that the URL is \
                  right, or use RedisStore::open to start without it"

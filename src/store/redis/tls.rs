@@ -118,7 +118,10 @@ impl Connector {
         _tcp: tokio::net::TcpStream,
         _connection: &redis::RedisConnectionInfo,
         _config: redis::AsyncConnectionConfig,
-    ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    ) -> redis::RedisResult<(
+        redis::aio::MultiplexedConnection,
+        tokio::task::JoinHandle<()>,
+    )> {
         match *self {}
     }
 }
@@ -167,7 +170,8 @@ impl Connector {
 
     /// Makes the TLS handshake on `tcp` with `host` and opens a multiplexed
     /// connection on it (authenticated and on its database, as
-    /// `connection` says).
+    /// `connection` says), with the task that drives it, which ends when
+    /// the connection closes.
     ///
     /// # Errors
     ///
@@ -180,7 +184,7 @@ impl Connector {
         tcp: TcpStream,
         connection: &RedisConnectionInfo,
         config: AsyncConnectionConfig,
-    ) -> redis::RedisResult<MultiplexedConnection> {
+    ) -> redis::RedisResult<(MultiplexedConnection, tokio::task::JoinHandle<()>)> {
         match self {
             #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
             Connector::Rustls(connector) => {
@@ -212,7 +216,9 @@ impl Connector {
     }
 }
 
-/// The connection of `opened`, its driver spawned on the runtime.
+/// The connection of `opened`, and its driver spawned on the runtime: the
+/// task ends when the connection closes (the server closed it, or it
+/// broke).
 ///
 /// A connection closed while it was set up, right after the handshake, is
 /// most often a server that wanted a client certificate: with TLS 1.3 the
@@ -221,7 +227,7 @@ impl Connector {
 fn spawn<F>(
     server: &str,
     opened: redis::RedisResult<(MultiplexedConnection, F)>,
-) -> redis::RedisResult<MultiplexedConnection>
+) -> redis::RedisResult<(MultiplexedConnection, tokio::task::JoinHandle<()>)>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -239,8 +245,8 @@ where
         )
         .into()
     })?;
-    tokio::spawn(driver);
-    Ok(connection)
+    let driver = tokio::spawn(driver);
+    Ok((connection, driver))
 }
 
 /// A failed handshake as redis' I/O error, saying with whom, why, and what
@@ -418,4 +424,147 @@ fn native_connector(
     Ok(Connector::Native(tokio_native_tls::TlsConnector::from(
         connector,
     )))
+}
+
+/// What an application on rustls must do before a store reaches a Redis
+/// Cluster over TLS, or a `redis::Client` given as is over TLS.
+#[cfg(any(feature = "rustls", feature = "rustls-ring"))]
+pub(super) const NO_PROVIDER: &str = "Redis over TLS through the redis crate's own TLS (a Redis \
+     Cluster, or a redis::Client given to RedisStore::new) needs rustls' process-wide default \
+     CryptoProvider, and the application has installed none (routera-auth never installs one): \
+     install one when the application starts, before the store's first operation, e.g. \
+     `rustls::crypto::aws_lc_rs::default_provider().install_default()` (or \
+     `rustls::crypto::ring::default_provider().install_default()` on ring)";
+
+/// An error unless the `redis` crate's own TLS can connect: with rustls, it
+/// builds each connection's `ClientConfig` with `ClientConfig::builder()`,
+/// on rustls' process-wide default provider, which panics (or, with one
+/// provider in rustls' features, installs one for the whole process) when
+/// none is installed. The store never lets it get there.
+#[cfg(any(feature = "rustls", feature = "rustls-ring"))]
+pub(super) fn redis_tls_ready() -> Result<(), RedisStoreError> {
+    match rustls::crypto::CryptoProvider::get_default() {
+        Some(_) => Ok(()),
+        None => Err(RedisStoreError::new(NO_PROVIDER)),
+    }
+}
+
+/// The `redis` crate's own TLS needs nothing process-wide on native-tls.
+#[cfg(not(any(feature = "rustls", feature = "rustls-ring")))]
+pub(super) fn redis_tls_ready() -> Result<(), RedisStoreError> {
+    Ok(())
+}
+
+/// What the `redis` crate's cluster client is given of the certificates:
+/// they go to its rustls only.
+#[cfg(all(
+    feature = "redis-cluster",
+    any(feature = "rustls", feature = "rustls-ring")
+))]
+pub(super) type ClusterCertificates = Option<redis::TlsCertificates>;
+
+/// What the `redis` crate's cluster client is given of the certificates:
+/// nothing, without rustls.
+#[cfg(all(
+    feature = "redis-cluster",
+    not(any(feature = "rustls", feature = "rustls-ring"))
+))]
+pub(super) type ClusterCertificates = ();
+
+/// The certificates of a Redis Cluster's TLS connections, for the `redis`
+/// crate's cluster client, which makes their handshakes itself: on rustls
+/// (a rustls feature is on; on the process-wide default provider), else on
+/// native-tls.
+///
+/// # Errors
+///
+/// No TLS feature; a stack chosen that the cluster client does not use;
+/// malformed PEM; certificates given to a build that has only native-tls
+/// (the `redis` crate takes a cluster's certificates on rustls only); no
+/// root given to a build with both native-tls and rustls (the `redis`
+/// crate's rustls then loads no platform roots).
+#[cfg(feature = "redis-cluster")]
+pub(super) fn cluster_certificates(
+    settings: &TlsSettings,
+) -> Result<ClusterCertificates, RedisStoreError> {
+    #[cfg(not(any(feature = "rustls", feature = "rustls-ring", feature = "native-tls")))]
+    {
+        let _ = settings;
+        Err(RedisStoreError::new(
+            "a rediss:// URL needs TLS, which this build of routera-auth does not have: turn \
+             on its feature rustls, rustls-ring or native-tls",
+        ))
+    }
+    #[cfg(any(feature = "rustls", feature = "rustls-ring"))]
+    {
+        if settings.stack.is_some_and(|stack| !stack.is_rustls()) {
+            return Err(RedisStoreError::new(
+                "a Redis Cluster over TLS connects through the redis crate's own TLS, which is \
+                 rustls in this build (a rustls feature is on): choose a rustls stack for it, or \
+                 none",
+            ));
+        }
+        // Checked here for a clear error; the redis crate parses them again.
+        let _roots = parse_roots(&settings.roots)?;
+        if let Some((chain, key)) = &settings.identity {
+            let _identity = parse_identity(chain, key)?;
+        }
+        if settings.roots.is_empty() && cfg!(feature = "native-tls") {
+            return Err(RedisStoreError::new(
+                "with both native-tls and a rustls feature on, the redis crate's rustls loads no \
+                 platform root certificates for a Redis Cluster: give the CA of the cluster's \
+                 certificates with RedisStoreBuilder::add_root_certificates",
+            ));
+        }
+        if !settings.has_certificates() {
+            return Ok(None);
+        }
+        let mut roots = Vec::new();
+        for pem in &settings.roots {
+            roots.extend_from_slice(pem);
+            roots.push(b'\n');
+        }
+        Ok(Some(redis::TlsCertificates {
+            client_tls: settings
+                .identity
+                .as_ref()
+                .map(|(chain, key)| redis::ClientTlsConfig {
+                    client_cert: chain.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: (!roots.is_empty()).then_some(roots),
+        }))
+    }
+    #[cfg(all(
+        feature = "native-tls",
+        not(any(feature = "rustls", feature = "rustls-ring"))
+    ))]
+    {
+        if settings.has_certificates() {
+            return Err(RedisStoreError::new(
+                "the redis crate takes the certificates of a Redis Cluster over TLS only on \
+                 rustls, and this build has native-tls alone: turn on routera-auth's feature \
+                 rustls or rustls-ring, or trust the cluster's CA in the platform's store",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RedisTls {
+    /// Whether it is one of the rustls stacks.
+    #[cfg(all(
+        feature = "redis-cluster",
+        any(feature = "rustls", feature = "rustls-ring")
+    ))]
+    fn is_rustls(self) -> bool {
+        match self {
+            #[cfg(feature = "rustls")]
+            RedisTls::RustlsAwsLc => true,
+            #[cfg(feature = "rustls-ring")]
+            RedisTls::RustlsRing => true,
+            #[cfg(feature = "native-tls")]
+            RedisTls::NativeTls => false,
+        }
+    }
 }

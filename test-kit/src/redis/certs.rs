@@ -73,6 +73,39 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// A certificate for a node of a Redis Cluster over TLS, and its key:
+    /// `(certificate, key)`, PEM (the key PKCS#8), naming the host names
+    /// `dns_names` and the addresses `ip_addresses` (either may be empty),
+    /// for both server and client authentication (a node presents it to
+    /// clients, and to the other nodes when it connects to their cluster
+    /// bus).
+    ///
+    /// # Errors
+    ///
+    /// A name that is not a valid host name, or the key or the certificate
+    /// could not be made.
+    pub fn node_certificate(
+        &self,
+        dns_names: &[&str],
+        ip_addresses: &[IpAddr],
+    ) -> io::Result<(String, String)> {
+        let names: Vec<String> = dns_names.iter().map(|name| String::from(*name)).collect();
+        let mut params = CertificateParams::new(names).map_err(certificate_error)?;
+        params.subject_alt_names.extend(
+            ip_addresses
+                .iter()
+                .map(|address| SanType::IpAddress(*address)),
+        );
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "routera-auth test Redis node");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
     /// A client certificate whose common name is `name`, signed by this
     /// CA, and its key: `(certificate, key)`, PEM (the key PKCS#8), for
     /// `RedisStoreBuilder::client_certificate`.

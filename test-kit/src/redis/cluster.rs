@@ -1,11 +1,13 @@
 //! [`RedisCluster`]: a real Redis Cluster of three masters on loopback
-//! ports.
+//! ports, over TCP or TLS.
 
 use std::fmt;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::certs::TestCa;
 use super::server::{Launch, RedisServer};
 
 /// What the error says when `redis-cli` cannot be run.
@@ -24,7 +26,11 @@ const MASTERS: usize = 3;
 /// `redis-cli --cluster create` (Debian package `redis-tools`).
 ///
 /// [`urls`](RedisCluster::urls) are the masters' `redis://` URLs for
-/// `RedisStore::cluster`. A master can be killed and restarted through
+/// `RedisStore::cluster`. [`RedisCluster::start_tls`] starts one that
+/// serves TLS only (`rediss://` URLs, certificates of a [`TestCa`]), and
+/// [`RedisCluster::start_tls_with`] one that requires client
+/// certificates, or whose certificates and announced endpoints name a
+/// host rather than an address, as managed services' do. A master can be killed and restarted through
 /// [`nodes`](RedisCluster::nodes): a restarted master comes back with
 /// its slots (its cluster configuration is kept in its directory) and no
 /// data, as after a crash without persistence; the others keep serving
@@ -50,6 +56,54 @@ const MASTERS: usize = 3;
 /// ```
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Its TLS, if it serves TLS.
+    tls: Option<Tls>,
+}
+
+/// The TLS of a cluster started by [`RedisCluster::start_tls_with`].
+struct Tls {
+    ca: TestCa,
+    /// A client certificate of the CA and its key.
+    client: (String, String),
+    /// The host of [`RedisCluster::urls`].
+    host: &'static str,
+}
+
+/// How [`RedisCluster::start_tls_with`] starts a cluster over TLS; the
+/// default is that of [`RedisCluster::start_tls`]: the nodes' certificate
+/// names `localhost` and `127.0.0.1`, the nodes announce their address
+/// `127.0.0.1`, and no client certificate is asked for.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use routera_auth_test::{ClusterTlsOptions, RedisCluster};
+///
+/// // As a managed service may: certificates that name a host, nodes that
+/// // announce that host name rather than their address.
+/// let mut options = ClusterTlsOptions::default();
+/// options.certificate_names_localhost_only = true;
+/// options.announce_localhost = true;
+/// let cluster = RedisCluster::start_tls_with(options).await?;
+/// # let _ = cluster;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterTlsOptions {
+    /// Clients must present a certificate of the cluster's CA
+    /// (`--tls-auth-clients yes`), such as
+    /// [`RedisCluster::client_certificate`].
+    pub mutual: bool,
+    /// The nodes' certificate names the host `localhost` only, not the
+    /// address `127.0.0.1`; [`RedisCluster::urls`] then name `localhost`.
+    pub certificate_names_localhost_only: bool,
+    /// The nodes announce the host name `localhost` to clients rather than
+    /// their address (`--cluster-announce-hostname localhost
+    /// --cluster-preferred-endpoint-type hostname`, Redis 7 or later), so
+    /// that clients verify their certificate against that name.
+    pub announce_localhost: bool,
 }
 
 impl RedisCluster {
@@ -62,44 +116,144 @@ impl RedisCluster {
     /// Debian package to install), a node does not start, the cluster
     /// cannot be created, or it is not whole in time.
     pub async fn start() -> io::Result<RedisCluster> {
-        let version = Command::new("redis-cli")
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output();
-        match version {
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                return Err(io::Error::new(io::ErrorKind::NotFound, CLI_NOT_FOUND));
-            }
-            Err(error) => {
-                return Err(io::Error::new(
-                    error.kind(),
-                    format!("could not run redis-cli: {error}"),
-                ));
-            }
-            Ok(_) => {}
-        }
+        check_cli()?;
         let mut nodes = Vec::with_capacity(MASTERS);
         for _ in 0..MASTERS {
             nodes.push(
                 RedisServer::start_with(Launch {
                     files: Vec::new(),
                     ports: 2,
-                    args: node_args,
+                    args: Box::new(node_args),
                 })
                 .await?,
             );
         }
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls: None };
         cluster.create().await?;
         cluster.wait_until_ok().await?;
         Ok(cluster)
     }
 
-    /// The masters' URLs, `redis://127.0.0.1:N`.
+    /// Starts three masters that serve TLS only, as
+    /// [`RedisCluster::start`] does otherwise: a new [`TestCa`] signs one
+    /// certificate for the nodes (naming `localhost` and `127.0.0.1`);
+    /// each node serves TLS on its port (`--port 0 --tls-port N`), and on
+    /// its cluster bus (`--tls-cluster yes`, `--tls-replication yes`);
+    /// `redis-cli --tls --cacert … --cluster create` joins them.
+    /// [`urls`](RedisCluster::urls) are then `rediss://127.0.0.1:N`, and a
+    /// client trusts the nodes with [`ca_pem`](RedisCluster::ca_pem).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use routera_auth::store::RedisStore;
+    /// use routera_auth_test::RedisCluster;
+    ///
+    /// let cluster = RedisCluster::start_tls().await?;
+    /// let store = RedisStore::cluster_builder(cluster.urls())
+    ///     .add_root_certificates(cluster.ca_pem().unwrap_or_default())
+    ///     .build()?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisCluster::start`], or the certificates could not be made
+    /// (Redis must be built with TLS, as Debian's `redis-server` is).
+    pub async fn start_tls() -> io::Result<RedisCluster> {
+        Self::start_tls_with(ClusterTlsOptions::default()).await
+    }
+
+    /// Starts three masters that serve TLS only, as
+    /// [`RedisCluster::start_tls`] does, with `options`: client
+    /// certificates required, certificates that name a host only, nodes
+    /// that announce that host name.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisCluster::start_tls`].
+    pub async fn start_tls_with(options: ClusterTlsOptions) -> io::Result<RedisCluster> {
+        check_cli()?;
+        let ca = TestCa::new("routera-auth test cluster CA")?;
+        let addresses: &[IpAddr] = if options.certificate_names_localhost_only {
+            &[]
+        } else {
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)]
+        };
+        let (certificate, key) = ca.node_certificate(&["localhost"], addresses)?;
+        let client = ca.client_certificate("routera-auth test client")?;
+        let mut nodes = Vec::with_capacity(MASTERS);
+        for _ in 0..MASTERS {
+            let node = RedisServer::start_with(Launch {
+                files: vec![
+                    ("ca.crt", ca.certificate_pem().as_bytes().to_vec()),
+                    ("node.crt", certificate.clone().into_bytes()),
+                    ("node.key", key.clone().into_bytes()),
+                ],
+                ports: 2,
+                args: Box::new(move |ports| tls_node_args(ports, options)),
+            })
+            .await
+            .map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!(
+                        "{error} (a Redis Cluster over TLS needs Redis 7 or later built with \
+                         TLS, as Debian's redis-server is)"
+                    ),
+                )
+            })?;
+            nodes.push(node);
+        }
+        let host = if options.certificate_names_localhost_only {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        let cluster = RedisCluster {
+            nodes,
+            tls: Some(Tls { ca, client, host }),
+        };
+        cluster.create().await?;
+        cluster.wait_until_ok().await?;
+        Ok(cluster)
+    }
+
+    /// The certificate of the CA that signed the nodes' certificate, PEM,
+    /// for `RedisStoreBuilder::add_root_certificates`; `None` for a
+    /// cluster without TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|tls| tls.ca.certificate_pem())
+    }
+
+    /// The CA of a cluster over TLS, to sign other certificates.
+    pub fn ca(&self) -> Option<&TestCa> {
+        self.tls.as_ref().map(|tls| &tls.ca)
+    }
+
+    /// A client certificate signed by the cluster's CA, and its key (PEM,
+    /// PKCS#8): `(certificate, key)`, for
+    /// `RedisStoreBuilder::client_certificate`; `None` for a cluster
+    /// without TLS.
+    pub fn client_certificate(&self) -> Option<(&str, &str)> {
+        self.tls
+            .as_ref()
+            .map(|tls| (tls.client.0.as_str(), tls.client.1.as_str()))
+    }
+
+    /// The masters' URLs: `redis://127.0.0.1:N`; over TLS
+    /// `rediss://127.0.0.1:N`, or `rediss://localhost:N` when the nodes'
+    /// certificate names `localhost` only.
     pub fn urls(&self) -> Vec<String> {
+        let (scheme, host) = match &self.tls {
+            Some(tls) => ("rediss", tls.host),
+            None => ("redis", "127.0.0.1"),
+        };
         self.nodes
             .iter()
-            .map(|node| format!("redis://127.0.0.1:{}", port(node)))
+            .map(|node| format!("{scheme}://{host}:{}", port(node)))
             .collect()
     }
 
@@ -158,6 +312,21 @@ impl RedisCluster {
     /// `redis-cli --cluster create` over the masters.
     async fn create(&self) -> io::Result<()> {
         let mut command = Command::new("redis-cli");
+        if self.tls.is_some() {
+            let dir = self
+                .nodes
+                .first()
+                .map(|node| node.dir().to_path_buf())
+                .unwrap_or_default();
+            command
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(dir.join("ca.crt"))
+                .arg("--cert")
+                .arg(dir.join("node.crt"))
+                .arg("--key")
+                .arg(dir.join("node.key"));
+        }
         command.arg("--cluster").arg("create");
         for node in &self.nodes {
             command.arg(format!("127.0.0.1:{}", port(node)));
@@ -207,6 +376,62 @@ fn node_args(ports: &[u16]) -> Vec<String> {
     .to_vec()
 }
 
+/// The arguments of a cluster node over TLS: TLS only on its port and its
+/// cluster bus, the files written by [`RedisCluster::start_tls_with`].
+fn tls_node_args(ports: &[u16], options: ClusterTlsOptions) -> Vec<String> {
+    let port = ports.first().copied().unwrap_or(0);
+    let mut args = node_args(&[0, ports.get(1).copied().unwrap_or(0)]);
+    args.extend(
+        [
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-cert-file",
+            "node.crt",
+            "--tls-key-file",
+            "node.key",
+            "--tls-ca-cert-file",
+            "ca.crt",
+            "--tls-auth-clients",
+            if options.mutual { "yes" } else { "no" },
+        ]
+        .map(String::from),
+    );
+    if options.announce_localhost {
+        args.extend(
+            [
+                "--cluster-announce-hostname",
+                "localhost",
+                "--cluster-preferred-endpoint-type",
+                "hostname",
+            ]
+            .map(String::from),
+        );
+    }
+    args
+}
+
+/// An error naming the Debian package unless `redis-cli` runs.
+fn check_cli() -> io::Result<()> {
+    let version = Command::new("redis-cli")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output();
+    match version {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            Err(io::Error::new(io::ErrorKind::NotFound, CLI_NOT_FOUND))
+        }
+        Err(error) => Err(io::Error::new(
+            error.kind(),
+            format!("could not run redis-cli: {error}"),
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// The TCP port of a node.
 fn port(node: &RedisServer) -> u16 {
     node.ports().first().copied().unwrap_or(0)
@@ -226,6 +451,7 @@ impl fmt::Debug for RedisCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCluster")
             .field("nodes", &self.nodes)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }

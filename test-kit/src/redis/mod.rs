@@ -12,6 +12,6 @@ mod tls;
 
 pub use certs::TestCa;
 #[cfg(feature = "redis-cluster")]
-pub use cluster::RedisCluster;
+pub use cluster::{ClusterTlsOptions, RedisCluster};
 pub use server::RedisServer;
 pub use tls::RedisTlsServer;

@@ -89,8 +89,11 @@ pub(super) struct Launch {
     /// How many free loopback TCP ports to pick.
     pub(super) ports: usize,
     /// The arguments after the kit's own, given the ports picked.
-    pub(super) args: fn(&[u16]) -> Vec<String>,
+    pub(super) args: Arguments,
 }
+
+/// A server's arguments after the kit's own, given the ports picked.
+pub(super) type Arguments = Box<dyn Fn(&[u16]) -> Vec<String> + Send + Sync>;
 
 /// How many times a server is started on newly picked ports when another
 /// process took one between the pick and the start.
@@ -114,7 +117,7 @@ impl RedisServer {
         Self::start_with(Launch {
             files: Vec::new(),
             ports: 0,
-            args: |_| Vec::new(),
+            args: Box::new(|_| Vec::new()),
         })
         .await
     }
@@ -160,6 +163,12 @@ impl RedisServer {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// The server's directory, its working directory.
+    #[cfg(feature = "redis-cluster")]
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The loopback TCP ports picked for the server.

@@ -81,7 +81,7 @@ impl RedisTlsServer {
                 ("server.key", key.into_bytes()),
             ],
             ports: 1,
-            args,
+            args: Box::new(args),
         })
         .await
         .map_err(|error| {
