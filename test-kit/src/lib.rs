@@ -146,6 +146,23 @@
 //! # }
 //! ```
 //!
+//! # From a shell: the `routera-emulator` binary
+//!
+//! The crate also installs `routera-emulator` (`cargo install
+//! routera-auth-test`; in the repository, `cargo run -p routera-auth-test
+//! --bin routera-emulator`): an [`Emulator`] with its control API
+//! ([`EmulatorBuilder::control_api`]) on `127.0.0.1:7357`, for programs
+//! that are not Rust tests. It prints the URLs and the `export` lines a
+//! program needs (`ROUTERA_TOKEN_URL`, `ROUTERA_CLIENT_ID`,
+//! `ROUTERA_CLIENT_SECRET`, `ROUTERA_API_URL`, and `SSL_CERT_FILE` with
+//! `--https`), so that one built on `HttpTokenExchange::reqwest()` (which
+//! honours `ROUTERA_TOKEN_URL`) and
+//! [`ClientCredentials::from_env`](routera_auth::ClientCredentials::from_env)
+//! runs against it unchanged, and serves until Ctrl-C or SIGTERM.
+//! `routera-emulator --help` lists its flags (port, clients, token
+//! lifetime, HTTPS, a fault from the start); the crate's README shows a
+//! session.
+//!
 //! # A fleet's Redis: `RedisServer`, `RedisTlsServer`, `RedisCluster`
 //!
 //! With the feature `redis`, `RedisServer` runs a real `redis-server`

@@ -1,5 +1,5 @@
 //! [`EmulatorBuilder`]: the clients, the token lifetime, plain HTTP or
-//! HTTPS, and starting the server.
+//! HTTPS, the port, the control API, and starting the server.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -22,6 +22,8 @@ pub struct EmulatorBuilder {
     clients: Vec<(String, String)>,
     expires_in: Duration,
     scheme: Scheme,
+    port: u16,
+    control_api: bool,
 }
 
 /// Plain HTTP, or HTTPS with a certificate of one kind.
@@ -39,6 +41,8 @@ impl Emulator {
             clients: Vec::new(),
             expires_in: DEFAULT_EXPIRES_IN,
             scheme: Scheme::Http,
+            port: 0,
+            control_api: false,
         }
     }
 }
@@ -123,11 +127,89 @@ impl EmulatorBuilder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and starts serving on the current Tokio runtime.
+    /// Listens on `127.0.0.1:port`. The default, 0, lets the system choose
+    /// a free port, which [`Emulator::addr`] then tells: what tests want,
+    /// since they may run side by side. A fixed port is for an emulator
+    /// that other programs are configured to find, as the
+    /// `routera-emulator` binary does (port 7357 unless told otherwise).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Turns on the control API (off by default): three more routes on the
+    /// same server, so that a process other than the test (a shell, a
+    /// script, a program under test) can steer the emulator over HTTP.
+    ///
+    /// * `POST /emulator/revoke`: revokes every token issued so far, as
+    ///   [`Emulator::revoke_all`]; answers `204 No Content`.
+    /// * `POST /emulator/fault` with a form body
+    ///   (`application/x-www-form-urlencoded`, as `curl -d` sends):
+    ///   - `status=503` answers every token request with that status and no
+    ///     body ([`Fault::status`](super::Fault::status)); with
+    ///     `retry_after=5`, with `Retry-After: 5` and a JSON error body
+    ///     ([`Fault::retry_after`](super::Fault::retry_after)). The status
+    ///     is from 200 to 599.
+    ///   - `delay_ms=2000` answers them normally, that many milliseconds
+    ///     late ([`Fault::slow`](super::Fault::slow)).
+    ///   - either with `times=2`: only the next two token requests, as
+    ///     [`Emulator::inject_times`]; without it, until the fault is
+    ///     cleared, as [`Emulator::inject`].
+    ///
+    ///   It replaces any fault armed before and answers `204 No Content`. A
+    ///   form it cannot read (no `status` nor `delay_ms`, both, an unknown
+    ///   or repeated field, a value that is not a number in range) is a
+    ///   `400` with a JSON body `{"error":"invalid_request",
+    ///   "error_description":…}` saying what was wrong and what to send;
+    ///   nothing is armed then.
+    /// * `DELETE /emulator/fault`: clears the fault, as
+    ///   [`Emulator::clear_fault`]; answers `204 No Content`.
+    ///
+    /// Another method on these paths is a `405` with `Allow`. Requests to
+    /// the control API are not counted in [`Emulator::token_requests`] or
+    /// [`Emulator::resource_requests`], and no fault applies to them.
+    /// Without this option, the paths are a `404`, like any unknown path.
+    ///
+    /// The control API has no authentication: anything that can reach
+    /// `127.0.0.1` can use it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use routera_auth_test::Emulator;
+    ///
+    /// let emulator = Emulator::builder().control_api().start().await?;
+    /// let client = reqwest::Client::builder().no_proxy().build()?;
+    /// let fault_url = format!("{}/emulator/fault", emulator.base_url());
+    /// let armed = client
+    ///     .post(&fault_url)
+    ///     .header("content-type", "application/x-www-form-urlencoded")
+    ///     .body("status=503&retry_after=5&times=1")
+    ///     .send()
+    ///     .await?;
+    /// assert_eq!(armed.status(), 204);
+    ///
+    /// let provider = emulator.provider();
+    /// let error = provider.token().await.unwrap_err();
+    /// assert_eq!(error.status().map(|status| status.as_u16()), Some(503));
+    /// assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(5)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn control_api(mut self) -> Self {
+        self.control_api = true;
+        self
+    }
+
+    /// Binds `127.0.0.1` on the [port](EmulatorBuilder::port) (by default
+    /// one the system chooses) and starts serving on the current Tokio
+    /// runtime.
     ///
     /// # Errors
     ///
-    /// The I/O error if binding fails; for HTTPS, an error of kind
+    /// The I/O error if binding fails (for a fixed port, of kind
+    /// [`AddrInUse`](std::io::ErrorKind::AddrInUse) when another socket
+    /// holds it); for HTTPS, an error of kind
     /// [`Other`](std::io::ErrorKind::Other) if the certificates or the TLS
     /// configuration could not be built.
     pub async fn start(self) -> std::io::Result<Emulator> {
@@ -145,10 +227,15 @@ impl EmulatorBuilder {
                 (Transport::Https(tls.acceptor), Some(tls.ca_pem))
             }
         };
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, self.port)).await?;
         let addr = listener.local_addr()?;
         let (shutdown_sender, shutdown) = watch::channel(());
-        let state = Arc::new(State::new(clients, self.expires_in, shutdown));
+        let state = Arc::new(State::new(
+            clients,
+            self.expires_in,
+            shutdown,
+            self.control_api,
+        ));
         let accept_loop =
             tokio::spawn(server::accept_loop(listener, transport, Arc::clone(&state)));
         Ok(Emulator {
@@ -168,6 +255,60 @@ impl fmt::Debug for EmulatorBuilder {
             .field("client_ids", &client_ids)
             .field("expires_in", &self.expires_in)
             .field("scheme", &self.scheme)
+            .field("port", &self.port)
+            .field("control_api", &self.control_api)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::super::test_client::{issue_token, ping};
+    use super::*;
+
+    #[tokio::test]
+    async fn port_binds_that_port_on_loopback() {
+        // A port the system just handed out, free again once released.
+        let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+
+        let emulator = Emulator::builder().port(port).start().await.unwrap();
+        assert_eq!(emulator.addr(), (Ipv4Addr::LOCALHOST, port).into());
+        assert_eq!(
+            emulator.token_url(),
+            format!("http://127.0.0.1:{port}/oauth2/token")
+        );
+        let token = issue_token(&emulator).await;
+        let answer = ping(&emulator, Some(&format!("Bearer {token}"))).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_port_held_by_another_socket_is_an_addr_in_use_error() {
+        let holder = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = holder.local_addr().unwrap().port();
+        let error = Emulator::builder().port(port).start().await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+
+        // Port 0, the default, always finds one.
+        let first = Emulator::builder().port(0).start().await.unwrap();
+        let second = Emulator::builder().start().await.unwrap();
+        assert_ne!(first.addr().port(), 0);
+        assert_ne!(first.addr(), second.addr());
+    }
+
+    #[test]
+    fn debug_shows_the_port_and_the_control_api() {
+        let builder = Emulator::builder();
+        let debug = format!("{builder:?}");
+        assert!(debug.contains("port: 0"), "{debug}");
+        assert!(debug.contains("control_api: false"), "{debug}");
+        let builder = builder.port(7357).control_api();
+        let debug = format!("{builder:?}");
+        assert!(debug.contains("port: 7357"), "{debug}");
+        assert!(debug.contains("control_api: true"), "{debug}");
     }
 }

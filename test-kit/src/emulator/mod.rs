@@ -6,6 +6,8 @@
 //!   [`RecordedRequest`];
 //! * `server`: the accept loop, connections over plain HTTP or TLS, and
 //!   routing;
+//! * `control`: the control API, `/emulator/...`
+//!   ([`EmulatorBuilder::control_api`]);
 //! * `response`: the body of every response, and JSON answers;
 //! * `tls`: the generated CA and server certificate (features `rustls` or
 //!   `rustls-ring`);
@@ -18,6 +20,7 @@
 //!   [`Emulator::exchange`] and [`Emulator::provider`].
 
 mod builder;
+mod control;
 mod exchange;
 mod fault;
 mod fault_body;
@@ -47,7 +50,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use self::resource::RESOURCE_PATH;
-use self::state::{ArmedFault, State, lock, set_client};
+use self::state::{State, lock, set_client};
 use self::token_endpoint::TOKEN_PATH;
 
 /// Client registered when the builder is given none.
@@ -59,7 +62,8 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 
 /// An in-process Routera server for tests and examples.
 ///
-/// It listens on `127.0.0.1` on a port chosen by the system and serves:
+/// It listens on `127.0.0.1`, on a port chosen by the system unless
+/// [`EmulatorBuilder::port`] chose one, and serves:
 ///
 /// * `POST /oauth2/token`: the client-credentials token endpoint. The client
 ///   authenticates with `client_id` and `client_secret` form fields or with
@@ -78,7 +82,15 @@ const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 ///   health check, `SERVING` with a bearer token that `/v1/ping` would
 ///   accept, status `UNAUTHENTICATED` otherwise. Counted with the protected
 ///   resource's requests.
+/// * with [`EmulatorBuilder::control_api`], `POST /emulator/revoke`,
+///   `POST /emulator/fault` and `DELETE /emulator/fault`: what
+///   [`Emulator::revoke_all`], [`Emulator::inject`] and
+///   [`Emulator::clear_fault`] do, over HTTP, for a process other than the
+///   test.
 /// * 404 for every other path.
+///
+/// The `routera-emulator` binary of this crate runs one from a shell (see
+/// the [crate documentation](crate#from-a-shell-the-routera-emulator-binary)).
 ///
 /// [`Emulator::inject`] and [`Emulator::inject_times`] make the token
 /// endpoint misbehave (see [`Fault`]); the protected resource is never
@@ -243,9 +255,7 @@ impl Emulator {
     /// Revokes every token issued so far: the protected resource rejects them
     /// from now on. Tokens issued later are not affected.
     pub fn revoke_all(&self) {
-        for issued in lock(&self.state.tokens).by_value.values_mut() {
-            issued.revoked = true;
-        }
+        self.state.revoke_all();
     }
 
     /// A cheap, cloneable check of tokens against this emulator, for servers
@@ -276,26 +286,20 @@ impl Emulator {
     /// faulty answer does not move it. Requests already being answered are
     /// not affected: a fault is chosen when a request arrives.
     pub fn inject(&self, fault: Fault) {
-        *lock(&self.state.fault) = Some(ArmedFault {
-            fault,
-            remaining: None,
-        });
+        self.state.arm(fault, None);
     }
 
     /// Like [`Emulator::inject`], but only for the next `n` token requests
     /// (counted as they arrive, concurrent ones included); the endpoint then
     /// behaves normally again. `n == 0` is [`Emulator::clear_fault`].
     pub fn inject_times(&self, fault: Fault, n: u64) {
-        *lock(&self.state.fault) = (n > 0).then_some(ArmedFault {
-            fault,
-            remaining: Some(n),
-        });
+        self.state.arm(fault, Some(n));
     }
 
     /// Removes any injected fault: token requests arriving from now on are
     /// served normally. Requests already hanging keep hanging.
     pub fn clear_fault(&self) {
-        *lock(&self.state.fault) = None;
+        self.state.clear_fault();
     }
 
     /// Sets the lifetime of the tokens issued from now on.

@@ -1,6 +1,6 @@
 //! Connection plumbing: the accept loop, connections over plain HTTP/1.1
 //! or TLS (HTTP/2 or HTTP/1.1, as ALPN chose), and routing to the
-//! endpoints.
+//! endpoints and, when it is on, the control API.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use super::control;
 use super::grpc::{self, HEALTH_CHECK_PATH};
 use super::resource::{self, RESOURCE_PATH};
 use super::response::{Aborted, Body, json_response};
@@ -108,6 +109,9 @@ pub(super) async fn route(
         TOKEN_PATH => token_endpoint::serve(state, request).await,
         RESOURCE_PATH => Ok(resource::serve(state, request.headers())),
         HEALTH_CHECK_PATH => Ok(grpc::health_check(state, request).await),
+        path if state.control_api && control::is_control_path(path) => {
+            Ok(control::serve(state, request).await)
+        }
         _ => Ok(json_response(
             StatusCode::NOT_FOUND,
             &json!({ "error": "not_found" }),

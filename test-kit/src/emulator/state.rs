@@ -1,5 +1,6 @@
 //! What the handle and the server tasks share: the clients, the issued
-//! tokens, the counters, the last token request and the armed fault.
+//! tokens, the counters, the last token request, the armed fault and
+//! whether the control API is on.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -57,6 +58,8 @@ pub(super) struct State {
     pub(super) fault: Mutex<Option<ArmedFault>>,
     /// Closed when the handle is dropped.
     pub(super) shutdown: watch::Receiver<()>,
+    /// Whether `/emulator/...` serves the control API.
+    pub(super) control_api: bool,
 }
 
 /// Issued tokens, by value and in the order they were issued.
@@ -84,6 +87,7 @@ impl State {
         clients: Vec<(String, String)>,
         expires_in: Duration,
         shutdown: watch::Receiver<()>,
+        control_api: bool,
     ) -> Self {
         Self {
             clients: Mutex::new(clients),
@@ -95,7 +99,29 @@ impl State {
             last_token_request: Mutex::new(None),
             fault: Mutex::new(None),
             shutdown,
+            control_api,
         }
+    }
+
+    /// Marks every token issued so far as revoked.
+    pub(super) fn revoke_all(&self) {
+        for issued in lock(&self.tokens).by_value.values_mut() {
+            issued.revoked = true;
+        }
+    }
+
+    /// Arms `fault` for the next `times` token requests (`None`: until
+    /// cleared), replacing any fault armed before. `Some(0)` clears it.
+    pub(super) fn arm(&self, fault: Fault, times: Option<u64>) {
+        *lock(&self.fault) = match times {
+            Some(0) => None,
+            remaining => Some(ArmedFault { fault, remaining }),
+        };
+    }
+
+    /// Removes the armed fault, if any.
+    pub(super) fn clear_fault(&self) {
+        *lock(&self.fault) = None;
     }
 
     /// The fault for a token request that just arrived, if any, using up one
@@ -134,7 +160,7 @@ mod tests {
 
     fn state() -> State {
         let (_sender, shutdown) = watch::channel(());
-        State::new(Vec::new(), Duration::from_secs(1), shutdown)
+        State::new(Vec::new(), Duration::from_secs(1), shutdown, false)
     }
 
     #[test]

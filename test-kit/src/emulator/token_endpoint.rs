@@ -158,7 +158,7 @@ fn token_response(state: &State, request: &RecordedRequest) -> Response<Body> {
         tokens.by_value.insert(
             token.clone(),
             Issued {
-                expires_at: Instant::now() + lifetime,
+                expires_at: expiry(Instant::now(), lifetime),
                 revoked: false,
             },
         );
@@ -173,6 +173,16 @@ fn token_response(state: &State, request: &RecordedRequest) -> Response<Body> {
             "token_type": "Bearer",
         }),
     )
+}
+
+/// When a token issued at `now` for `lifetime` expires: about thirty years
+/// ahead for a lifetime too long for the clock, such as
+/// [`Duration::MAX`](std::time::Duration::MAX).
+fn expiry(now: Instant, lifetime: std::time::Duration) -> Instant {
+    const FAR_FUTURE: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
+    now.checked_add(lifetime)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
 }
 
 /// Decodes `Authorization: Basic` as RFC 6749 §2.3.1 says: base64, split at
@@ -536,6 +546,26 @@ mod tests {
         assert_eq!(form_urldecode(b"%4"), None);
         assert_eq!(form_urldecode(b"%zz"), None);
         assert_eq!(form_urldecode(b"%FF"), None);
+    }
+
+    #[tokio::test]
+    async fn a_lifetime_too_long_for_the_clock_is_decades() {
+        let emulator = Emulator::builder()
+            .expires_in(std::time::Duration::MAX)
+            .start()
+            .await
+            .unwrap();
+        let answer = exchange_body(&emulator).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.json()["expires_in"], u64::MAX);
+        let token = answer.json()["access_token"].as_str().unwrap().to_owned();
+        assert!(emulator.token_validator().is_valid(&token));
+
+        let now = Instant::now();
+        let decades = std::time::Duration::from_secs(20 * 365 * 86_400);
+        assert!(expiry(now, std::time::Duration::MAX) > now + decades);
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(expiry(now, hour), now + hour);
     }
 
     #[test]

@@ -177,8 +177,8 @@ impl RedisServer {
     }
 
     /// The URL of the server, `redis+unix:///…/redis.sock`, for
-    /// [`RedisStore::open`](routera_auth::store::RedisStore::open) or
-    /// `redis::Client::open`.
+    /// `routera_auth::store::RedisStore::open` (feature `redis` of
+    /// `routera-auth`) or `redis::Client::open`.
     pub fn url(&self) -> String {
         let mut url = String::from("redis+unix://");
         for &byte in self.socket.as_os_str().as_encoded_bytes() {
