@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::{CredentialSource, CredentialsError};
 use crate::TokenProvider;
+use crate::clock::AtomicMoment;
 use crate::error::ErrorChain;
 
 /// The cache's entry for one client: empty while the first request for it
@@ -101,7 +102,7 @@ impl<K> SlotShared<K> {
     }
 
     pub(super) fn millis_of(&self, duration: Duration) -> u64 {
-        u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+        crate::clock::millis(duration)
     }
 
     /// A lookup that failed now with `error`, after `before`: its pause
@@ -127,8 +128,8 @@ pub(crate) struct Slot<K> {
     /// since the epoch.
     ranked: AtomicU64,
     /// When the last lookup after a rejection started, in milliseconds
-    /// since the epoch, plus one; 0 before any.
-    rechecked: AtomicU64,
+    /// since the epoch; none before any.
+    rechecked: AtomicMoment,
     /// Whether such a lookup runs.
     rechecking: AtomicBool,
 }
@@ -142,7 +143,7 @@ impl<K> Slot<K> {
             shared,
             last_used: AtomicU64::new(now),
             ranked: AtomicU64::new(now),
-            rechecked: AtomicU64::new(0),
+            rechecked: AtomicMoment::none(),
             rechecking: AtomicBool::new(false),
         }
     }
@@ -200,7 +201,7 @@ impl<K: Clone + Send + Sync + 'static> Slot<K> {
     fn recheck_credentials(&self, kept: &Kept<K>) {
         let now = self.shared.millis(Instant::now());
         let last = self.rechecked.load(Ordering::Acquire);
-        if last != 0 && now < (last - 1).saturating_add(self.shared.recheck_interval) {
+        if last.is_some_and(|last| now < last.saturating_add(self.shared.recheck_interval)) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -209,7 +210,7 @@ impl<K: Clone + Send + Sync + 'static> Slot<K> {
         if self.rechecking.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.rechecked.store(now + 1, Ordering::Release);
+        self.rechecked.store(Some(now), Ordering::Release);
         let lookup = self.shared.source.lookup(self.key.clone());
         let kept = kept.clone();
         drop(runtime.spawn(async move {

@@ -1,7 +1,7 @@
 //! A token as the provider keeps it: its `Authorization` header value, built
 //! once, and the instants that decide when it is refreshed and served.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +9,7 @@ use http::HeaderValue;
 use tokio::time::Instant;
 
 use super::schedule::Schedule;
+use crate::clock::{AtomicMoment, millis};
 use crate::error::{TokenError, TokenErrorKind};
 use crate::token::{AccessToken, Token};
 
@@ -33,8 +34,8 @@ pub(crate) struct CachedToken {
     /// the pacing of invalidations, decided when the token was stored.
     pub(super) rejectable_from: Instant,
     /// When a request last asked for the refresh, in milliseconds after
-    /// `requested_at`, plus one; 0 before any did.
-    refresh_asked: AtomicU64,
+    /// `requested_at`; none before any did.
+    refresh_asked: AtomicMoment,
 }
 
 impl CachedToken {
@@ -68,7 +69,7 @@ impl CachedToken {
             refresh_at: at(schedule.refresh_after),
             fresh_until: at(schedule.fresh_for),
             rejectable_from,
-            refresh_asked: AtomicU64::new(0),
+            refresh_asked: AtomicMoment::none(),
         })
     }
 
@@ -82,21 +83,18 @@ impl CachedToken {
     /// first to find it due, or the first after `again` since the last ask
     /// (a worker lost with its runtime never answers it).
     pub(super) fn claim_refresh(&self, now: Instant, again: Duration) -> bool {
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let at = millis(now.saturating_duration_since(self.requested_at)).saturating_add(1);
+        let at = millis(now.saturating_duration_since(self.requested_at));
         // Read first: every later request in the window only reads.
         let last = self.refresh_asked.load(Ordering::Relaxed);
-        if last != 0 && at < last.saturating_add(millis(again)) {
+        if last.is_some_and(|last| at < last.saturating_add(millis(again))) {
             return false;
         }
-        self.refresh_asked
-            .compare_exchange(last, at, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+        self.refresh_asked.compare_exchange(last, at)
     }
 
     /// Lets a later request ask again, when asking failed.
     pub(super) fn unclaim_refresh(&self) {
-        self.refresh_asked.store(0, Ordering::Release);
+        self.refresh_asked.store(None, Ordering::Release);
     }
 
     pub(super) fn timing(&self) -> TokenTiming {

@@ -214,6 +214,4 @@ fn wall_clock_ms() -> u64 {
         .map_or(0, millis)
 }
 
-pub(super) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
+pub(super) use crate::clock::millis;
