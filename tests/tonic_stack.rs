@@ -244,3 +244,95 @@ async fn a_revoked_token_fails_one_call_and_the_next_gets_a_new_token() -> Resul
     })
     .await
 }
+
+/// A gRPC call whose body can be replayed (a buffered message on a hyper
+/// HTTP/2 client) is retried by `RetryOnUnauthorized` after an
+/// UNAUTHENTICATED, with a new token, as a 401 is.
+#[tokio::test]
+async fn a_refused_grpc_call_with_a_buffered_body_is_retried_with_a_new_token()
+-> Result<(), BoxError> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use routera_auth::RetryOnUnauthorized;
+    use tower::ServiceExt;
+
+    bounded(async {
+        let emulator = Emulator::start().await?;
+        let (addr, verdicts) = start_health_server(emulator.token_validator()).await?;
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<Full<Bytes>>();
+        let api = ServiceBuilder::new()
+            .retry(RetryOnUnauthorized::new())
+            .layer(RouteraAuthLayer::new(emulator.provider()))
+            .service(h2c);
+        // `HealthCheckRequest { service: "" }`: an empty message in its
+        // gRPC frame (not compressed, 0 bytes long).
+        let check = || {
+            http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        };
+        // The call's `grpc-status`: in the headers of a trailers-only
+        // answer, else in the trailers.
+        let grpc_status = |response: http::Response<hyper::body::Incoming>| async move {
+            if let Some(status) = response.headers().get("grpc-status") {
+                return Ok::<_, BoxError>(status.to_str()?.to_owned());
+            }
+            let trailers = response.into_body().collect().await?.trailers().cloned();
+            let status = trailers.and_then(|t| t.get("grpc-status").cloned());
+            Ok(status.ok_or("no grpc-status")?.to_str()?.to_owned())
+        };
+
+        let first = api.clone().oneshot(check()?).await?;
+        assert_eq!(grpc_status(first).await?, "0");
+
+        emulator.revoke_all();
+        let retried = api.clone().oneshot(check()?).await?;
+        assert_eq!(grpc_status(retried).await?, "0", "retried with a new token");
+        assert_eq!(verdicts.rejected.load(Ordering::SeqCst), 1);
+        assert_eq!(verdicts.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(emulator.exchange_count(), 2);
+        Ok(())
+    })
+    .await
+}
+
+/// A tonic call's body is a stream that cannot be replayed: under
+/// `RetryOnUnauthorized` a refused call is not retried (the policy has no
+/// body to resend) and fails with UNAUTHENTICATED, and the next call gets a
+/// new token.
+#[tokio::test]
+async fn a_refused_tonic_call_is_not_retried_and_the_next_gets_a_new_token() -> Result<(), BoxError>
+{
+    use routera_auth::RetryOnUnauthorized;
+    use routera_auth::auth::empty_body_only;
+
+    bounded(async {
+        let emulator = Emulator::start().await?;
+        let (addr, verdicts) = start_health_server(emulator.token_validator()).await?;
+        let stack = ServiceBuilder::new()
+            .retry(RetryOnUnauthorized::new().with_replay(empty_body_only::<tonic::body::Body>))
+            .layer(RouteraAuthLayer::new(emulator.provider()))
+            .service(connect(addr).await?);
+        let mut client = HealthClient::new(stack);
+        client.check(overall_health()).await?;
+
+        emulator.revoke_all();
+        let status = client
+            .check(overall_health())
+            .await
+            .expect_err("a tonic call is not replayed");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status}");
+        assert_eq!(verdicts.rejected.load(Ordering::SeqCst), 1, "sent once");
+
+        let response = client.check(overall_health()).await?;
+        assert_eq!(response.get_ref().status(), ServingStatus::Serving);
+        assert_eq!(emulator.exchange_count(), 2);
+        Ok(())
+    })
+    .await
+}

@@ -1,15 +1,19 @@
 //! [`RetryOnUnauthorized`]: retry a request once with a fresh token after a
-//! 401.
+//! 401 or a gRPC UNAUTHENTICATED.
 
 use std::future::{Ready, ready};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use tower::retry::Policy;
 
+use super::future::rejects_token;
+
 /// A [`tower::retry::Policy`] that retries a request once when the API
-/// answers 401 Unauthorized, so that a revoked or rejected token recovers
-/// by itself.
+/// rejects its token, so that a revoked or rejected token recovers by
+/// itself: the responses [`RouteraAuth`](crate::RouteraAuth) takes as a
+/// rejection, a 401 Unauthorized or a gRPC UNAUTHENTICATED (`grpc-status:
+/// 16` in the headers of an HTTP/2 response, a trailers-only answer).
 ///
 /// Put it **outside** [`RouteraAuthLayer`](crate::RouteraAuthLayer): the
 /// auth layer sees the 401, invalidates the token the request carried, and
@@ -47,6 +51,15 @@ use tower::retry::Policy;
 /// [`never`](fn@never) none. A request whose body cannot be replayed gets the 401
 /// response unchanged (its token is invalidated all the same). Every other
 /// response and every error is passed through as it is.
+///
+/// **gRPC.** A gRPC call refused with UNAUTHENTICATED is retried when its
+/// body can be replayed: a buffered gRPC message (`Full<Bytes>`, say, on a
+/// hyper HTTP/2 client). A tonic client's request body is a stream of
+/// encoded messages that cannot be copied, so a tonic call is never
+/// retried (with [`empty_body_only`], whose gRPC bodies are never empty, or
+/// [`never`](fn@never)): it fails with `Code::Unauthenticated`, and since the layer
+/// invalidated its token, the next call goes out with a new one. Retry
+/// such a call in the application, where the request message is at hand.
 ///
 /// ```
 /// use routera_auth::RetryOnUnauthorized;
@@ -148,9 +161,7 @@ where
         result: &mut Result<Response<ResBody>, E>,
     ) -> Option<Self::Future> {
         match result {
-            Ok(response)
-                if response.status() == StatusCode::UNAUTHORIZED && self.retries_left > 0 =>
-            {
+            Ok(response) if rejects_token(response) && self.retries_left > 0 => {
                 self.retries_left -= 1;
                 Some(ready(()))
             }
