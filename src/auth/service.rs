@@ -8,7 +8,7 @@ use tower::Service;
 use super::{ResponseFuture, RouteraAuthLayer};
 use crate::TokenProvider;
 use crate::error::BoxError;
-use crate::provider::TokenCache;
+use crate::provider::TokenView;
 
 /// Puts `Authorization: Bearer <token>` on every request, then calls the
 /// inner service. Made by [`RouteraAuthLayer`].
@@ -35,17 +35,17 @@ use crate::provider::TokenCache;
 pub struct RouteraAuth<S> {
     inner: S,
     provider: TokenProvider,
-    cache: TokenCache,
+    view: TokenView,
 }
 
 impl<S> RouteraAuth<S> {
     /// Wraps `inner`, taking tokens from `provider`.
     pub fn new(inner: S, provider: TokenProvider) -> Self {
-        let cache = provider.token_cache();
+        let view = provider.token_view();
         Self {
             inner,
             provider,
-            cache,
+            view,
         }
     }
 
@@ -99,7 +99,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.provider.fresh_header(&mut self.cache) {
+        match self.provider.fresh_header(&mut self.view) {
             Some((authorization, tag)) => {
                 // `self.inner` is the instance that was polled ready.
                 request.headers_mut().insert(AUTHORIZATION, authorization);

@@ -104,12 +104,16 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///
 /// # Worker
 ///
-/// Each provider has one worker task, which owns the token's life; handles
-/// send it messages over a channel (tower's `buffer` has the same shape).
-/// It is started on the tokio runtime of the first caller that needs it
-/// and ends when the last handle is dropped, since the channel closes. If
-/// its runtime shuts down, a caller waiting on it gets an error at once
-/// and the next caller starts a new worker on its own runtime. The worker runs only while its runtime is driven: a
+/// Each provider has at most one worker task, which owns the token's life
+/// while there is work; handles send it messages over a channel, with a
+/// `oneshot` for each answer (as tower's `buffer` sends requests to its
+/// worker). Unlike that worker, it does not live as long as its handles:
+/// it ends as soon as it has nothing to do (no caller waiting, no exchange
+/// wanted or in flight), so an idle provider holds no task, and the next
+/// message starts a new one on the tokio runtime of the caller that sends
+/// it. It also ends when the last handle is dropped. If its runtime shuts
+/// down, a caller waiting on it gets an error at once and the next caller
+/// starts a new worker on its own runtime. The worker runs only while its runtime is driven: a
 /// current-thread runtime kept for the odd `block_on` runs it only inside
 /// `block_on`, so callers on other threads who need a token wait until
 /// then. Use the provider from one runtime, or from a multi-thread one.
@@ -136,12 +140,15 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// ```
 #[derive(Clone)]
 pub struct TokenProvider {
-    inner: Arc<Inner>,
+    handles: Arc<Handles>,
 }
 
-/// What the handles hold. Dropping the last handle drops the sender,
-/// which ends the worker.
-struct Inner {
+/// The part of a provider that only its handles hold (every clone of a
+/// [`TokenProvider`] points to one): the sender to the running worker and
+/// how to start one, beside what they share with the worker. The worker
+/// holds it weakly, so dropping the last handle drops the sender, which
+/// ends the worker.
+struct Handles {
     shared: Arc<Shared>,
     /// The sender to the running worker, if one runs. Messages are sent
     /// under this lock, and a worker with nothing left to do ends under it
@@ -152,20 +159,22 @@ struct Inner {
 
 /// Spawns a worker on a runtime.
 type StartWorker =
-    dyn Fn(&tokio::runtime::Handle, Arc<Shared>, Weak<Inner>, Receiver) + Send + Sync;
+    dyn Fn(&tokio::runtime::Handle, Arc<Shared>, Weak<Handles>, Receiver) + Send + Sync;
 
-/// What the handles and the worker share.
+/// The part of a provider that its handles and its worker share: the
+/// current token, the live state and the options.
 pub(super) struct Shared {
     /// The token requests are served, if any.
     current: ArcSwapOption<CachedToken>,
     /// What a new worker starts from; held while a token is stored.
-    seed: Mutex<Seed>,
+    live: Mutex<LiveState>,
     options: Options,
 }
 
-/// What outlives one worker, and what callers must see without waiting
-/// for it.
-struct Seed {
+/// The provider's state besides its current token, under one lock: what
+/// every worker in turn starts from and leaves to the next (a worker ends
+/// when idle), and what callers must see without waiting for one.
+struct LiveState {
     /// The latest credentials.
     credentials: ClientCredentials,
     /// The `seq` of the next token stored, whichever worker stores it.
@@ -181,16 +190,17 @@ struct Seed {
     stats: ProviderStats,
 }
 
-/// A request path's own view of the current token: it holds the token and
-/// checks on each use, with one plain load, whether the provider replaced
-/// it. No reference count moves while the token stays the same.
-pub(crate) type TokenCache = arc_swap::Cache<Current, Option<Arc<CachedToken>>>;
+/// A request path's own view of a provider's current token (not a cache
+/// of tokens, such as the fleet's `SharedCache`): it holds the
+/// token and checks on each use, with one plain load, whether the provider
+/// replaced it. No reference count moves while the token stays the same.
+pub(crate) type TokenView = arc_swap::Cache<CurrentSlot, Option<Arc<CachedToken>>>;
 
-/// The current-token slot of a provider, as a [`TokenCache`] reads it.
+/// The current-token slot of a provider, as a [`TokenView`] reads it.
 #[derive(Clone)]
-pub(crate) struct Current(Arc<Shared>);
+pub(crate) struct CurrentSlot(Arc<Shared>);
 
-impl Deref for Current {
+impl Deref for CurrentSlot {
     type Target = ArcSwapOption<CachedToken>;
 
     fn deref(&self) -> &Self::Target {
@@ -222,7 +232,7 @@ impl TokenTag {
             // than fetch one per request. A token whose refresh is due goes
             // at once: no exchange is added.
             // The shared client id: no copy on a path a 401 storm takes.
-            let client_id = Arc::clone(lock(&self.provider.shared().seed).credentials.label());
+            let client_id = Arc::clone(lock(&self.provider.shared().live).credentials.label());
             let client_id = &*client_id;
             tracing::debug!(
                 client_id,
@@ -276,7 +286,7 @@ impl TokenProvider {
             // when its channel closes.
             drop(runtime.spawn(worker::run(shared, handles, exchange, messages)));
         };
-        let seed = Seed {
+        let live = LiveState {
             credentials: builder.credentials,
             next_seq: 1,
             pacing: schedule::Pacing::default(),
@@ -286,11 +296,11 @@ impl TokenProvider {
         };
         let shared = Shared {
             current: ArcSwapOption::empty(),
-            seed: Mutex::new(seed),
+            live: Mutex::new(live),
             options: builder.options,
         };
         Self {
-            inner: Arc::new(Inner {
+            handles: Arc::new(Handles {
                 shared: Arc::new(shared),
                 worker: Mutex::new(None),
                 start: Box::new(start),
@@ -299,7 +309,7 @@ impl TokenProvider {
     }
 
     fn shared(&self) -> &Shared {
-        &self.inner.shared
+        &self.handles.shared
     }
 
     /// The current access token, fetched first if there is no fresh one.
@@ -351,40 +361,40 @@ impl TokenProvider {
     /// to another client.
     pub fn set_credentials(&self, credentials: ClientCredentials) {
         let shared = self.shared();
-        let mut seed = lock(&shared.seed);
-        if seed.credentials == credentials {
+        let mut live = lock(&shared.live);
+        if live.credentials == credentials {
             // A reload of the same secret: nothing changes, not even the
             // backoff.
             return;
         }
-        let same_client = seed.credentials.client_id() == credentials.client_id();
+        let same_client = live.credentials.client_id() == credentials.client_id();
         if !same_client {
-            // Under the seed lock, which the worker holds while it stores a
+            // Under the live state's lock, which the worker holds while it stores a
             // token: a token of the old client is never stored after this.
             shared.current.store(None);
         }
-        seed.credentials = credentials;
+        live.credentials = credentials;
         // Backoff starts over, and nothing of the old secret stays.
-        (seed.rejected, seed.backoff) = (None, None);
-        let client_id = Arc::clone(seed.credentials.label());
-        drop(seed);
+        (live.rejected, live.backoff) = (None, None);
+        let client_id = Arc::clone(live.credentials.label());
+        drop(live);
         let client_id = &*client_id;
         tracing::info!(client_id, same_client, "client credentials replaced");
         // A running worker drops its exchange for the old ones, or retries
         // now if it backs off; the next worker starts with them.
-        if let Some(sender) = &*lock(&self.inner.worker) {
+        if let Some(sender) = &*lock(&self.handles.worker) {
             let _ = sender.send(Message::NewCredentials);
         }
     }
 
     /// The client id this provider fetches tokens for.
     pub fn client_id(&self) -> String {
-        lock(&self.shared().seed).credentials.client_id().to_owned()
+        lock(&self.shared().live).credentials.client_id().to_owned()
     }
 
     /// Counters of what the provider has done so far.
     pub fn stats(&self) -> ProviderStats {
-        lock(&self.shared().seed).stats
+        lock(&self.shared().live).stats
     }
 
     /// When the cached token was fetched, when its refresh is due and when
@@ -400,7 +410,7 @@ impl TokenProvider {
     /// The `Authorization` header value of the cached token if it may be
     /// served. This is the whole request path when the token is fresh.
     #[inline]
-    pub(crate) fn fresh_header(&self, cache: &mut TokenCache) -> Option<(HeaderValue, TokenTag)> {
+    pub(crate) fn fresh_header(&self, cache: &mut TokenView) -> Option<(HeaderValue, TokenTag)> {
         let cached = cache.load().as_ref()?;
         self.may_serve(cached)
             .then(|| (cached.header.clone(), self.tag(cached)))
@@ -408,7 +418,7 @@ impl TokenProvider {
 
     /// The `Authorization` header value of the cached token if it may be
     /// served at `now`, read from the provider's slot without a
-    /// [`TokenCache`]: the request path of a keyed set of providers.
+    /// [`TokenView`]: the request path of a keyed set of providers.
     #[cfg(feature = "multi-client")]
     #[inline]
     pub(crate) fn fresh_header_at(&self, now: Instant) -> Option<(HeaderValue, TokenTag)> {
@@ -445,9 +455,9 @@ impl TokenProvider {
         fresh
     }
 
-    /// A [`TokenCache`] of this provider's token, for a request path.
-    pub(crate) fn token_cache(&self) -> TokenCache {
-        arc_swap::Cache::new(Current(Arc::clone(&self.inner.shared)))
+    /// A [`TokenView`] of this provider's token, for a request path.
+    pub(crate) fn token_view(&self) -> TokenView {
+        arc_swap::Cache::new(CurrentSlot(Arc::clone(&self.handles.shared)))
     }
 
     /// The `Authorization` header value of a fresh token, fetching one if
@@ -484,7 +494,7 @@ impl TokenProvider {
             if let Some(cached) = (!refresh).then(|| self.fresh()).flatten() {
                 return Ok(cached);
             }
-            if let Some((error, retry_at)) = &lock(&self.shared().seed).backoff
+            if let Some((error, retry_at)) = &lock(&self.shared().live).backoff
                 && Instant::now() < *retry_at
             {
                 return Err(error.clone());
@@ -512,7 +522,7 @@ impl TokenProvider {
     /// Sends `message` to the worker, starting one on the current runtime
     /// if none runs (never started, or its runtime shut down).
     fn send(&self, message: Message) -> Result<(), TokenError> {
-        let mut worker = lock(&self.inner.worker);
+        let mut worker = lock(&self.handles.worker);
         let message = match &*worker {
             Some(sender) => match sender.send(message) {
                 Ok(()) => return Ok(()),
@@ -527,8 +537,11 @@ impl TokenProvider {
             )
         })?;
         let (sender, messages) = mpsc::unbounded_channel();
-        let (shared, handles) = (Arc::clone(&self.inner.shared), Arc::downgrade(&self.inner));
-        (self.inner.start)(&runtime, shared, handles, messages);
+        let (shared, handles) = (
+            Arc::clone(&self.handles.shared),
+            Arc::downgrade(&self.handles),
+        );
+        (self.handles.start)(&runtime, shared, handles, messages);
         sender.send(message).map_err(|_| stopped())?;
         *worker = Some(sender);
         Ok(())
@@ -549,16 +562,16 @@ impl TokenProvider {
         if !Arc::ptr_eq(previous, expected) {
             return false;
         }
-        let mut seed = lock(&shared.seed);
+        let mut live = lock(&shared.live);
         if by_response {
             let now = Instant::now();
-            seed.pacing
+            live.pacing
                 .record(now, expected.requested_at, &shared.options);
         }
         // The next exchange says which token was rejected.
-        seed.rejected = Some(expected.token.clone());
-        let client_id = Arc::clone(seed.credentials.label());
-        drop(seed);
+        live.rejected = Some(expected.token.clone());
+        let client_id = Arc::clone(live.credentials.label());
+        drop(live);
         shared.note(Event::Invalidation);
         let client_id = &*client_id;
         tracing::debug!(client_id, by_response, "cached token invalidated");

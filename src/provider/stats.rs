@@ -31,8 +31,8 @@ impl Shared {
     /// Counts `event` in the provider's stats and its metrics.
     pub(super) fn note(&self, event: Event) {
         let client_id = {
-            let mut seed = lock(&self.seed);
-            let stats = &mut seed.stats;
+            let mut live = lock(&self.live);
+            let stats = &mut live.stats;
             match event {
                 Event::ExchangeStarted => stats.exchanges += 1,
                 Event::ExchangeFailed { .. } => stats.failures += 1,
@@ -41,7 +41,7 @@ impl Shared {
                 Event::BackgroundRefresh => stats.background_refreshes += 1,
                 Event::ExchangeSucceeded { .. } | Event::TokenStored { .. } => {}
             }
-            Arc::clone(seed.credentials.label())
+            Arc::clone(live.credentials.label())
         };
         // Outside the lock.
         metrics::record(&client_id, event);

@@ -19,7 +19,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// handles arrive on the returned receiver.
 fn stand_in_worker(provider: &TokenProvider) -> mpsc::UnboundedReceiver<Message> {
     let (sender, messages) = mpsc::unbounded_channel();
-    *lock(&provider.inner.worker) = Some(sender);
+    *lock(&provider.handles.worker) = Some(sender);
     messages
 }
 
@@ -193,7 +193,7 @@ async fn a_failure_for_replaced_credentials_reaches_no_waiter() {
     // The credentials change, and the exchange with the old ones fails,
     // before the worker reads the message that says so.
     let rotated = crate::ClientCredentials::new(crate::test_double::CLIENT_ID, "rotated");
-    lock(&provider.shared().seed).credentials = rotated.clone();
+    lock(&provider.shared().live).credentials = rotated.clone();
     exchange.open_gate();
     let token = waiter
         .await

@@ -28,7 +28,7 @@ use tower::Service;
 
 use super::attempt::{Attempt, attempt, log_failure};
 use super::cached::CachedToken;
-use super::{Inner, Shared, lock};
+use super::{Handles, Shared, lock};
 use crate::ClientCredentials;
 use crate::clock::{later, random_unit};
 use crate::error::{BoxError, TokenError, TokenErrorKind};
@@ -51,7 +51,7 @@ pub(super) enum Message {
     Refresh(Answer, u64),
     /// A request found the current token's refresh due.
     RefreshDue,
-    /// The credentials in the seed changed.
+    /// The credentials in the live state changed.
     NewCredentials,
 }
 
@@ -70,7 +70,7 @@ struct InFlight {
 /// channel closes.
 pub(super) async fn run<S>(
     shared: Arc<Shared>,
-    handles: Weak<Inner>,
+    handles: Weak<Handles>,
     exchange: S,
     mut messages: Receiver,
 ) where
@@ -187,7 +187,7 @@ where
                     self.want(Some(false));
                 }
             }
-            // Backoff starts over (the handle cleared it in the seed).
+            // Backoff starts over (the handle cleared it in the live state).
             Message::NewCredentials => self.failures = 0,
         }
     }
@@ -195,7 +195,7 @@ where
     /// A caller waits for the exchange in flight or the next one, or gets
     /// the last error at once while failed exchanges back off.
     fn join(&mut self, answer: Answer, forced: bool, busy: bool, now: Instant) {
-        if let Some((error, retry_at)) = &lock(&self.shared.seed).backoff
+        if let Some((error, retry_at)) = &lock(&self.shared.live).backoff
             && !busy
             && now < *retry_at
         {
@@ -216,20 +216,20 @@ where
     }
 
     fn client_id(&self) -> String {
-        lock(&self.shared.seed).credentials.client_id().to_owned()
+        lock(&self.shared.live).credentials.client_id().to_owned()
     }
 
     /// Whether `credentials` are still the provider's.
     fn current(&self, credentials: &ClientCredentials) -> bool {
-        lock(&self.shared.seed).credentials == *credentials
+        lock(&self.shared.live).credentials == *credentials
     }
 
     /// When the next attempt may start, if one is wanted and failures back
     /// it off.
     fn retry_at(&self) -> Option<Instant> {
         self.wanted?;
-        let seed = lock(&self.shared.seed);
-        seed.backoff.as_ref().map(|(_, retry_at)| *retry_at)
+        let live = lock(&self.shared.live);
+        live.backoff.as_ref().map(|(_, retry_at)| *retry_at)
     }
 
     /// Starts the exchange wanted, unless failures back it off.
@@ -243,8 +243,8 @@ where
         let current = self.shared.current.load_full();
         let current = current.filter(|cached| cached.is_fresh(now));
         let (credentials, rejected) = {
-            let seed = lock(&self.shared.seed);
-            (seed.credentials.clone(), seed.rejected.clone())
+            let live = lock(&self.shared.live);
+            (live.credentials.clone(), live.rejected.clone())
         };
         let reason = match (&current, rejected) {
             (Some(_), _) if forced => TokenReason::Forced,
@@ -308,9 +308,9 @@ where
                 Ok(cached)
             }
             Err(error) => {
-                let mut seed = lock(&self.shared.seed);
-                if seed.credentials != credentials {
-                    drop(seed);
+                let mut live = lock(&self.shared.live);
+                if live.credentials != credentials {
+                    drop(live);
                     return self.want(Some(false));
                 }
                 let options = &self.shared.options;
@@ -330,8 +330,8 @@ where
                 };
                 // Never a retry at once: a failing exchange is no busy loop.
                 let retry_in = retry_in.max(super::schedule::SHORTEST_BACKOFF);
-                seed.backoff = Some((error.clone(), later(Instant::now(), retry_in)));
-                drop(seed);
+                live.backoff = Some((error.clone(), later(Instant::now(), retry_in)));
+                drop(live);
                 if !error.is_deferred() {
                     let kind = error.kind();
                     self.shared.note(Event::ExchangeFailed {
@@ -366,12 +366,12 @@ where
         let schedule = options.schedule(token, random_unit());
         // Held while the token is stored: new credentials are either seen
         // here, or stored after this token, which their handle then drops.
-        let mut seed = lock(&self.shared.seed);
-        if seed.credentials != *credentials {
+        let mut live = lock(&self.shared.live);
+        if live.credentials != *credentials {
             return Ok(None);
         }
-        let rejectable_from = seed.pacing.next(options).unwrap_or(issued_at);
-        let cached = CachedToken::new(seed.next_seq, token, issued_at, schedule, rejectable_from)?;
+        let rejectable_from = live.pacing.next(options).unwrap_or(issued_at);
+        let cached = CachedToken::new(live.next_seq, token, issued_at, schedule, rejectable_from)?;
         if !cached.is_fresh(now) {
             // It arrived when it may no longer be served: storing it would
             // hand waiting callers a token at or past its end.
@@ -384,10 +384,10 @@ where
             return Err(TokenError::with_detail(TokenErrorKind::Timeout, detail));
         }
         let cached = Arc::new(cached);
-        seed.next_seq += 1;
-        (seed.rejected, seed.backoff) = (None, None);
+        live.next_seq += 1;
+        (live.rejected, live.backoff) = (None, None);
         self.shared.current.store(Some(Arc::clone(&cached)));
-        drop(seed);
+        drop(live);
         let served_until = cached.fresh_until;
         self.shared.note(Event::TokenStored { served_until });
         Ok(Some((cached, token.age())))

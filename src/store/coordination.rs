@@ -2,16 +2,16 @@
 //! the fleet's token; failing that, take the fleet's lock and exchange, or
 //! wait for the replica that holds it. What an exchange then leaves for the
 //! fleet is in `publish.rs`; the store calls, the breaker and the counters
-//! in `fleet.rs`.
+//! in `replica.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::fleet::Fleet;
 use super::held_lock::HeldLock;
 use super::publish::{Asked, OwnExchange};
+use super::replica::Replica;
 use super::{Sealer, Snapshot, StoreKeys};
 use crate::MAX_RETRY_AFTER;
 use crate::clock::{later, random_unit};
@@ -35,8 +35,8 @@ pub(super) enum Decision {
 }
 
 /// One call: its request, its keys, and what it removes from the store.
-struct Call<'a> {
-    fleet: &'a Arc<Fleet>,
+struct Coordinating<'a> {
+    replica: &'a Arc<Replica>,
     keys: StoreKeys,
     sealer: Arc<Sealer>,
     request: &'a TokenRequest,
@@ -77,7 +77,7 @@ enum Usable {
     Unreadable(String),
 }
 
-impl Fleet {
+impl Replica {
     /// The sealer for the request's credentials, made again only when they
     /// differ from the last ones (a new secret: new keys, and nothing held
     /// under the old ones). Notes a rejected token for removal.
@@ -124,8 +124,8 @@ impl Fleet {
             self.count(|s| &mut s.fallbacks);
             return Decision::Exchange(self.own_exchange(None, None, asked));
         };
-        let mut call = Call {
-            fleet: self,
+        let mut call = Coordinating {
+            replica: self,
             keys: sealer.keys().clone(),
             sealer,
             request,
@@ -175,7 +175,7 @@ impl Fleet {
     /// long as it may be served.
     fn usable(
         &self,
-        call: &Call<'_>,
+        call: &Coordinating<'_>,
         snapshot: &Snapshot,
         asked_at: Instant,
         rejected: Option<&str>,
@@ -230,7 +230,7 @@ impl Fleet {
         asked: Asked,
     ) -> OwnExchange {
         OwnExchange {
-            fleet: Arc::clone(self),
+            replica: Arc::clone(self),
             keyed,
             lock,
             asked,
@@ -238,23 +238,23 @@ impl Fleet {
     }
 }
 
-impl Call<'_> {
+impl Coordinating<'_> {
     /// Removes the rejected token from the store, if the request names
     /// one; false if the store failed.
     async fn remove_rejected(&mut self) -> bool {
         let Some(fingerprint) = self.rejected.clone() else {
             return true;
         };
-        let fleet = self.fleet;
-        let remove = fleet.config.store.remove(&self.keys, &fingerprint);
+        let replica = self.replica;
+        let remove = replica.config.store.remove(&self.keys, &fingerprint);
         // Tried again at the next call if it fails; no more store time now.
-        let Some(removed) = fleet.call(remove).await else {
+        let Some(removed) = replica.call(remove).await else {
             return false;
         };
         if removed {
             tracing::debug!("rejected token removed from the shared store");
         }
-        let mut state = fleet.state();
+        let mut state = replica.state();
         if state.removal.as_ref() == Some(&fingerprint) {
             state.removal = None;
         }
@@ -265,22 +265,22 @@ impl Call<'_> {
     /// replica cannot open is removed, once per call, and looked for again:
     /// a miss this replica may replace through the lock.
     async fn look(&mut self) -> Option<Look> {
-        let fleet = self.fleet;
+        let replica = self.replica;
         loop {
             // The store counts times left from before its answer travels.
             let asked_at = Instant::now();
-            let load = fleet.config.store.load(&self.keys);
-            let snapshot = fleet.call(load).await?;
+            let load = replica.config.store.load(&self.keys);
+            let snapshot = replica.call(load).await?;
             let rejected = self.rejected.as_deref();
-            match fleet.usable(self, &snapshot, asked_at, rejected) {
+            match replica.usable(self, &snapshot, asked_at, rejected) {
                 Usable::Token(token) => {
-                    fleet.count(|s| &mut s.hits);
+                    replica.count(|s| &mut s.hits);
                     return Some(Look::Token(token));
                 }
                 Usable::Unreadable(fingerprint) if !self.replaced => {
                     self.replaced = true;
-                    let remove = fleet.config.store.remove(&self.keys, &fingerprint);
-                    fleet.call(remove).await?;
+                    let remove = replica.config.store.remove(&self.keys, &fingerprint);
+                    replica.call(remove).await?;
                     continue;
                 }
                 Usable::Unreadable(_) | Usable::Nothing => {}
@@ -296,15 +296,15 @@ impl Call<'_> {
     /// Takes the fleet's lock: `Ok(None)` if another replica holds it,
     /// and if the store failed, the lock it may have taken.
     async fn take_lock(&mut self) -> Result<Option<HeldLock>, HeldLock> {
-        let fleet = self.fleet;
+        let replica = self.replica;
         // Held before it is asked for: a call dropped while the store takes
         // it still releases it (the release is owner-checked).
         let held = self.held_lock();
-        let take = fleet
+        let take = replica
             .config
             .store
-            .lock(&self.keys, &fleet.owner, fleet.lease());
-        match fleet.call_writing(take).await {
+            .lock(&self.keys, &replica.owner, replica.lease());
+        match replica.call_writing(take).await {
             Some(true) => Ok(Some(held)),
             Some(false) => {
                 held.disarm();
@@ -317,7 +317,7 @@ impl Call<'_> {
     /// Holding the lock: looks once more (a replica may have stored a token
     /// or a failure just before), then exchanges for the fleet.
     async fn hold(mut self, lock: HeldLock) -> Decision {
-        let fleet = self.fleet;
+        let replica = self.replica;
         match self.look().await {
             None => self.fall_back(Some(lock)),
             Some(Look::Token(token)) => {
@@ -329,26 +329,26 @@ impl Call<'_> {
                 Decision::Failed(backed_off(left, cause.as_deref(), false))
             }
             Some(Look::Free | Look::Held) => {
-                fleet.count(|s| &mut s.lock_wins);
+                replica.count(|s| &mut s.lock_wins);
                 Decision::Exchange(self.own_exchange(Some(lock)))
             }
         }
     }
 
     fn held_lock(&self) -> HeldLock {
-        HeldLock::new(Arc::clone(self.fleet), self.keys.clone())
+        HeldLock::new(Arc::clone(self.replica), self.keys.clone())
     }
 
     /// Exchanges without the fleet's coordination (and shares the token
     /// if the store lets it).
     fn fall_back(self, lock: Option<HeldLock>) -> Decision {
-        self.fleet.count(|s| &mut s.fallbacks);
+        self.replica.count(|s| &mut s.fallbacks);
         Decision::Exchange(self.own_exchange(lock))
     }
 
     fn own_exchange(self, lock: Option<HeldLock>) -> OwnExchange {
         let keyed = Some((self.keys, self.sealer));
-        (self.fleet).own_exchange(keyed, lock, self.asked)
+        (self.replica).own_exchange(keyed, lock, self.asked)
     }
 }
 
@@ -368,10 +368,10 @@ impl Waiting {
 
     /// Sleeps about the next pause (jittered), never past the time the
     /// request may wait; false once that time has come.
-    async fn pause(&mut self, fleet: &Fleet) -> bool {
+    async fn pause(&mut self, replica: &Replica) -> bool {
         if !self.started {
             self.started = true;
-            fleet.count(|s| &mut s.waits);
+            replica.count(|s| &mut s.waits);
             tracing::debug!("another replica is fetching the token; waiting for it");
         }
         let jittered = self.pause.mul_f64(0.5 + random_unit() / 2.0);

@@ -7,10 +7,10 @@ use std::pin::pin;
 use std::sync::Arc;
 
 use super::StoreKeys;
-use super::fleet::Fleet;
+use super::replica::Replica;
 
 /// The fleet's lock, held by this replica: a lease of
-/// [`Fleet::lease`], which lapses unless renewed
+/// [`Replica::lease`], which lapses unless renewed
 /// ([`HeldLock::renew_while`]), so that a holder that dies holds up the
 /// fleet that long at most.
 ///
@@ -20,15 +20,15 @@ use super::fleet::Fleet;
 /// once. Best effort: with no runtime, or if that task fails, the lock
 /// runs out after its time.
 pub(super) struct HeldLock {
-    fleet: Arc<Fleet>,
+    replica: Arc<Replica>,
     keys: StoreKeys,
     armed: bool,
 }
 
 impl HeldLock {
-    pub(super) fn new(fleet: Arc<Fleet>, keys: StoreKeys) -> Self {
+    pub(super) fn new(replica: Arc<Replica>, keys: StoreKeys) -> Self {
         Self {
-            fleet,
+            replica,
             keys,
             armed: true,
         }
@@ -43,16 +43,16 @@ impl HeldLock {
     /// `work` ends. A renewal that fails, or finds that another replica
     /// holds the lock (the lease lapsed), ends the renewals; `work` goes on.
     pub(super) async fn renew_while<F: Future>(&self, work: F) -> F::Output {
-        let fleet = &self.fleet;
-        let lease = fleet.lease();
+        let replica = &self.replica;
+        let lease = replica.lease();
         let renewals = async {
             loop {
                 tokio::time::sleep(lease / 3).await;
-                let renew = fleet
+                let renew = replica
                     .config
                     .store
-                    .renew_lock(&self.keys, &fleet.owner, lease);
-                if fleet.call(renew).await != Some(true) {
+                    .renew_lock(&self.keys, &replica.owner, lease);
+                if replica.call(renew).await != Some(true) {
                     tracing::debug!("the lease on the fleet's lock was not renewed");
                     return;
                 }
@@ -69,11 +69,11 @@ impl HeldLock {
     /// Releases the lock, within the operation timeout.
     pub(super) async fn release(mut self) {
         let unlock = self
-            .fleet
+            .replica
             .config
             .store
-            .unlock(&self.keys, &self.fleet.owner);
-        self.fleet.call(unlock).await;
+            .unlock(&self.keys, &self.replica.owner);
+        self.replica.call(unlock).await;
         self.armed = false;
     }
 }
@@ -86,11 +86,11 @@ impl Drop for HeldLock {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let fleet = Arc::clone(&self.fleet);
+        let replica = Arc::clone(&self.replica);
         let keys = self.keys.clone();
         drop(runtime.spawn(async move {
-            let unlock = fleet.config.store.unlock(&keys, &fleet.owner);
-            let _ = tokio::time::timeout(fleet.config.operation_timeout, unlock).await;
+            let unlock = replica.config.store.unlock(&keys, &replica.owner);
+            let _ = tokio::time::timeout(replica.config.operation_timeout, unlock).await;
         }));
     }
 }

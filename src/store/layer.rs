@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::fleet::{Config, Fleet};
+use super::replica::{Config, Replica};
 use super::{SharedExchange, StoreKeyRing, TokenStore};
 use crate::AuthMethod;
 
@@ -58,7 +58,7 @@ pub const DEFAULT_KEY_PREFIX: &str = "routera-auth";
 /// ```
 #[derive(Clone)]
 pub struct SharedCache {
-    fleet: Arc<Fleet>,
+    replica: Arc<Replica>,
 }
 
 /// What a [`SharedCache`] has done so far; from [`SharedCache::stats`] or
@@ -156,23 +156,23 @@ impl SharedCache {
 
     /// The counts of this cache and of every service it made.
     pub fn stats(&self) -> StoreStats {
-        self.fleet.stats()
+        self.replica.stats()
     }
 
     fn configure(self, change: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.fleet.config.clone();
+        let mut config = self.replica.config.clone();
         change(&mut config);
         Self::from_config(config)
     }
 
     fn from_config(config: Config) -> Self {
         Self {
-            fleet: Arc::new(Fleet::new(config)),
+            replica: Arc::new(Replica::new(config)),
         }
     }
 
-    pub(super) fn coordinator(&self) -> &Arc<Fleet> {
-        &self.fleet
+    pub(super) fn coordinator(&self) -> &Arc<Replica> {
+        &self.replica
     }
 }
 
@@ -186,7 +186,7 @@ impl<S> Layer<S> for SharedCache {
 
 impl fmt::Debug for SharedCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let config = &self.fleet.config;
+        let config = &self.replica.config;
         f.debug_struct("SharedCache")
             .field("token_url", &config.token_url)
             .field("auth_method", &config.auth_method)

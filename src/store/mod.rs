@@ -138,10 +138,10 @@
 mod backend;
 mod breaker;
 mod coordination;
-mod fleet;
 mod held_lock;
 mod layer;
 mod publish;
+mod replica;
 mod seal;
 mod service;
 

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use super::Sealer;
 use super::StoreKeys;
-use super::fleet::{Fleet, millis};
 use super::held_lock::HeldLock;
+use super::replica::{Replica, millis};
 use crate::clock::later;
 use crate::error::{TokenError, TokenErrorKind};
 use crate::token::{AccessToken, Token, TokenRequest};
@@ -21,7 +21,7 @@ use crate::{MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME};
 /// An exchange of this replica's, and what it owes the fleet afterwards:
 /// the keys it was made under and the fleet's lock if it holds it.
 pub(super) struct OwnExchange {
-    pub(super) fleet: Arc<Fleet>,
+    pub(super) replica: Arc<Replica>,
     /// `None` when the credentials have no keys: nothing to share.
     pub(super) keyed: Option<(StoreKeys, Arc<Sealer>)>,
     pub(super) lock: Option<HeldLock>,
@@ -39,9 +39,9 @@ pub(super) struct Asked {
 }
 
 impl Asked {
-    pub(super) fn now(fleet: &Fleet, request: &TokenRequest) -> Self {
+    pub(super) fn now(replica: &Replica, request: &TokenRequest) -> Self {
         Self {
-            ms: fleet.now_ms(),
+            ms: replica.now_ms(),
             at: Instant::now(),
             timeout: request.timeout(),
         }
@@ -108,7 +108,7 @@ impl OwnExchange {
                 } = self.asked;
                 let issued_ms = asked_ms.saturating_sub(millis(token.age()));
                 if self.keyed.is_some() {
-                    self.fleet.hold(issued_ms);
+                    self.replica.hold(issued_ms);
                 }
                 match token.expires_in().filter(|lifetime| !lifetime.is_zero()) {
                     // Its lifetime is the provider's guess: not shared.
@@ -143,7 +143,7 @@ impl OwnExchange {
     }
 
     async fn publish(self, publication: Publication) {
-        let fleet = &self.fleet;
+        let replica = &self.replica;
         let Some((keys, sealer)) = &self.keyed else {
             return;
         };
@@ -153,18 +153,18 @@ impl OwnExchange {
                 issued_ms,
                 lifetime,
                 ttl,
-            } if !ttl.is_zero() && !fleet.breaker_open() => {
+            } if !ttl.is_zero() && !replica.breaker_open() => {
                 let expires_ms = issued_ms.saturating_add(millis(lifetime));
                 if let Some(stored) = sealer.seal(token.secret(), issued_ms, expires_ms) {
-                    let save = fleet.config.store.save(keys, &stored, ttl);
-                    if fleet.call(save).await == Some(true) {
+                    let save = replica.config.store.save(keys, &stored, ttl);
+                    if replica.call(save).await == Some(true) {
                         tracing::debug!("token shared with the fleet");
                     }
                 }
             }
             Publication::BackOff(backoff, cause) => {
-                let back_off = fleet.config.store.back_off(keys, backoff, cause);
-                if fleet.call(back_off).await.is_some() {
+                let back_off = replica.config.store.back_off(keys, backoff, cause);
+                if replica.call(back_off).await.is_some() {
                     let backoff_ms = backoff.as_millis() as u64;
                     tracing::debug!(cause, backoff_ms, "the fleet backs off after this failure");
                 }

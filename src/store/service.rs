@@ -136,9 +136,9 @@ where
 
     fn call(&mut self, request: TokenRequest) -> Self::Future {
         let inner = self.inner.clone();
-        let fleet = Arc::clone(self.cache.coordinator());
+        let replica = Arc::clone(self.cache.coordinator());
         Box::pin(async move {
-            let own = match fleet.coordinate(&request).await {
+            let own = match replica.coordinate(&request).await {
                 Decision::Stored(token) => return Ok(token),
                 Decision::Failed(error) => return Err(error),
                 Decision::Exchange(own) => own,

@@ -444,7 +444,7 @@ impl RedisStore {
     async fn run<T, F, Fut>(
         &self,
         operation: &'static str,
-        again: Again,
+        again: RetryWhen,
         command: F,
     ) -> Result<T, StoreError>
     where
@@ -470,7 +470,7 @@ impl RedisStore {
 
 /// When [`RedisStore::run`] tries a command once more.
 #[derive(Clone, Copy)]
-enum Again {
+enum RetryWhen {
     /// After a lost or refused connection: the command may have been
     /// applied, but applying it twice changes nothing that matters.
     IfConnectionLost,
@@ -478,13 +478,13 @@ enum Again {
     IfRefused,
 }
 
-impl Again {
+impl RetryWhen {
     fn applies(self, error: &RedisError) -> bool {
         match self {
-            Again::IfConnectionLost => {
+            RetryWhen::IfConnectionLost => {
                 error.is_connection_refusal() || error.is_connection_dropped()
             }
-            Again::IfRefused => error.is_connection_refusal(),
+            RetryWhen::IfRefused => error.is_connection_refusal(),
         }
     }
 }
@@ -499,7 +499,7 @@ impl TokenStore for RedisStore {
             let (fields, token_ttl, lock_ttl, backoff, cause): Loaded = self
                 .run(
                     "load",
-                    Again::IfConnectionLost,
+                    RetryWhen::IfConnectionLost,
                     |mut connection| async move {
                         // MULTI/EXEC: a save cannot land between the
                         // fields and their time to live.
@@ -547,7 +547,7 @@ impl TokenStore for RedisStore {
             let written: i64 = self
                 .run(
                     "save",
-                    Again::IfConnectionLost,
+                    RetryWhen::IfConnectionLost,
                     |mut connection| async move {
                         SAVE.key(keys.token())
                             .arg(token.issued_at_ms)
@@ -569,7 +569,7 @@ impl TokenStore for RedisStore {
             let removed: i64 = self
                 .run(
                     "remove",
-                    Again::IfConnectionLost,
+                    RetryWhen::IfConnectionLost,
                     |mut connection| async move {
                         REMOVE
                             .key(keys.token())
@@ -595,7 +595,7 @@ impl TokenStore for RedisStore {
             };
             // `OK` when taken, nil when held: redis reads them as a bool.
             let taken: bool = self
-                .run("lock", Again::IfRefused, |mut connection| async move {
+                .run("lock", RetryWhen::IfRefused, |mut connection| async move {
                     redis::cmd("SET")
                         .arg(keys.lock())
                         .arg(owner)
@@ -623,7 +623,7 @@ impl TokenStore for RedisStore {
             let renewed: i64 = self
                 .run(
                     "renew_lock",
-                    Again::IfConnectionLost,
+                    RetryWhen::IfConnectionLost,
                     |mut connection| async move {
                         RENEW
                             .key(keys.lock())
@@ -643,7 +643,7 @@ impl TokenStore for RedisStore {
             let _released: i64 = self
                 .run(
                     "unlock",
-                    Again::IfConnectionLost,
+                    RetryWhen::IfConnectionLost,
                     |mut connection| async move {
                         UNLOCK
                             .key(keys.lock())
@@ -670,7 +670,7 @@ impl TokenStore for RedisStore {
             let _set: i64 = self
                 .run(
                     "back_off",
-                    Again::IfConnectionLost,
+                    RetryWhen::IfConnectionLost,
                     |mut connection| async move {
                         BACK_OFF
                             .key(keys.backoff())

@@ -1,4 +1,4 @@
-//! [`Fleet`]: what a [`SharedCache`](super::SharedCache) and every
+//! [`Replica`]: what a [`SharedCache`](super::SharedCache) and every
 //! [`SharedExchange`](super::SharedExchange) it makes share: the
 //! configuration, this replica's name on the lock, the breaker and the
 //! counters, and the store calls, each bounded by the operation timeout.
@@ -15,7 +15,7 @@ use super::{Sealer, StoreFuture, StoreKeyRing, StoreStats, StoredToken, TokenSto
 use crate::error::ErrorChain;
 use crate::{AuthMethod, ClientCredentials};
 
-/// The shortest lease on the fleet's lock; see [`Fleet::lease`].
+/// The shortest lease on the fleet's lock; see [`Replica::lease`].
 const SHORTEST_LEASE: Duration = Duration::from_secs(1);
 
 /// What a [`SharedCache`](super::SharedCache) is configured with.
@@ -33,14 +33,15 @@ pub(super) struct Config {
     pub(super) breaker_probe_every: Duration,
 }
 
-/// The configuration and the mutable state of one shared cache, behind the
-/// `Arc` that the layer and its services share.
-pub(super) struct Fleet {
+/// This replica's side of fleet sharing (not the fleet's: the fleet's
+/// state is in the store): the configuration and the mutable state of one
+/// shared cache, behind the `Arc` that the layer and its services share.
+pub(super) struct Replica {
     pub(super) config: Config,
     /// This replica's name on the fleet's lock.
     pub(super) owner: String,
     /// The wall clock at the first use, and tokio's instant then: see
-    /// [`Fleet::now_ms`].
+    /// [`Replica::now_ms`].
     epoch: OnceLock<(u64, Instant)>,
     /// Never held across an await.
     state: Mutex<State>,
@@ -64,7 +65,7 @@ pub(super) struct State {
     pub(super) stats: StoreStats,
 }
 
-impl Fleet {
+impl Replica {
     pub(super) fn new(config: Config) -> Self {
         let owner = super::random_id().unwrap_or_else(|| format!("pid-{}", std::process::id()));
         let breaker = Breaker::new(config.breaker_failures, config.breaker_probe_every);
@@ -152,7 +153,7 @@ impl Fleet {
         self.run(operation, false).await
     }
 
-    /// Runs the taking of the lock, as [`Fleet::call`]; its success closes
+    /// Runs the taking of the lock, as [`Replica::call`]; its success closes
     /// the breaker. Taking the lock is a write the store refuses whenever
     /// it refuses writes, whether the lock is free or held: its answer
     /// shows that the store takes writes.
