@@ -133,7 +133,29 @@
 //! replicas costs one exchange per refresh, not one per replica.
 //!
 //! [`TokenStore`] is the backend: six operations, small enough to write for
-//! another database. [`RedisStore`] implements it on Redis 6+ or Valkey.
+//! another database. [`RedisStore`] implements it on Redis 6+ or Valkey: one
+//! server over TCP, TLS or a unix socket, or a Redis Cluster (feature
+//! `redis-cluster`), over TLS too, as managed clusters with in-transit
+//! encryption require:
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "redis-cluster", feature = "rustls"))]
+//! # fn run(ca_pem: &[u8]) -> Result<(), routera_auth::store::StoreError> {
+//! use routera_auth::store::RedisStore;
+//!
+//! // A cluster's TLS is the `redis` crate's, which on rustls needs the
+//! // process-wide provider: install it once, when the application starts.
+//! let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+//! let store = RedisStore::cluster_builder(["rediss://:password@clustercfg.cache.internal:6379"])
+//!     .add_root_certificates(ca_pem) // a private CA only
+//!     .build()?;
+//! # let _ = store;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The nodes' certificates must name the endpoints the nodes announce
+//! (host names, on managed services); see [`RedisStore`] for the details.
 
 mod backend;
 mod breaker;
