@@ -97,6 +97,41 @@
 //! dev-dependency): `MockExchange` in place of the token exchange, a
 //! Routera `Emulator` in process or as the `routera-emulator` binary,
 //! `MemoryStore` and real Redis test servers for fleets.
+//!
+// The items of optional features: links within these docs when the feature
+// is on (docs.rs builds them all), to docs.rs when it is off.
+#![cfg_attr(
+    feature = "reqwest-middleware",
+    doc = "[`RouteraAuthMiddleware`]: crate::RouteraAuthMiddleware\n"
+)]
+#![cfg_attr(
+    not(feature = "reqwest-middleware"),
+    doc = "[`RouteraAuthMiddleware`]: https://docs.rs/routera-auth/latest/routera_auth/struct.RouteraAuthMiddleware.html\n"
+)]
+#![cfg_attr(
+    feature = "shared-store",
+    doc = "[`store::SharedCache`]: crate::store::SharedCache\n[`store::TokenStore`]: crate::store::TokenStore\n"
+)]
+#![cfg_attr(
+    not(feature = "shared-store"),
+    doc = "[`store::SharedCache`]: https://docs.rs/routera-auth/latest/routera_auth/store/struct.SharedCache.html\n[`store::TokenStore`]: https://docs.rs/routera-auth/latest/routera_auth/store/trait.TokenStore.html\n"
+)]
+#![cfg_attr(
+    feature = "multi-client",
+    doc = "[`TokenProviders`]: crate::TokenProviders\n[`RouteraAuthLayer::per_client`]: crate::RouteraAuthLayer::per_client\n[`clients`]: crate::clients\n"
+)]
+#![cfg_attr(
+    not(feature = "multi-client"),
+    doc = "[`TokenProviders`]: https://docs.rs/routera-auth/latest/routera_auth/clients/struct.TokenProviders.html\n[`RouteraAuthLayer::per_client`]: https://docs.rs/routera-auth/latest/routera_auth/auth/struct.RouteraAuthLayer.html#method.per_client\n[`clients`]: https://docs.rs/routera-auth/latest/routera_auth/clients/index.html\n"
+)]
+#![cfg_attr(
+    feature = "redis",
+    doc = "[`store::RedisStore`]: crate::store::RedisStore\n"
+)]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "[`store::RedisStore`]: https://docs.rs/routera-auth/latest/routera_auth/store/struct.RedisStore.html\n"
+)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

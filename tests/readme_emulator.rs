@@ -1,3 +1,7 @@
+//! The in-process emulator as the README's "Testing your code" describes
+//! it: one exchange for many calls, and a revoked token replaced on the
+//! retry of the request it failed.
+
 use routera_auth::{ReqwestService, RetryOnUnauthorized, RouteraAuthLayer};
 use routera_auth_test::Emulator;
 use tower::{ServiceBuilder, ServiceExt};

@@ -102,6 +102,54 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// [`timing`](TokenProvider::timing) tells when the current token was
 /// fetched, when its refresh is due and when it stops being served.
 ///
+/// | lifetime | refresh due (defaults) | stops being served | exchanges per hour under steady load |
+/// |---|---|---|---|
+/// | 1 h | 54:30 – 55:30 | 59:30 | 1 |
+/// | 120 s | 60 – 66 s | 90 s | 55 – 60 |
+/// | 60 s (or `expires_in` missing) | 30 – 33 s | 45 s | 110 – 120 |
+/// | 3 s | 1.50 – 1.60 s | 2 s | about 2,300 |
+/// | 2 s | 1 s (callers wait for each) | 1 s | 3,600 |
+///
+/// # Failures
+///
+/// - **Failing endpoint, valid token**: the token keeps being served while
+///   the worker retries with backoff (1 s, 2 s, 4 s, … up to 60 s, or
+///   longer if `Retry-After` says so): a 10-minute outage costs at most
+///   about 20 exchange attempts and no failed request.
+/// - **Failing endpoint, no valid token**: callers get the last
+///   [`TokenError`] at once while the backoff runs; a caller that arrives
+///   when an attempt is due or under way waits for that attempt.
+/// - **Permanent errors** (400, 401: bad request or credentials) back off
+///   the same way and are logged at `error` level, transient ones at
+///   `warn`. [`set_credentials`](TokenProvider::set_credentials) cuts a
+///   backoff short and retries at once with the new credentials; an
+///   exchange still in flight with the old ones never stores its token.
+/// - **Held back by the exchange stack**: an exchange middleware that sends
+///   nothing and says when to call again (the fleet's shared backoff, a
+///   client-side rate limiter) answers with a
+///   [`deferred`](TokenError::deferred) error; the provider waits out
+///   exactly its `retry_after`, gives callers that error meanwhile, and
+///   counts no failure of its own.
+/// - **Missing or zero `expires_in`**: the token is used for the assumed
+///   lifetime (60 s by default, so 45 s with the default skew). A negative
+///   `expires_in` is an `InvalidResponse`; one over 24 hours is trusted for
+///   24 hours ([`MAX_TOKEN_LIFETIME`]).
+/// - **A lost refresh**: a request that asked for a refresh that never came
+///   (its worker was lost with its runtime) lets a later request ask again
+///   after the exchange timeout.
+///
+/// # Observability
+///
+/// [`stats`](TokenProvider::stats) counts exchanges, failures, callers that
+/// waited, invalidations and background refreshes, on the slow path only.
+/// Tracing events (target `routera_auth`) mark exchange start, success
+/// (duration, lifetime, and the token's age when a cache under the
+/// exchange handed it over), failure (status, OAuth error code, retryable,
+/// why the token was wanted, the backoff), background refreshes and
+/// invalidations; each carries the client id, none a secret or a token.
+/// With the `metrics` feature, the same on the `metrics` facade (see the
+/// `metrics` module).
+///
 /// # Worker
 ///
 /// Each provider has at most one worker task, which owns the token's life
