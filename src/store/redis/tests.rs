@@ -1,7 +1,8 @@
 use std::error::Error as _;
 
-use super::scripts::MAX_TTL_MS;
+use super::scripts::{MAX_TTL_MS, millis, parse_token};
 use super::*;
+use crate::store::StoredToken;
 
 fn fields(values: [Option<&[u8]>; 4]) -> Vec<Option<Vec<u8>>> {
     values.iter().map(|v| v.map(<[u8]>::to_vec)).collect()
