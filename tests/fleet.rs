@@ -12,14 +12,14 @@ mod common;
 use std::future::Future;
 use std::time::Duration;
 
-use common::{Replica, layered};
+use common::{Replica, layered, total};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use routera_auth::store::{RedisStore, SharedCache, StoreKeyRing, StoreStats};
+use routera_auth::store::{RedisStore, SharedCache, StoreKeyRing};
 use routera_auth::{AuthMethod, RouteraAuthLayer, TokenRequest};
 use routera_auth_test::{Emulator, EmulatorExchange, Fault, MockExchange, RedisServer};
 use tokio::task::JoinSet;
@@ -98,14 +98,6 @@ async fn all_ask(replicas: &[Replica]) -> (Vec<String>, Duration) {
     };
     tokio::time::timeout(BOUND, all).await.unwrap();
     (tokens, longest)
-}
-
-/// The sum of a count of the replicas' shared caches.
-fn total(replicas: &[Replica], field: fn(&StoreStats) -> u64) -> u64 {
-    replicas
-        .iter()
-        .map(|replica| field(&replica.cache.stats()))
-        .sum()
 }
 
 fn last_refresh(replicas: &[Replica]) -> Instant {

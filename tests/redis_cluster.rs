@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Replica, layered};
-use routera_auth::store::{RedisStore, SharedCache, StoreStats};
+use common::cluster::{all_ask, nodes_with_keys};
+use common::{Replica, layered, total};
+use routera_auth::store::{RedisStore, SharedCache};
 use routera_auth_test::{Emulator, RedisCluster};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// Bounds every wait of a test, so a regression fails it instead of hanging.
@@ -48,50 +48,6 @@ async fn fleet(n: usize, cluster: &RedisCluster, emulator: &Emulator) -> Vec<Rep
     replicas
 }
 
-/// Every replica asks for a token at once: the tokens they got, and how
-/// many requests failed.
-async fn all_ask(replicas: &[Replica]) -> (Vec<String>, usize) {
-    let mut asks = JoinSet::new();
-    for replica in replicas {
-        let provider = replica.provider.clone();
-        asks.spawn(async move { provider.token().await });
-    }
-    let mut tokens = Vec::new();
-    let mut failed = 0;
-    let all = async {
-        while let Some(joined) = asks.join_next().await {
-            match joined.unwrap() {
-                Ok(token) => tokens.push(token.secret().to_owned()),
-                Err(error) => {
-                    eprintln!("a request failed: {error}");
-                    failed += 1;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(BOUND, all).await.unwrap();
-    (tokens, failed)
-}
-
-/// The sum of a count of the replicas' shared caches.
-fn total(replicas: &[Replica], field: fn(&StoreStats) -> u64) -> u64 {
-    replicas
-        .iter()
-        .map(|replica| field(&replica.cache.stats()))
-        .sum()
-}
-
-/// The index of the node that holds keys, and how many nodes hold any.
-async fn nodes_with_keys(cluster: &RedisCluster) -> Vec<usize> {
-    let mut holding = Vec::new();
-    for (index, node) in cluster.nodes().iter().enumerate() {
-        if node.pid().is_some() && !node.dump().await.unwrap().is_empty() {
-            holding.push(index);
-        }
-    }
-    holding
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_a_cluster_makes_one_exchange_and_its_keys_share_one_master() {
     let cluster = cluster().await;
@@ -102,7 +58,7 @@ async fn a_fleet_on_a_cluster_makes_one_exchange_and_its_keys_share_one_master()
         .unwrap();
     let replicas = fleet(20, &cluster, &emulator).await;
 
-    let (tokens, failed) = all_ask(&replicas).await;
+    let (tokens, failed) = all_ask(&replicas, BOUND).await;
     assert_eq!(failed, 0);
     assert_eq!(tokens.len(), 20);
     assert!(tokens.iter().all(|token| *token == tokens[0]));
@@ -138,7 +94,7 @@ async fn the_keys_master_killed_under_load_fails_no_request_and_sharing_resumes(
         .await
         .unwrap();
     let replicas = Arc::new(fleet(5, &cluster, &emulator).await);
-    let (_, failed) = all_ask(&replicas).await;
+    let (_, failed) = all_ask(&replicas, BOUND).await;
     assert_eq!(failed, 0);
     assert_eq!(emulator.exchange_count(), 1);
     let holding = nodes_with_keys(&cluster).await;
@@ -158,7 +114,7 @@ async fn the_keys_master_killed_under_load_fails_no_request_and_sharing_resumes(
         );
         async move {
             while stop.load(Ordering::SeqCst) == 0 {
-                let (tokens, failed) = all_ask(&replicas).await;
+                let (tokens, failed) = all_ask(&replicas, BOUND).await;
                 requests.fetch_add(tokens.len() + failed, Ordering::SeqCst);
                 failures.fetch_add(failed, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;

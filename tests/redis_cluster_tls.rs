@@ -20,13 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Replica, chain, layered};
+use common::cluster::{all_ask, nodes_with_keys};
+use common::{Replica, chain, layered, total};
 use routera_auth::AuthMethod;
-use routera_auth::store::{
-    RedisStore, RedisStoreBuilder, SharedCache, StoreKeys, StoreStats, TokenStore,
-};
+use routera_auth::store::{RedisStore, RedisStoreBuilder, SharedCache, StoreKeys, TokenStore};
 use routera_auth_test::{ClusterTlsOptions, MockExchange, RedisCluster};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// Bounds every wait of a test, so a regression fails it instead of hanging.
@@ -89,50 +87,6 @@ async fn fleet(n: usize, cluster: &RedisCluster, exchange: &MockExchange) -> Vec
     replicas
 }
 
-/// Every replica asks for a token at once: the tokens they got, and how
-/// many requests failed.
-async fn all_ask(replicas: &[Replica]) -> (Vec<String>, usize) {
-    let mut asks = JoinSet::new();
-    for replica in replicas {
-        let provider = replica.provider.clone();
-        asks.spawn(async move { provider.token().await });
-    }
-    let mut tokens = Vec::new();
-    let mut failed = 0;
-    let all = async {
-        while let Some(joined) = asks.join_next().await {
-            match joined.unwrap() {
-                Ok(token) => tokens.push(token.secret().to_owned()),
-                Err(error) => {
-                    eprintln!("a request failed: {error}");
-                    failed += 1;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(BOUND, all).await.unwrap();
-    (tokens, failed)
-}
-
-/// The sum of a count of the replicas' shared caches.
-fn total(replicas: &[Replica], field: fn(&StoreStats) -> u64) -> u64 {
-    replicas
-        .iter()
-        .map(|replica| field(&replica.cache.stats()))
-        .sum()
-}
-
-/// The indexes of the running nodes that hold keys.
-async fn nodes_with_keys(cluster: &RedisCluster) -> Vec<usize> {
-    let mut holding = Vec::new();
-    for (index, node) in cluster.nodes().iter().enumerate() {
-        if node.pid().is_some() && !node.dump().await.unwrap().is_empty() {
-            holding.push(index);
-        }
-    }
-    holding
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_on_a_tls_cluster_makes_one_exchange() {
     let cluster = cluster(ClusterTlsOptions::default()).await;
@@ -145,7 +99,7 @@ async fn a_fleet_on_a_tls_cluster_makes_one_exchange() {
     let exchange = MockExchange::new(Duration::from_secs(3600));
     let replicas = fleet(10, &cluster, &exchange).await;
 
-    let (tokens, failed) = all_ask(&replicas).await;
+    let (tokens, failed) = all_ask(&replicas, BOUND).await;
     assert_eq!(failed, 0);
     assert_eq!(tokens.len(), 10);
     assert!(tokens.iter().all(|token| *token == tokens[0]));
@@ -246,7 +200,7 @@ async fn the_keys_master_killed_under_load_fails_no_request() {
     // 4 s tokens: served until 3 s, refreshed from 2.0–2.2 s.
     let exchange = MockExchange::new(Duration::from_secs(4));
     let replicas = Arc::new(fleet(5, &cluster, &exchange).await);
-    let (_, failed) = all_ask(&replicas).await;
+    let (_, failed) = all_ask(&replicas, BOUND).await;
     assert_eq!(failed, 0);
     assert_eq!(exchange.calls(), 1);
     let holding = nodes_with_keys(&cluster).await;
@@ -266,7 +220,7 @@ async fn the_keys_master_killed_under_load_fails_no_request() {
         );
         async move {
             while stop.load(Ordering::SeqCst) == 0 {
-                let (tokens, failed) = all_ask(&replicas).await;
+                let (tokens, failed) = all_ask(&replicas, BOUND).await;
                 requests.fetch_add(tokens.len() + failed, Ordering::SeqCst);
                 failures.fetch_add(failed, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(20)).await;

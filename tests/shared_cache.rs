@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Capture, Replica, layered};
+use common::{Capture, Replica, layered, total};
 
-use routera_auth::store::{SharedCache, StoreKeyRing, StoreStats};
+use routera_auth::store::{SharedCache, StoreKeyRing};
 use routera_auth::{AccessToken, AuthMethod, TokenError, TokenErrorKind, TokenRequest};
 use routera_auth_test::{MemoryStore, MockExchange};
 use tokio::task::{JoinHandle, JoinSet};
@@ -95,14 +95,6 @@ async fn traffic_past_refresh(replicas: &[Replica]) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         all_ask(replicas).await;
     }
-}
-
-/// The sum of a count of the replicas' shared caches.
-fn total(replicas: &[Replica], field: fn(&StoreStats) -> u64) -> u64 {
-    replicas
-        .iter()
-        .map(|replica| field(&replica.cache.stats()))
-        .sum()
 }
 
 #[tokio::test(start_paused = true)]

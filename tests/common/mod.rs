@@ -17,6 +17,9 @@ use routera_auth_test::MockExchange;
 use tower::ServiceExt;
 use tower_test::mock;
 
+#[cfg(feature = "redis-cluster")]
+pub mod cluster;
+
 /// The credentials of `MockExchange::provider`.
 pub fn credentials() -> ClientCredentials {
     MockExchange::credentials()
@@ -239,4 +242,13 @@ where
         Poll::Ready(Err(error)) => panic!("expected a response, got {error:?}"),
         Poll::Pending => panic!("expected an immediate response"),
     }
+}
+
+/// The sum of a count of the replicas' shared caches.
+#[cfg(feature = "shared-store")]
+pub fn total(replicas: &[Replica], field: fn(&routera_auth::store::StoreStats) -> u64) -> u64 {
+    replicas
+        .iter()
+        .map(|replica| field(&replica.cache.stats()))
+        .sum()
 }
