@@ -484,15 +484,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
             .any(|window| window == needle)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_holder_that_dies_mid_exchange_holds_the_fleet_up_for_its_lease_only() {
-    let redis = redis().await;
-    let shared = || mock_cache(&redis);
-    // The holder takes the lock and starts its exchange, then dies: its
-    // future is never polled again nor dropped, so it neither renews nor
-    // releases the lock.
+/// A replica that takes the fleet's lock on `redis`, starts its exchange
+/// (which never answers), then dies: its future is never polled again nor
+/// dropped, so it neither renews nor releases the lock.
+async fn dead_holder(redis: &RedisServer) {
     let hung = MockExchange::new(Duration::from_secs(3600)).gated();
-    let holder = shared().await.layer(hung.clone());
+    let holder = mock_cache(redis).await.layer(hung.clone());
     let mut holding = Box::pin(holder.oneshot(TokenRequest::new(MockExchange::credentials())));
     let deadline = std::time::Instant::now() + BOUND;
     while hung.calls() == 0 {
@@ -507,6 +504,13 @@ async fn a_holder_that_dies_mid_exchange_holds_the_fleet_up_for_its_lease_only()
         tokio::task::yield_now().await;
     }
     std::mem::forget(holding);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_dies_mid_exchange_holds_the_fleet_up_for_its_lease_only() {
+    let redis = redis().await;
+    let shared = || mock_cache(&redis);
+    dead_holder(&redis).await;
 
     let exchange_time = Duration::from_millis(500);
     let exchange = MockExchange::new(Duration::from_secs(3600)).with_delay(exchange_time);
@@ -684,25 +688,7 @@ async fn a_slow_endpoint_costs_a_cold_fleet_one_exchange() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_that_stops_renewing_is_replaced_by_one_waiter_the_others_wait_on() {
     let redis = redis().await;
-    // The holder takes the lock, starts its exchange, then stops: its
-    // future is never polled again nor dropped, so it neither renews nor
-    // releases the lock.
-    let hung = MockExchange::new(Duration::from_secs(3600)).gated();
-    let holder = mock_cache(&redis).await.layer(hung.clone());
-    let mut stopped = Box::pin(holder.oneshot(TokenRequest::new(MockExchange::credentials())));
-    let deadline = std::time::Instant::now() + BOUND;
-    while hung.calls() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the holder never exchanged"
-        );
-        let waker = std::task::Waker::noop();
-        let _ = stopped
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(waker));
-        tokio::task::yield_now().await;
-    }
-    std::mem::forget(stopped);
+    dead_holder(&redis).await;
 
     // Six replicas with a 2.5 s exchange timeout: the old rule gave up
     // after 0.75 s, before the lease (1 s) lapsed, and all six exchanged.
