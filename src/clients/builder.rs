@@ -34,9 +34,10 @@ pub(super) type MakeProvider<K> = dyn Fn(&K, ClientCredentials) -> TokenProvider
 ///
 /// It is asked when a client's first request comes (once, however many
 /// requests come at once), again after the client's provider was evicted,
-/// and after the API or the token endpoint rejects the client (at most once
-/// per [`recheck_interval`](TokenProvidersBuilder::recheck_interval)): if
-/// it then answers other credentials, the client's provider takes them, as
+/// removed or left idle, and after the API or the token endpoint rejects
+/// the client (at most once per
+/// [`recheck_interval`](TokenProvidersBuilder::recheck_interval)): if it
+/// then answers other credentials, the client's provider takes them, as
 /// with [`TokenProvider::set_credentials`].
 ///
 /// ```
@@ -139,19 +140,30 @@ where
     }
 
     /// The most providers kept at once (default 10,000, at least 1).
-    /// Beyond it the least recently used is evicted (uses within a second
-    /// of each other are not told apart); requests that already
-    /// hold it finish with it, and the next request for its client builds
-    /// a new one (one credential lookup, one exchange).
+    ///
+    /// The cache splits them evenly over its shards (a power of two, up to
+    /// 4 per core, each for at least 32 clients), rounding up: with 10,000 on 8 shards, 1,250 each. A full shard
+    /// evicts one of its own clients for a new one, by S3-FIFO rather than
+    /// least recently used: a new client is on probation until the shard
+    /// needs its place, and then evicted if no request used it meanwhile,
+    /// or kept if one did; kept clients are evicted by a clock hand, which
+    /// passes each one in turn and evicts it if no request used it since
+    /// the hand's last two passes. A client evicted lately that comes back
+    /// is kept at once. A request that already holds an evicted provider
+    /// finishes with it, and the next request for its client builds a new
+    /// one (one credential lookup, one exchange).
     pub fn max_clients(mut self, max_clients: u64) -> Self {
         self.max_clients = max_clients.max(1);
         self
     }
 
-    /// How long a provider may go without a request before it is dropped
-    /// (default 1 h, at least 1 ms), on the tokio clock. Idle providers
-    /// are looked for every quarter of it (at most every minute), so one
-    /// goes within `idle_timeout` and a quarter of it at most.
+    /// How long a provider may go without a request before it is no
+    /// longer used (default 1 h, at least 1 ms), on the tokio clock: the
+    /// next request for its client looks its credentials up and builds a
+    /// new provider in its place. No timer runs for it: an idle provider
+    /// stays in memory, never used, until that request, until the cache
+    /// needs room (no request marks it used, so the clock hand of
+    /// [`max_clients`](Self::max_clients) soon finds it), or until [`TokenProviders::run_pending_tasks`].
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout.max(Duration::from_millis(1));
         self
