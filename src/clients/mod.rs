@@ -59,15 +59,15 @@
 //! - **Isolation**: a request carries the token of the provider its key
 //!   names, and a 401 invalidates that token only.
 //! - **Bounded**: at most [`max_clients`](TokenProvidersBuilder::max_clients)
-//!   providers (rounded up to a multiple of the cache's shards), and beyond
-//!   it a client used once is evicted before one used again (S3-FIFO, not
-//!   LRU: see `max_clients`). A provider without requests for
+//!   providers (rounded up to a multiple of the cache's shards, each of
+//!   which evicts when its share is full). Beyond it, a client used once
+//!   is evicted before one used again (S3-FIFO, not least recently used:
+//!   see `max_clients`). A provider without requests for
 //!   [`idle_timeout`](TokenProvidersBuilder::idle_timeout) is never used
-//!   again (no timer drops it: it waits, unmarked by requests, for the
-//!   cache to need its place). An evicted, removed or
-//!   idle client is not served to any later request: requests that hold
-//!   its provider finish with it; the next request for its client builds
-//!   a new one.
+//!   again; no timer drops it, it waits for the cache to need its place.
+//!   An evicted, removed or idle client is not served to any later
+//!   request: requests that hold its provider finish with it, and the
+//!   next request for its client builds a new one.
 //! - **Failures stay with their client**: a client whose credentials cannot
 //!   be loaded gets a [`CredentialsError`], a client whose exchange fails
 //!   its [`TokenError`](crate::TokenError); other clients are served as
