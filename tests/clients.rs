@@ -393,6 +393,32 @@ async fn a_herd_on_a_client_whose_lookup_fails_shares_one_lookup_and_its_error()
     assert!(!providers.contains(&Tenant(3)));
 }
 
+/// With no pause after a failed lookup (a recheck interval of 0), the
+/// requests that waited on it still share its error.
+#[tokio::test(start_paused = true)]
+async fn without_a_pause_a_herd_still_shares_its_failed_lookup() {
+    let secrets = Secrets {
+        delay: Duration::from_millis(20),
+        ..Secrets::default()
+    };
+    secrets.missing.lock().unwrap().push(3);
+    let providers = TokenProviders::builder(MockExchange::new(HOUR), secrets.source())
+        .recheck_interval(Duration::ZERO)
+        .build();
+    let api = api(&providers, Arc::default());
+    let herd: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(api.clone().oneshot(request_for(3))))
+        .collect();
+    for request in herd {
+        let error = request.await.unwrap().unwrap_err();
+        assert!(error.is::<CredentialsError>(), "{error}");
+    }
+    assert_eq!(secrets.lookups(3), 1);
+    // The next request asks again.
+    send(&api, 3).await.unwrap_err();
+    assert_eq!(secrets.lookups(3), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_request_naming_no_client_is_refused_and_not_sent() {
     let providers = TokenProviders::new(MockExchange::new(HOUR), Secrets::default().source());

@@ -72,6 +72,8 @@ impl<K> SetContext<K> {
 #[derive(Clone)]
 pub(super) struct FailedLookup {
     pub(super) error: CredentialsError,
+    /// When the last lookup failed.
+    pub(super) at: Instant,
     pub(super) retry_at: Instant,
     /// Failed lookups in a row.
     failures: u32,
@@ -92,6 +94,7 @@ impl FailedLookup {
             .min(longest);
         Self {
             error,
+            at: now,
             retry_at: later(now, pause),
             failures,
         }

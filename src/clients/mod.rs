@@ -339,11 +339,12 @@ where
         if let Some(client) = self.used(&key, now) {
             return Ok(client);
         }
-        if let Some(failed) = inner.failures.get(&key)
+        let before = inner.failures.get(&key);
+        if let Some(failed) = &before
             && now < failed.retry_at
         {
             // Its last lookup failed, and the pause is not over.
-            return Err(failed.error);
+            return Err(failed.error.clone());
         }
         // The first caller gets the key's placeholder; the others wait on
         // it, and get the client it fills it with, or the placeholder
@@ -366,7 +367,7 @@ where
             }
         };
         if let Some(failed) = inner.failures.get(&key)
-            && Instant::now() < failed.retry_at
+            && before.as_ref().is_none_or(|before| before.at != failed.at)
         {
             // The lookup this caller waited on failed.
             return Err(failed.error);
@@ -374,7 +375,6 @@ where
         let credentials = inner.context.source().lookup(key.clone()).await;
         let credentials = credentials.map_err(|error| {
             let error = CredentialsError::new(error);
-            let before = inner.failures.get(&key);
             let failed = inner.context.failed(error.clone(), before);
             inner.failures.insert(key.clone(), failed);
             error
