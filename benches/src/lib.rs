@@ -145,7 +145,9 @@ pub fn warm_providers(runtime: &tokio::runtime::Runtime, keys: u32) -> TokenProv
         exchange(Duration::ZERO, Duration::from_secs(3600), Arc::default()),
         source,
     )
-    .max_clients(u64::from(keys))
+    // Room for twice `keys`: the cache's shards each hold their share, and
+    // keys spread over them unevenly.
+    .max_clients(2 * u64::from(keys))
     .build();
     runtime.block_on(async {
         for key in 0..keys {
@@ -154,6 +156,7 @@ pub fn warm_providers(runtime: &tokio::runtime::Runtime, keys: u32) -> TokenProv
         }
         providers.run_pending_tasks();
     });
+    assert_eq!(providers.len(), u64::from(keys), "every key is kept");
     providers
 }
 

@@ -34,9 +34,10 @@ pub(super) type MakeProvider<K> = dyn Fn(&K, ClientCredentials) -> TokenProvider
 ///
 /// It is asked when a client's first request comes (once, however many
 /// requests come at once), again after the client's provider was evicted,
-/// and after the API or the token endpoint rejects the client (at most once
-/// per [`recheck_interval`](TokenProvidersBuilder::recheck_interval)): if
-/// it then answers other credentials, the client's provider takes them, as
+/// removed or left idle, and after the API or the token endpoint rejects
+/// the client (at most once per
+/// [`recheck_interval`](TokenProvidersBuilder::recheck_interval)): if it
+/// then answers other credentials, the client's provider takes them, as
 /// with [`TokenProvider::set_credentials`].
 ///
 /// ```
@@ -139,19 +140,42 @@ where
     }
 
     /// The most providers kept at once (default 10,000, at least 1).
-    /// Beyond it the least recently used is evicted (uses within a second
-    /// of each other are not told apart); requests that already
-    /// hold it finish with it, and the next request for its client builds
-    /// a new one (one credential lookup, one exchange).
+    ///
+    /// The cache splits them over its shards (a power of two, up to 4 per
+    /// core, each for at least 32 clients), rounding up: 10,000 on 8
+    /// shards, 1,250 each. Clients go to shards by the hash of their key,
+    /// unevenly, and a full shard evicts one of its own, so the set may
+    /// start evicting a few percent below `max_clients` (on 8 shards,
+    /// 10,000 keys in a set of 10,000: 9,830 to 9,930 kept; 1,000 in 1,000:
+    /// 956 to 982), more with more shards. Leave room to spare.
+    ///
+    /// Whom a full shard evicts is decided by S3-FIFO, not by least recent
+    /// use. A new client is on probation, in a small queue (3% of the
+    /// shard); when its turn comes, it is evicted if no request used it
+    /// since it came, else it joins the kept clients. Among those a clock
+    /// hand turns when a client joins them and they are over their share
+    /// (or when none is on probation): each use counts up to two, each
+    /// pass of the hand counts one down, and the hand evicts a client it
+    /// finds at zero. So a client used again outlives a run of clients
+    /// used once, and in a small set the kept clients hold their places
+    /// while new ones take turns in the rest. A client evicted lately that
+    /// comes back joins the kept ones at once.
+    ///
+    /// A request that already holds an evicted provider finishes with it,
+    /// and the next request for its client builds a new one (one credential
+    /// lookup, one exchange).
     pub fn max_clients(mut self, max_clients: u64) -> Self {
         self.max_clients = max_clients.max(1);
         self
     }
 
-    /// How long a provider may go without a request before it is dropped
-    /// (default 1 h, at least 1 ms), on the tokio clock. Idle providers
-    /// are looked for every quarter of it (at most every minute), so one
-    /// goes within `idle_timeout` and a quarter of it at most.
+    /// How long a provider may go without a request before it is no
+    /// longer used (default 1 h, at least 1 ms), on the tokio clock: the
+    /// next request for its client looks its credentials up and builds a
+    /// new provider in its place. No timer runs for it: an idle provider
+    /// stays in memory, unused, until that request, until the clock hand of
+    /// [`max_clients`](Self::max_clients) finds it (no request marks it
+    /// used), or until [`TokenProviders::run_pending_tasks`].
     pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout.max(Duration::from_millis(1));
         self

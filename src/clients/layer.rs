@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::header::AUTHORIZATION;
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tower_layer::Layer;
 
-use super::slot::Kept;
+use super::client::Client;
 use super::{MissingClientKey, TokenProviders};
 use crate::RouteraAuthLayer;
 use crate::auth::{HeaderFuture, ResponseFuture, rejects_token};
@@ -149,28 +150,27 @@ where
             return PerClientFuture::refused(MissingClientKey.into());
         };
         let now = Instant::now();
-        let kept = self.providers.used(&key, now);
-        let Some(slot) = kept.as_ref().and_then(Kept::slot) else {
-            // A new client: wait for its provider, then for its token. This
-            // request has just looked the credentials up, so its rejection
-            // looks up nothing more.
+        let Some(client) = self.providers.used(&key, now) else {
+            // A new client (or one idle too long): wait for its provider,
+            // then for its token. This request has just looked the
+            // credentials up, so its rejection looks up nothing more.
             let providers = self.providers.clone();
             let token: HeaderFuture = Box::pin(async move {
-                let provider = providers.provider_of(key).await?;
-                provider.header::<BoxError>().await
+                let client = providers.client(key).await?;
+                client.provider().header::<BoxError>().await
             });
             return PerClientFuture::sent(self.waiting(token, request), None);
         };
-        match slot.provider().fresh_header_at(now) {
+        match client.provider().fresh_header_at(now) {
             Some((authorization, tag)) => {
                 // `self.inner` is the instance that was polled ready.
                 request.headers_mut().insert(AUTHORIZATION, authorization);
                 let future = ResponseFuture::called(self.inner.call(request), tag);
-                PerClientFuture::sent(future, kept)
+                PerClientFuture::sent(future, Some(client))
             }
             None => {
-                let token = slot.provider().header();
-                PerClientFuture::sent(self.waiting(token, request), kept)
+                let token = client.provider().header();
+                PerClientFuture::sent(self.waiting(token, request), Some(client))
             }
         }
     }
@@ -212,12 +212,12 @@ pin_project! {
         Refused {
             error: Option<BoxError>,
         },
-        // On the path of its client's provider. The slot is there to look
-        // the credentials up again if the client is rejected.
+        // On the path of its client's provider. The client is there to
+        // look the credentials up again if it is rejected.
         Sent {
             #[pin]
             future: ResponseFuture<S, B>,
-            slot: Option<Kept<K>>,
+            client: Option<Arc<Client<K>>>,
         },
     }
 }
@@ -232,9 +232,9 @@ where
         }
     }
 
-    fn sent(future: ResponseFuture<S, B>, slot: Option<Kept<K>>) -> Self {
+    fn sent(future: ResponseFuture<S, B>, client: Option<Arc<Client<K>>>) -> Self {
         Self {
-            state: State::Sent { future, slot },
+            state: State::Sent { future, client },
         }
     }
 }
@@ -256,7 +256,7 @@ where
                 )
                 .into()
             }))),
-            StateProj::Sent { future, slot } => {
+            StateProj::Sent { future, client } => {
                 let result = ready!(future.poll(cx));
                 let rejected = match &result {
                     Ok(response) => rejects_token(response),
@@ -264,8 +264,8 @@ where
                         .downcast_ref::<TokenError>()
                         .is_some_and(|error| error.kind() == TokenErrorKind::InvalidClient),
                 };
-                if let Some(slot) = slot.take().filter(|_| rejected) {
-                    slot.recheck_credentials();
+                if let Some(client) = client.take().filter(|_| rejected) {
+                    client.recheck_credentials();
                 }
                 Poll::Ready(result)
             }

@@ -59,11 +59,15 @@
 //! - **Isolation**: a request carries the token of the provider its key
 //!   names, and a 401 invalidates that token only.
 //! - **Bounded**: at most [`max_clients`](TokenProvidersBuilder::max_clients)
-//!   providers, the least recently used (to the second) evicted beyond it,
-//!   and a provider without requests for
-//!   [`idle_timeout`](TokenProvidersBuilder::idle_timeout) is dropped.
-//!   Requests that hold an evicted provider finish with it; the next
-//!   request for its client builds a new one.
+//!   providers (rounded up to a multiple of the cache's shards, each of
+//!   which evicts when its share is full). Beyond it, a client used once
+//!   is evicted before one used again (S3-FIFO, not least recently used:
+//!   see `max_clients`). A provider without requests for
+//!   [`idle_timeout`](TokenProvidersBuilder::idle_timeout) is never used
+//!   again; no timer drops it, it waits for the cache to need its place.
+//!   An evicted, removed or idle client is not served to any later
+//!   request: requests that hold its provider finish with it, and the
+//!   next request for its client builds a new one.
 //! - **Failures stay with their client**: a client whose credentials cannot
 //!   be loaded gets a [`CredentialsError`], a client whose exchange fails
 //!   its [`TokenError`](crate::TokenError); other clients are served as
@@ -83,20 +87,15 @@
 //! client id, so each client shares its own token across the fleet.
 
 mod builder;
+mod client;
 mod error;
 mod layer;
-mod slot;
 
 use std::fmt;
 use std::hash::Hash;
-use std::sync::atomic::{Ordering, fence};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::sync::Arc;
 
-use moka::ops::compute::Op;
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
-use tokio::task::JoinHandle;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -105,14 +104,11 @@ pub use self::builder::{
     TokenProvidersBuilder,
 };
 use self::builder::{MakeProvider, over_exchange};
+use self::client::{Client, FailedLookup, SetContext};
 pub use self::error::{CredentialsError, MissingClientKey};
 pub use self::layer::{PerClientAuth, PerClientAuthLayer, PerClientFuture};
-use self::slot::{Failed, Kept, Slot, SlotShared};
 use crate::error::BoxError;
 use crate::{ClientCredentials, Token, TokenProvider, TokenRequest};
-
-/// The request path's map: no lock to read, and a fast hash of the key.
-type Built<K> = papaya::HashMap<K, Kept<K>, foldhash::fast::RandomState>;
 
 /// A bounded set of [`TokenProvider`]s, one per client key (a tenant id,
 /// an account): many Routera clients in one process.
@@ -121,12 +117,12 @@ type Built<K> = papaya::HashMap<K, Kept<K>, foldhash::fast::RandomState>;
 /// [`CredentialSource`] the first time the client is used; see the
 /// [module docs](self) for the guarantees and an example.
 ///
-/// `K` is any `Hash + Eq + Clone + Send + Sync` type. Providers are kept in
-/// a [moka](https://docs.rs/moka) concurrent cache, which bounds the set,
-/// orders it by use and builds a provider once per key. Requests find
-/// their client's provider in a [papaya](https://docs.rs/papaya) map of
-/// the built ones, which takes no lock; the cache hears of a busy client's
-/// use once a second, so the LRU order is kept to the second.
+/// `K` is any `Hash + Eq + Clone + Send + Sync` type. Clients are kept in
+/// one [quick_cache](https://docs.rs/quick_cache) concurrent cache, which
+/// bounds the set, chooses whom to evict (S3-FIFO, see
+/// [`max_clients`](TokenProvidersBuilder::max_clients)), builds a provider
+/// once per key, and answers each request: a read takes its shard's read
+/// lock, finds the key and marks it used, and allocates nothing.
 ///
 /// # Example
 ///
@@ -162,23 +158,15 @@ pub struct TokenProviders<K> {
 }
 
 struct Inner<K> {
-    /// Every client: the bound, the LRU order and the single flight.
-    cache: Cache<K, Kept<K>>,
-    /// The built providers of `cache`, for the request path. An entry
-    /// leaves it when it leaves the cache (the cache's eviction listener),
-    /// and one that missed that is removed at its next ranking or sweep.
-    built: Arc<Built<K>>,
-    source: CredentialSource<K>,
-    make_provider: Arc<MakeProvider<K>>,
-    /// What every slot shares.
-    shared: Arc<SlotShared<K>>,
-    max_clients: u64,
-    idle_timeout: Duration,
-    /// The clients whose last lookup failed, apart from `cache` so that
+    /// Every client with a provider, and the single flight of a new
+    /// client's lookup (the cache's placeholder for its key).
+    clients: Cache<K, Arc<Client<K>>>,
+    /// The clients whose last lookup failed, apart from `clients` so that
     /// they take no place from a provider; as many as `max_clients`.
-    failures: Cache<K, Failed>,
-    /// The task that drops idle providers, once one was built.
-    sweeper: Mutex<Option<JoinHandle<()>>>,
+    failures: Cache<K, FailedLookup>,
+    make_provider: Arc<MakeProvider<K>>,
+    context: Arc<SetContext<K>>,
+    max_clients: u64,
 }
 
 impl<K> Clone for TokenProviders<K> {
@@ -250,35 +238,19 @@ where
     }
 
     fn from_builder(builder: TokenProvidersBuilder<K>) -> Self {
-        let built: Arc<Built<K>> = Arc::default();
-        let cache = Cache::builder()
-            .max_capacity(builder.max_clients)
-            .eviction_policy(EvictionPolicy::lru())
-            .support_invalidation_closures()
-            .eviction_listener({
-                let built = Arc::clone(&built);
-                move |key: Arc<K>, gone: Kept<K>, _| {
-                    // Pairs with the fence after an insert into `built`.
-                    fence(Ordering::SeqCst);
-                    let _ = built.pin().remove_if(&*key, |_, kept| kept.same(&gone));
-                }
-            })
-            .build();
-        let shared = Arc::new(SlotShared::new(
-            builder.source.clone(),
+        let capacity = usize::try_from(builder.max_clients).unwrap_or(usize::MAX);
+        let context = SetContext::new(
+            builder.source,
             builder.recheck_interval,
-        ));
+            builder.idle_timeout,
+        );
         Self {
             inner: Arc::new(Inner {
-                cache,
-                built,
-                source: builder.source,
+                clients: Cache::new(capacity),
+                failures: Cache::new(capacity),
                 make_provider: builder.make_provider,
-                shared,
+                context: Arc::new(context),
                 max_clients: builder.max_clients,
-                idle_timeout: builder.idle_timeout,
-                failures: Cache::new(builder.max_clients),
-                sweeper: Mutex::new(None),
             }),
         }
     }
@@ -295,21 +267,20 @@ where
     /// [`recheck_interval`](TokenProvidersBuilder::recheck_interval)); the
     /// first call after that asks the source again.
     pub async fn provider(&self, key: &K) -> Result<TokenProvider, CredentialsError> {
-        self.provider_of(key.clone()).await
+        let client = self.client(key.clone()).await?;
+        Ok(client.provider().clone())
     }
 
     /// The provider kept for `key`, if any; builds none.
     pub fn get(&self, key: &K) -> Option<TokenProvider> {
-        let kept = self.inner.cache.get(key)?;
-        kept.slot().map(|slot| slot.provider().clone())
+        let client = self.used(key, Instant::now())?;
+        Some(client.provider().clone())
     }
 
     /// Whether a provider is kept for `key`.
     pub fn contains(&self, key: &K) -> bool {
-        self.inner
-            .cache
-            .get(key)
-            .is_some_and(|kept| kept.slot().is_some())
+        let client = self.inner.clients.peek(key);
+        client.is_some_and(|client| !client.is_idle(Instant::now()))
     }
 
     /// Gives the client `key` new credentials, for secret rotation, as
@@ -318,7 +289,7 @@ where
     /// looks the credentials up from the source, which should then give the
     /// new ones, even if the last lookup for `key` failed moments ago.
     pub fn set_credentials(&self, key: &K, credentials: ClientCredentials) -> bool {
-        self.inner.failures.invalidate(key);
+        let _ = self.inner.failures.remove(key);
         match self.get(key) {
             Some(provider) => {
                 provider.set_credentials(credentials);
@@ -333,184 +304,103 @@ where
     /// with it; the next request for `key` looks its credentials up and
     /// builds a new one.
     pub fn remove(&self, key: &K) {
-        self.inner.failures.invalidate(key);
-        self.inner.cache.invalidate(key);
+        let _ = self.inner.failures.remove(key);
+        let _ = self.inner.clients.remove(key);
     }
 
-    /// How many clients are kept. Evictions are applied in batches, so
-    /// the count may lag behind them until
-    /// [`run_pending_tasks`](Self::run_pending_tasks).
+    /// How many clients are kept, idle ones included until they are
+    /// dropped (by a request for them, by the bound, or by
+    /// [`run_pending_tasks`](Self::run_pending_tasks)).
     pub fn len(&self) -> u64 {
-        self.inner.cache.entry_count()
+        u64::try_from(self.inner.clients.len()).unwrap_or(u64::MAX)
     }
 
-    /// Whether no client is kept (with the lag of [`len`](Self::len)).
+    /// Whether no client is kept (idle ones counted, as in
+    /// [`len`](Self::len)).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Applies the evictions and removals that are pending now, so that
-    /// [`len`](Self::len) is exact. They are applied on their own as
-    /// requests come; this is for gauges and tests.
+    /// Drops the clients idle for the idle timeout now, so that
+    /// [`len`](Self::len) counts the live ones only: for gauges and
+    /// tests. An idle client is never used again whether or not this runs;
+    /// its next request builds a new provider.
     pub fn run_pending_tasks(&self) {
-        self.inner.cache.run_pending_tasks();
+        let now = Instant::now();
+        self.inner.clients.retain(|_, client| !client.is_idle(now));
     }
 
-    /// The provider of `key`, built if there is none: one lookup and one
-    /// build for concurrent callers, who all get its result.
-    pub(crate) async fn provider_of(&self, key: K) -> Result<TokenProvider, CredentialsError> {
+    /// The client of `key`, built if there is none or it was idle: one
+    /// lookup and one build for concurrent callers, who all get its
+    /// result.
+    pub(crate) async fn client(&self, key: K) -> Result<Arc<Client<K>>, CredentialsError> {
         let inner = &self.inner;
-        if let Some(failed) = inner.failures.get(&key)
-            && Instant::now() < failed.retry_at
+        let now = Instant::now();
+        if let Some(client) = self.used(&key, now) {
+            return Ok(client);
+        }
+        let before = inner.failures.get(&key);
+        if let Some(failed) = &before
+            && now < failed.retry_at
         {
             // Its last lookup failed, and the pause is not over.
+            return Err(failed.error.clone());
+        }
+        // The first caller gets the key's placeholder; the others wait on
+        // it, and get the client it fills it with, or the placeholder
+        // itself if it is dropped unfilled (the lookup failed, or its
+        // caller went away).
+        let placeholder = loop {
+            let entry = inner.clients.entry_async(&key, |_, client| {
+                if client.use_at(now) {
+                    EntryAction::Retain(Arc::clone(client))
+                } else {
+                    EntryAction::ReplaceWithGuard
+                }
+            });
+            match entry.await {
+                EntryResult::Retained(client) => return Ok(client),
+                EntryResult::Vacant(placeholder) | EntryResult::Replaced(placeholder, _) => {
+                    break placeholder;
+                }
+                EntryResult::Removed(..) | EntryResult::Timeout => {}
+            }
+        };
+        if let Some(failed) = inner.failures.get(&key)
+            && before.as_ref().is_none_or(|before| before.at != failed.at)
+        {
+            // The lookup this caller waited on failed.
             return Err(failed.error);
         }
-        // The entry is made at once; what takes time is filled in below,
-        // by the first caller, while the others wait on it.
-        let kept = inner.cache.get_with_by_ref(&key, Kept::empty);
-        let built = kept
-            .0
-            .get_or_init(|| async {
-                self.start_sweeper();
-                let credentials = inner.source.lookup(key.clone()).await;
-                let credentials = credentials.map_err(|error| {
-                    let error = CredentialsError::new(error);
-                    let failed = inner.shared.failed(error.clone(), inner.failures.get(&key));
-                    inner.failures.insert(key.clone(), failed);
-                    error
-                })?;
-                inner.failures.invalidate(&key);
-                let provider = (inner.make_provider)(&key, credentials);
-                Ok(Slot::new(key.clone(), provider, Arc::clone(&inner.shared)))
-            })
-            .await;
-        match built {
-            Ok(slot) => {
-                slot.touch(Instant::now());
-                let provider = slot.provider().clone();
-                let _ = inner.built.pin().insert(key.clone(), kept.clone());
-                // Evicted meanwhile: the listener may have run before the
-                // insert (the fence pairs with the listener's).
-                fence(Ordering::SeqCst);
-                self.ranked(&key, &kept);
-                Ok(provider)
-            }
-            Err(error) => {
-                let error = error.clone();
-                // The failure is kept apart, for its pause (above); the
-                // entry goes, if it is still this one, so that failing
-                // clients hold no place among the providers.
-                let _ = inner
-                    .cache
-                    .entry_by_ref(&key)
-                    .and_compute_with(|entry| match entry {
-                        Some(entry) if entry.value().same(&kept) => Op::Remove,
-                        _ => Op::Nop,
-                    });
-                Err(error)
-            }
-        }
+        let credentials = inner.context.source().lookup(key.clone()).await;
+        let credentials = credentials.map_err(|error| {
+            let error = CredentialsError::new(error);
+            let failed = inner.context.failed(error.clone(), before);
+            inner.failures.insert(key.clone(), failed);
+            error
+        })?;
+        let _ = inner.failures.remove(&key);
+        let provider = (inner.make_provider)(&key, credentials);
+        let client = Arc::new(Client::new(key, provider, Arc::clone(&inner.context)));
+        // Removed meanwhile: this caller and its waiters are served by it,
+        // and the next request builds another.
+        let _ = placeholder.insert(Arc::clone(&client));
+        Ok(client)
     }
 
-    /// The built provider's entry for `key`, if any, used at `now`. The
-    /// request path.
+    /// The live client of `key`, if any, used at `now`. The request path.
     #[inline]
-    pub(crate) fn used(&self, key: &K, now: Instant) -> Option<Kept<K>> {
-        let kept = self.inner.built.pin().get(key).cloned()?;
-        if kept.slot().is_some_and(|slot| slot.touch(now)) {
-            self.ranked(key, &kept);
-        }
-        Some(kept)
-    }
-
-    /// Moves `key` up the LRU order, as a use of `kept`; if the cache no
-    /// longer holds `kept`, the request path stops finding it.
-    pub(crate) fn ranked(&self, key: &K, kept: &Kept<K>) {
-        if !self
-            .inner
-            .cache
-            .get(key)
-            .is_some_and(|held| held.same(kept))
-        {
-            let _ = self
-                .inner
-                .built
-                .pin()
-                .remove_if(key, |_, held| held.same(kept));
-        }
-    }
-
-    /// Starts the task that drops idle providers, unless it runs.
-    fn start_sweeper(&self) {
-        let mut sweeper = self
-            .inner
-            .sweeper
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if sweeper.as_ref().is_some_and(|task| !task.is_finished()) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let period = (self.inner.idle_timeout / 4).clamp(Duration::from_millis(1), MINUTE);
-        *sweeper = Some(runtime.spawn(sweep(Arc::downgrade(&self.inner), period)));
-    }
-}
-
-const MINUTE: Duration = Duration::from_secs(60);
-
-/// Every `period`, drops the providers idle for the set's idle timeout;
-/// ends with the set.
-async fn sweep<K>(set: Weak<Inner<K>>, period: Duration)
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-{
-    loop {
-        tokio::time::sleep(period).await;
-        let Some(inner) = set.upgrade() else {
-            return;
-        };
-        let now = inner.shared.millis(Instant::now());
-        let idle = inner.shared.millis_of(inner.idle_timeout);
-        // Judged when the cache applies it: a provider used since is kept,
-        // and so is an entry whose first lookup runs.
-        let _ = inner
-            .cache
-            .invalidate_entries_if(move |_, kept| match kept.0.get() {
-                Some(Ok(slot)) => slot.idle_for(now) >= idle,
-                Some(Err(_)) => true,
-                None => false,
-            });
-        inner.cache.run_pending_tasks();
-        // An entry the listener missed, unused since, goes too.
-        inner
-            .built
-            .pin()
-            .retain(|_, kept| kept.slot().is_some_and(|slot| slot.idle_for(now) < idle));
-    }
-}
-
-impl<K> Drop for Inner<K> {
-    fn drop(&mut self) {
-        if let Some(task) = self
-            .sweeper
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
+    pub(crate) fn used(&self, key: &K, now: Instant) -> Option<Arc<Client<K>>> {
+        let client = self.inner.clients.get(key)?;
+        client.use_at(now).then_some(client)
     }
 }
 
 impl<K> fmt::Debug for TokenProviders<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenProviders")
-            .field("clients", &self.inner.cache.entry_count())
             .field("max_clients", &self.inner.max_clients)
-            .field("idle_timeout", &self.inner.idle_timeout)
+            .field("idle_timeout", &self.inner.context.idle_timeout())
             .finish_non_exhaustive()
     }
 }
@@ -518,44 +408,72 @@ impl<K> fmt::Debug for TokenProviders<K> {
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use super::*;
     use crate::test_double::TestExchange as MockExchange;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
-    /// A set with one built client, 1, whose entry in the request path's
-    /// map is then one the cache no longer holds: the eviction listener
-    /// ran before the entry was inserted, a race the set must survive.
-    async fn with_a_stray_entry() -> TokenProviders<u32> {
-        let source = CredentialSource::from_fn(|key: u32| async move {
-            Ok::<_, Infallible>(ClientCredentials::new(format!("client-{key}"), "s3cr3t"))
+    /// A set over a source that counts its lookups.
+    fn counted(
+        max_clients: u64,
+        idle_timeout: Duration,
+    ) -> (TokenProviders<u32>, Arc<AtomicUsize>) {
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let source = CredentialSource::from_fn({
+            let lookups = Arc::clone(&lookups);
+            move |key: u32| {
+                lookups.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Ok::<_, Infallible>(ClientCredentials::new(format!("client-{key}"), "s3cr3t"))
+                }
+            }
         });
-        let providers = TokenProviders::new(MockExchange::new(HOUR), source);
+        let providers = TokenProviders::builder(MockExchange::new(HOUR), source)
+            .max_clients(max_clients)
+            .idle_timeout(idle_timeout)
+            .build();
+        (providers, lookups)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_or_removed_client_is_not_served_to_the_next_request() {
+        let (providers, lookups) = counted(1, HOUR);
         providers.provider(&1).await.unwrap();
-        let kept = providers.used(&1, Instant::now()).unwrap();
-        providers.inner.cache.invalidate(&1);
-        assert!(providers.inner.built.pin().get(&1).is_none(), "listener");
-        let _ = providers.inner.built.pin().insert(1, kept);
-        providers
+        assert!(providers.used(&1, Instant::now()).is_some());
+        // The only place is client 1's, used: client 2 is served to the
+        // request that built it, and evicted at once.
+        providers.provider(&2).await.unwrap();
+        assert!(providers.used(&2, Instant::now()).is_none(), "evicted");
+        assert!(providers.used(&1, Instant::now()).is_some());
+        providers.remove(&1);
+        assert!(providers.used(&1, Instant::now()).is_none(), "removed");
+        assert!(providers.is_empty());
+        providers.provider(&1).await.unwrap();
+        assert_eq!(lookups.load(Ordering::SeqCst), 3, "built again");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stray_entry_leaves_the_request_path_at_its_next_ranking() {
-        let providers = with_a_stray_entry().await;
-        // Within the second of its last ranking, it is used as it is.
-        assert!(providers.used(&1, Instant::now()).is_some());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        // The request that ranks it still gets it; the next one does not.
-        assert!(providers.used(&1, Instant::now()).is_some());
-        assert!(providers.used(&1, Instant::now()).is_none());
-        assert!(providers.inner.built.pin().is_empty());
-    }
+    async fn an_idle_client_is_not_used_again_and_its_next_request_builds_a_new_one() {
+        let idle_timeout = Duration::from_secs(60);
+        let (providers, lookups) = counted(10, idle_timeout);
+        let first = providers.client(1).await.unwrap();
+        tokio::time::advance(idle_timeout - Duration::from_millis(1)).await;
+        assert!(providers.used(&1, Instant::now()).is_some(), "used: live");
+        tokio::time::advance(idle_timeout).await;
+        assert!(providers.used(&1, Instant::now()).is_none(), "idle");
+        assert!(providers.used(&1, Instant::now()).is_none(), "still idle");
+        assert_eq!(providers.len(), 1, "kept until its place is needed");
 
-    #[tokio::test(start_paused = true)]
-    async fn an_unused_stray_entry_leaves_at_the_idle_sweep() {
-        let providers = with_a_stray_entry().await;
-        tokio::time::sleep(HOUR + 2 * MINUTE).await;
-        assert!(providers.inner.built.pin().is_empty());
+        let second = providers.client(1).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &second), "a new provider");
+        assert_eq!(lookups.load(Ordering::SeqCst), 2);
+        assert_eq!(providers.len(), 1, "in the idle one's place");
+        assert!(Arc::ptr_eq(
+            &providers.used(&1, Instant::now()).unwrap(),
+            &second
+        ));
     }
 }
