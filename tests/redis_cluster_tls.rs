@@ -17,10 +17,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::cluster::{all_ask, nodes_with_keys};
+use common::cluster::{Load, all_ask, nodes_with_keys};
 use common::{Replica, chain, layered, total};
 use routera_auth::AuthMethod;
 use routera_auth::store::{RedisStore, RedisStoreBuilder, SharedCache, StoreKeys, TokenStore};
@@ -208,25 +207,7 @@ async fn the_keys_master_killed_under_load_fails_no_request() {
     let master = &cluster.nodes()[holding[0]];
 
     // Load: every replica asks every 20 ms until told to stop.
-    let stop = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let requests = Arc::new(AtomicUsize::new(0));
-    let load = tokio::spawn({
-        let (replicas, stop, failures, requests) = (
-            replicas.clone(),
-            stop.clone(),
-            failures.clone(),
-            requests.clone(),
-        );
-        async move {
-            while stop.load(Ordering::SeqCst) == 0 {
-                let (tokens, failed) = all_ask(&replicas, BOUND).await;
-                requests.fetch_add(tokens.len() + failed, Ordering::SeqCst);
-                failures.fetch_add(failed, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
+    let load = Load::start(Arc::clone(&replicas), BOUND);
 
     // Killed under load, down across a refresh: the replicas renew on
     // their own, and no request fails.
@@ -245,7 +226,7 @@ async fn the_keys_master_killed_under_load_fails_no_request() {
         total(&replicas, |stats| stats.errors) > 0,
         "the store failed while its master was down"
     );
-    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    assert_eq!(load.failures(), 0);
 
     // Back, empty; once the cluster is whole and the breakers have let
     // the store in again, one refresh of the fleet is one exchange again.
@@ -255,11 +236,10 @@ async fn the_keys_master_killed_under_load_fails_no_request() {
     let (hits, calls) = (total(&replicas, |stats| stats.hits), exchange.calls());
     // Every replica has refreshed once since (a token's life).
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stop.store(1, Ordering::SeqCst);
-    tokio::time::timeout(BOUND, load).await.unwrap().unwrap();
+    let (requests, failures) = load.finish().await;
 
-    assert_eq!(failures.load(Ordering::SeqCst), 0);
-    assert!(requests.load(Ordering::SeqCst) > 100);
+    assert_eq!(failures, 0);
+    assert!(requests > 100);
     let refreshed = exchange.calls() - calls;
     let shared = total(&replicas, |stats| stats.hits) - hits;
     assert!(

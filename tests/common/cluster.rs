@@ -1,9 +1,11 @@
 //! Helpers of the Redis Cluster tests, over TCP and over TLS.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use routera_auth_test::RedisCluster;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::Replica;
 
@@ -41,4 +43,59 @@ pub async fn nodes_with_keys(cluster: &RedisCluster) -> Vec<usize> {
         }
     }
     holding
+}
+
+/// Steady load on a fleet: every replica asks for a token every 20 ms
+/// until [`Load::finish`], counting the requests and the failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+    bound: Duration,
+}
+
+impl Load {
+    /// Starts the load; each round of asks is bounded by `bound`.
+    pub fn start(replicas: Arc<Vec<Replica>>, bound: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let (stop, requests, failures) = (stop.clone(), requests.clone(), failures.clone());
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let (tokens, failed) = all_ask(&replicas, bound).await;
+                    requests.fetch_add(tokens.len() + failed, Ordering::SeqCst);
+                    failures.fetch_add(failed, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Self {
+            stop,
+            requests,
+            failures,
+            task,
+            bound,
+        }
+    }
+
+    /// The requests that failed so far.
+    pub fn failures(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    /// Stops the load: the requests made, and how many failed.
+    pub async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        tokio::time::timeout(self.bound, self.task)
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            self.requests.load(Ordering::SeqCst),
+            self.failures.load(Ordering::SeqCst),
+        )
+    }
 }
